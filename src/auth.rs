@@ -1,0 +1,419 @@
+//! Who may log in, and the tokens that prove it.
+//!
+//! - Users and passwords: passwords are stored only as argon2id PHC strings
+//!   (RFC 9106); a login checks one in constant time for the output, and an
+//!   unknown username is checked against a dummy hash so that both failures
+//!   take the same time and give the same answer.
+//! - Tokens: JSON Web Tokens (RFC 7519) signed with HMAC-SHA256 (JWS,
+//!   RFC 7515; "HS256", RFC 7518 §3.2). The algorithm is pinned: a token
+//!   whose header names any other algorithm, `none` included, is refused.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm as Argon2Algorithm, Argon2, Params, Version};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// argon2id cost for new hashes: 19 MiB, 2 passes, 1 lane, the first of
+/// OWASP's recommended settings. About 25 ms per check on one core of a
+/// small x86 host, several times that on a Raspberry Pi; with at most
+/// [`PasswordGate`] checks at once the memory stays bounded (2 cores: 38 MiB).
+pub const ARGON2_M_KIB: u32 = 19 * 1024;
+pub const ARGON2_T: u32 = 2;
+pub const ARGON2_P: u32 = 1;
+
+/// Seconds since the Unix epoch: the clock every `iat`/`exp`/`nbf` check uses.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// RFC 7519 §4.1.4: the current time "MUST be before the expiration
+/// date/time". The handshake, the broadcast check and the sweep all ask this
+/// one function, so a token accepted at the upgrade is not evicted at once.
+pub fn is_expired(exp: u64, now: u64) -> bool {
+    now >= exp
+}
+
+// ---------------------------------------------------------------------------
+// Users and passwords
+
+/// One account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// All accounts, by username.
+pub struct Users {
+    by_name: HashMap<String, User>,
+    /// Checked when the username is unknown, so that failure costs the same.
+    dummy_hash: String,
+    gate: PasswordGate,
+}
+
+/// The users file: `{"users":[{"id":..,"username":..,"password_hash":..}]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    users: Vec<User>,
+}
+
+/// Why the users file cannot be used. Start-up stops with this message.
+#[derive(Debug)]
+pub enum UsersError {
+    Read(String),
+    Json(String),
+    Empty,
+    Duplicate(String),
+    BadHash { username: String, why: String },
+}
+
+impl fmt::Display for UsersError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsersError::Read(e) => write!(f, "cannot read users file: {e}"),
+            UsersError::Json(e) => write!(f, "users file is not valid: {e}"),
+            UsersError::Empty => write!(f, "users file lists no users"),
+            UsersError::Duplicate(name) => write!(f, "users file lists {name:?} twice"),
+            UsersError::BadHash { username, why } => write!(
+                f,
+                "password_hash of {username:?} is not an argon2id PHC string ({why}); \
+                 make one with `jwtchat hash-password`"
+            ),
+        }
+    }
+}
+
+impl Users {
+    /// The built-in demo accounts `userA`/`passwordA`, `userB`/`passwordB`,
+    /// `userC`/`passwordC`, hashed at start-up like any other.
+    pub fn demo() -> Users {
+        let users = ["A", "B", "C"]
+            .iter()
+            .enumerate()
+            .map(|(i, letter)| User {
+                id: (i + 1).to_string(),
+                username: format!("user{letter}"),
+                password_hash: hash_password(&format!("password{letter}")),
+            })
+            .collect();
+        Users::new(users)
+    }
+
+    /// Reads and checks a users file.
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsersError::Read(format!("{}: {e}", path.display())))?;
+        let file: UsersFile =
+            serde_json::from_str(&text).map_err(|e| UsersError::Json(e.to_string()))?;
+        if file.users.is_empty() {
+            return Err(UsersError::Empty);
+        }
+        let mut seen = HashMap::new();
+        for user in &file.users {
+            check_phc(&user.password_hash).map_err(|why| UsersError::BadHash {
+                username: user.username.clone(),
+                why,
+            })?;
+            if seen.insert(user.username.as_str(), ()).is_some() {
+                return Err(UsersError::Duplicate(user.username.clone()));
+            }
+        }
+        Ok(Users::new(file.users))
+    }
+
+    fn new(users: Vec<User>) -> Users {
+        Users {
+            by_name: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
+            dummy_hash: hash_password("not a password anyone has"),
+            gate: PasswordGate::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The user, if the username exists and the password matches. Unknown
+    /// users still pay for one hash check, so timing does not reveal which
+    /// usernames exist.
+    pub fn check_password(&self, username: &str, password: &str) -> Option<&User> {
+        let user = self.by_name.get(username);
+        let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let matches = self.gate.run(|| verify_password(password, hash));
+        user.filter(|_| matches)
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
+        .expect("constant argon2 parameters are valid");
+    Argon2::new(Argon2Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a password into an argon2id PHC string with a fresh random salt.
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS random source is available");
+    argon2()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .expect("hashing with valid parameters and salt cannot fail")
+        .to_string()
+}
+
+/// True if `password` matches the PHC string. The hash's own parameters are
+/// used, so files made with other costs still work.
+fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .is_ok_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
+}
+
+/// Checks that a stored hash is an argon2id PHC string with sane costs, so a
+/// typo in the users file is found at start-up rather than at a login.
+fn check_phc(phc: &str) -> Result<(), String> {
+    let hash = PasswordHash::new(phc).map_err(|e| e.to_string())?;
+    if hash.algorithm.as_str() != "argon2id" {
+        return Err(format!("algorithm is {}", hash.algorithm.as_str()));
+    }
+    let params = Params::try_from(&hash).map_err(|e| e.to_string())?;
+    // A memory cost in the gigabytes would let one login exhaust a small host.
+    if params.m_cost() > 256 * 1024 {
+        return Err(format!(
+            "memory cost {} KiB is over 256 MiB",
+            params.m_cost()
+        ));
+    }
+    Ok(())
+}
+
+/// Lets at most one password check per core run at once. argon2id is
+/// memory-hard by design; without a gate, a burst of logins on a 256 MB host
+/// would allocate 19 MiB each and run it out of memory.
+struct PasswordGate {
+    running: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+impl PasswordGate {
+    fn new() -> PasswordGate {
+        PasswordGate {
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            limit: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            while *running >= self.limit {
+                running = self
+                    .freed
+                    .wait(running)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            *running += 1;
+        }
+        let result = work();
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.freed.notify_one();
+        result
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+/// The claims in every token this server issues (RFC 7519 §4.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Subject: the user id.
+    pub sub: String,
+    /// Display name, so the chat needs no user look-up per connection.
+    pub username: String,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expiry, Unix seconds: `iat + ttl`.
+    pub exp: u64,
+    /// Issuer: must equal the configured issuer.
+    pub iss: String,
+    /// Not before, Unix seconds: honoured when present, never issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Why a token was refused. All of them answer `401 invalid_token` (RFC 6750
+/// §3.1); the kind is for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Missing,
+    Malformed,
+    BadSignature,
+    WrongAlgorithm,
+    WrongIssuer,
+    NotYetValid,
+    Expired,
+}
+
+impl TokenError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::Malformed => "malformed",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::WrongAlgorithm => "wrong_algorithm",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Issues and verifies HS256 tokens with one secret.
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    ttl_secs: u64,
+}
+
+impl Tokens {
+    pub fn new(secret: &[u8], issuer: &str, ttl_secs: u64) -> Tokens {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // jsonwebtoken's default leeway is 60 s; the contract is zero, and
+        // the room's expiry check (`is_expired`) uses none either.
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        Tokens {
+            encoding: EncodingKey::from_secret(secret).expect("an HMAC key of any length is valid"),
+            decoding: DecodingKey::from_secret(secret).expect("an HMAC key of any length is valid"),
+            validation,
+            issuer: issuer.to_string(),
+            ttl_secs,
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// A new token for `user`, valid from now for the configured TTL.
+    pub fn issue(&self, user: &User) -> (String, Claims) {
+        let iat = now_secs();
+        let claims = Claims {
+            sub: user.id.clone(),
+            username: user.username.clone(),
+            iat,
+            exp: iat + self.ttl_secs,
+            iss: self.issuer.clone(),
+            nbf: None,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail");
+        (token, claims)
+    }
+
+    /// Verifies signature, algorithm, issuer, `nbf` and `exp` (zero leeway).
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| classify(e.kind()))?;
+        // jsonwebtoken accepts a token in the very second of its `exp`;
+        // RFC 7519 does not, and neither does the room.
+        if is_expired(data.claims.exp, now_secs()) {
+            return Err(TokenError::Expired);
+        }
+        Ok(data.claims)
+    }
+}
+
+fn classify(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::WrongAlgorithm,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        _ => TokenError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: "7".into(),
+            username: "ann".into(),
+            password_hash: hash_password("secret"),
+        }
+    }
+
+    #[test]
+    fn password_hashes_are_argon2id_and_verify() {
+        let u = user();
+        assert!(
+            u.password_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+        assert!(check_phc(&u.password_hash).is_ok());
+        let users = Users::new(vec![u]);
+        assert!(users.check_password("ann", "secret").is_some());
+        assert!(users.check_password("ann", "Secret").is_none());
+        assert!(users.check_password("bob", "secret").is_none());
+    }
+
+    #[test]
+    fn stored_hashes_must_be_argon2id() {
+        assert!(check_phc("plaintext").is_err());
+        let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$ZmFrZWhhc2hmYWtlaGFzaA";
+        assert!(check_phc(argon2i).unwrap_err().contains("argon2i"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_are_checked() {
+        let tokens = Tokens::new(&[7; 32], "jwtchat", 60);
+        let (token, claims) = tokens.issue(&user());
+        assert_eq!(claims.exp, claims.iat + 60);
+        assert_eq!(tokens.verify(&token), Ok(claims));
+
+        let other_issuer = Tokens::new(&[7; 32], "someone-else", 60);
+        assert_eq!(other_issuer.verify(&token), Err(TokenError::WrongIssuer));
+        let other_key = Tokens::new(&[8; 32], "jwtchat", 60);
+        assert_eq!(other_key.verify(&token), Err(TokenError::BadSignature));
+        assert_eq!(tokens.verify("garbage"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn expiry_is_exclusive() {
+        assert!(!is_expired(100, 99));
+        assert!(is_expired(100, 100));
+    }
+}

@@ -1,0 +1,353 @@
+//! Configuration: every knob the server has, its default, and the command
+//! line that sets it.
+//!
+//! The parser is hand-written (no `clap`): the flag set is small, and a
+//! reader can see exactly what each flag does. Every mistake becomes a
+//! [`CliError`] whose `Display` is one line, which `main` prints before
+//! exiting with status 2.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret shorter than this is refused: HS256 keys should be at least as
+/// long as the hash output (RFC 7518 §3.2: "a key of the same size as the
+/// hash output (for instance, 256 bits for "HS256") or larger MUST be used").
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Everything a [`crate::Server`] needs to start. `Config::default()` is the
+/// demo setup `cargo run` gives; tests start from it and change a field or two.
+#[derive(Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    pub bind: String,
+    /// JSON users file; `None` runs in demo mode with built-in users.
+    pub users_file: Option<PathBuf>,
+    /// Serve the front end from this directory instead of the embedded copy.
+    pub static_dir: Option<PathBuf>,
+    /// Lifetime of an issued token (`exp - iat`), in seconds.
+    pub token_ttl_secs: u64,
+    /// The `iss` claim written into tokens and required of every token.
+    pub issuer: String,
+    /// Largest chat message text, in UTF-8 bytes. Also sizes the WebSocket
+    /// frame and message limits (see [`Config::frame_limit`]).
+    pub max_message_bytes: usize,
+    /// HMAC key for HS256; `None` generates a random one at start-up.
+    pub secret: Option<Vec<u8>>,
+    /// How many frames may wait in one client's outbound queue before the
+    /// client is disconnected as a slow consumer (close code 4008).
+    pub client_queue_frames: usize,
+    /// How often the expiry sweep runs.
+    pub sweep_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:3000".to_string(),
+            users_file: None,
+            static_dir: None,
+            token_ttl_secs: 900,
+            issuer: "jwtchat".to_string(),
+            max_message_bytes: 4096,
+            secret: None,
+            client_queue_frames: 256,
+            sweep_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Config {
+    /// The largest WebSocket frame (and message) a client may send.
+    ///
+    /// A chat message arrives as JSON, `{"type":"message","text":"..."}`, and
+    /// JSON escaping can double the text (`"` becomes `\"`, a newline `\n`),
+    /// so the frame limit is twice the text limit plus room for the envelope.
+    /// A frame over this is closed with 1009; a frame under it whose text is
+    /// still too long gets a `bad_message` error and stays connected.
+    pub fn frame_limit(&self) -> usize {
+        self.max_message_bytes
+            .saturating_mul(2)
+            .saturating_add(1024)
+    }
+}
+
+/// What the command line asked for.
+pub enum Command {
+    /// Start the server (`jwtchat` or `jwtchat serve`).
+    Serve(Box<Config>),
+    /// Read a password from stdin, print its argon2id PHC string.
+    HashPassword,
+    Help,
+    Version,
+}
+
+/// A command-line mistake, printed as one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliError {
+    UnknownFlag(String),
+    UnknownCommand(String),
+    MissingValue(&'static str),
+    BadValue {
+        flag: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    SecretTooShort {
+        source: &'static str,
+        len: usize,
+    },
+    SecretFile {
+        path: PathBuf,
+        error: String,
+    },
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::UnknownFlag(flag) => write!(f, "unknown flag {flag} (see --help)"),
+            CliError::UnknownCommand(cmd) => write!(
+                f,
+                "unknown command {cmd:?}: expected serve or hash-password (see --help)"
+            ),
+            CliError::MissingValue(flag) => write!(f, "{flag} needs a value (see --help)"),
+            CliError::BadValue { flag, value, why } => {
+                write!(f, "invalid value {value:?} for {flag}: {why}")
+            }
+            CliError::SecretTooShort { source, len } => write!(
+                f,
+                "the secret from {source} is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
+            ),
+            CliError::SecretFile { path, error } => {
+                write!(f, "cannot read --secret-file {}: {error}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+pub const USAGE: &str = "\
+jwtchat - a WebSocket chat server that authenticates every connection with a JWT
+
+USAGE:
+    jwtchat [serve] [OPTIONS]     start the server (the default command)
+    jwtchat hash-password         read a password on stdin, print its argon2id hash
+
+OPTIONS:
+    --bind ADDR                 address to listen on [default: 127.0.0.1:3000]
+                                (port 0 picks a free port)
+    --users FILE                JSON users file; without it, demo users
+                                userA/passwordA, userB/passwordB, userC/passwordC
+    --static DIR                serve the front end from DIR instead of the
+                                copy embedded in the binary
+    --token-ttl SECS            token lifetime in seconds [default: 900]
+    --issuer NAME               the token issuer (iss claim) [default: jwtchat]
+    --max-message-bytes N       largest chat message text in bytes [default: 4096]
+    --secret-file FILE          HS256 secret (at least 32 bytes)
+    -h, --help                  print this help
+    -V, --version               print the version
+
+ENVIRONMENT:
+    JWTCHAT_SECRET              HS256 secret (at least 32 bytes), used when
+                                --secret-file is not given. With neither, a
+                                random secret is generated at start-up and
+                                tokens do not survive a restart.
+";
+
+/// Parses the arguments after the program name. `env_secret` is the value of
+/// `JWTCHAT_SECRET`, passed in so tests need not touch the real environment.
+pub fn parse<I>(args: I, env_secret: Option<OsString>) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+    let mut config = Config::default();
+    let mut secret_file: Option<PathBuf> = None;
+    let mut first = true;
+
+    while let Some(arg) = args.next() {
+        let is_first = std::mem::replace(&mut first, false);
+        // `--flag=value` and `--flag value` are both accepted.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &'static str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(CliError::MissingValue(name))
+        };
+
+        match flag.as_str() {
+            "serve" if is_first => {}
+            "hash-password" if is_first => return Ok(Command::HashPassword),
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--bind" => config.bind = non_empty("--bind", value("--bind")?)?,
+            "--users" => config.users_file = Some(PathBuf::from(value("--users")?)),
+            "--static" => config.static_dir = Some(PathBuf::from(value("--static")?)),
+            "--secret-file" => secret_file = Some(PathBuf::from(value("--secret-file")?)),
+            "--issuer" => config.issuer = non_empty("--issuer", value("--issuer")?)?,
+            "--token-ttl" => {
+                config.token_ttl_secs = number("--token-ttl", value("--token-ttl")?, 1, 31_536_000)?
+            }
+            "--max-message-bytes" => {
+                let n = number(
+                    "--max-message-bytes",
+                    value("--max-message-bytes")?,
+                    1,
+                    1 << 30,
+                )?;
+                config.max_message_bytes = n as usize;
+            }
+            other if is_first && !other.starts_with('-') => {
+                return Err(CliError::UnknownCommand(other.to_string()));
+            }
+            _ => return Err(CliError::UnknownFlag(flag)),
+        }
+    }
+
+    // An explicit flag beats the ambient environment.
+    let (secret, source) = match secret_file {
+        Some(path) => (Some(read_secret_file(&path)?), "--secret-file"),
+        None => (
+            env_secret.map(|s| s.to_string_lossy().into_owned().into_bytes()),
+            "JWTCHAT_SECRET",
+        ),
+    };
+    if let Some(secret) = &secret {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(CliError::SecretTooShort {
+                source,
+                len: secret.len(),
+            });
+        }
+    }
+    config.secret = secret;
+    Ok(Command::Serve(Box::new(config)))
+}
+
+/// Reads the secret, dropping the trailing newline an editor or `echo` adds:
+/// it is not part of the key anyone meant.
+fn read_secret_file(path: &PathBuf) -> Result<Vec<u8>, CliError> {
+    let mut bytes = std::fs::read(path).map_err(|e| CliError::SecretFile {
+        path: path.clone(),
+        error: e.to_string(),
+    })?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
+fn non_empty(flag: &'static str, value: String) -> Result<String, CliError> {
+    if value.trim().is_empty() {
+        return Err(CliError::BadValue {
+            flag,
+            value,
+            why: "must not be empty",
+        });
+    }
+    Ok(value)
+}
+
+fn number(flag: &'static str, value: String, min: u64, max: u64) -> Result<u64, CliError> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(CliError::BadValue {
+            flag,
+            value,
+            why: "out of range",
+        }),
+        Err(_) => Err(CliError::BadValue {
+            flag,
+            value,
+            why: "expected a whole number",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(OsString::from), None)
+    }
+
+    fn serve(args: &[&str]) -> Config {
+        match parse_strs(args) {
+            Ok(Command::Serve(c)) => *c,
+            _ => panic!("expected serve for {args:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = serve(&[]);
+        assert_eq!(c.bind, "127.0.0.1:3000");
+        assert_eq!(c.token_ttl_secs, 900);
+        assert_eq!(c.issuer, "jwtchat");
+        assert_eq!(c.max_message_bytes, 4096);
+        assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
+    }
+
+    #[test]
+    fn flags_take_separate_or_inline_values() {
+        let c = serve(&[
+            "serve",
+            "--bind",
+            "0.0.0.0:80",
+            "--token-ttl=60",
+            "--issuer",
+            "me",
+        ]);
+        assert_eq!(c.bind, "0.0.0.0:80");
+        assert_eq!(c.token_ttl_secs, 60);
+        assert_eq!(c.issuer, "me");
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert_eq!(
+            parse_strs(&["--nope"]).err(),
+            Some(CliError::UnknownFlag("--nope".into()))
+        );
+        assert_eq!(
+            parse_strs(&["--bind"]).err(),
+            Some(CliError::MissingValue("--bind"))
+        );
+        assert!(matches!(
+            parse_strs(&["--token-ttl", "soon"]),
+            Err(CliError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_strs(&["--max-message-bytes", "0"]),
+            Err(CliError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_strs(&["frobnicate"]),
+            Err(CliError::UnknownCommand(_))
+        ));
+    }
+
+    #[test]
+    fn short_env_secret_is_refused() {
+        let err = parse(Vec::<OsString>::new(), Some("too short".into())).err();
+        assert_eq!(
+            err,
+            Some(CliError::SecretTooShort {
+                source: "JWTCHAT_SECRET",
+                len: 9
+            })
+        );
+        let ok = parse(Vec::<OsString>::new(), Some("x".repeat(32).into()));
+        assert!(
+            matches!(ok, Ok(Command::Serve(c)) if c.secret.as_deref() == Some(&[b'x'; 32][..]))
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The WebSocket opening handshake, server side (RFC 6455 §4.2), with the
+//! token check in the middle of it.
+//!
+//! A client asks to upgrade with an ordinary HTTP request:
+//!
+//! ```text
+//! GET /ws?token=eyJ... HTTP/1.1
+//! Host: chat.example
+//! Upgrade: websocket
+//! Connection: Upgrade
+//! Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+//! Sec-WebSocket-Version: 13
+//! ```
+//!
+//! [`check`] walks §4.2.1 in order; the first failed check decides the
+//! answer, and [`HandshakeError::response`] maps every failure to its status
+//! in one place. Only when all pass, the token included, does the server
+//! write `101 Switching Protocols` ([`switching_protocols`]); a bad token is
+//! refused *before* the upgrade, as a plain HTTP `401`.
+
+use crate::auth::{Claims, TokenError, Tokens};
+use crate::http::{Request, Response};
+
+/// Why an upgrade was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// §4.2.1 (1): "An HTTP/1.1 or higher GET request".
+    OldHttpVersion,
+    /// §4.2.1 (2): "A |Host| header field".
+    MissingHost,
+    /// §4.2.1 (3): no `Upgrade: websocket`; this is not a WebSocket request.
+    NotAnUpgrade,
+    /// §4.2.1 (4): "A |Connection| header field that includes the token
+    /// "Upgrade"".
+    MissingConnectionUpgrade,
+    /// §4.2.1 (5): no `Sec-WebSocket-Key`, or not 16 bytes in base64.
+    BadKey,
+    /// §4.2.1 (6) and §4.4: only version 13 is spoken.
+    UnsupportedVersion,
+    /// RFC 6750 §3.1: missing or invalid bearer token.
+    Token(TokenError),
+}
+
+impl HandshakeError {
+    /// The one place a refused upgrade becomes a status code.
+    pub fn response(&self) -> Response {
+        let bad_request = |message: &str| Response::error(400, "bad_request", message);
+        match self {
+            HandshakeError::OldHttpVersion => bad_request("WebSocket needs HTTP/1.1 or later"),
+            HandshakeError::MissingHost => bad_request("no \"Host\" header"),
+            HandshakeError::MissingConnectionUpgrade => {
+                bad_request("\"Connection\" header must include \"Upgrade\"")
+            }
+            HandshakeError::BadKey => {
+                bad_request("\"Sec-WebSocket-Key\" must be 16 bytes in base64")
+            }
+            // §4.2.2: a server that wants a different protocol "MAY send a
+            // 426 ... with an |Upgrade| header field".
+            HandshakeError::NotAnUpgrade => Response::error(
+                426,
+                "upgrade_required",
+                "this endpoint speaks WebSocket: send \"Upgrade: websocket\"",
+            )
+            .with_header("Upgrade", "websocket"),
+            // §4.4: the server answers with the versions it supports.
+            HandshakeError::UnsupportedVersion => Response::error(
+                426,
+                "unsupported_version",
+                "only Sec-WebSocket-Version 13 is supported",
+            )
+            .with_header("Sec-WebSocket-Version", "13"),
+            // One answer for every bad token: telling a caller *why* its
+            // forged token failed helps nobody honest.
+            HandshakeError::Token(_) => invalid_token(),
+        }
+    }
+}
+
+/// `401 {"error":"invalid_token"}`, with the RFC 6750 §3 challenge.
+pub fn invalid_token() -> Response {
+    Response::json(401, &serde_json::json!({ "error": "invalid_token" }))
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+}
+
+/// A handshake that passed every check.
+#[derive(Debug)]
+pub struct Accepted {
+    pub claims: Claims,
+    /// The `Sec-WebSocket-Accept` value for the 101.
+    pub accept: String,
+}
+
+/// Runs the server's checks of §4.2.1, in order, then the token's.
+pub fn check(request: &Request, tokens: &Tokens) -> Result<Accepted, HandshakeError> {
+    // (1) The method is GET: the router sends anything else a 405.
+    if request.minor_version < 1 {
+        return Err(HandshakeError::OldHttpVersion);
+    }
+    // (2) Host, which the same-origin policy of browsers relies on.
+    if request.header("Host").is_none_or(str::is_empty) {
+        return Err(HandshakeError::MissingHost);
+    }
+    // (3) Upgrade: websocket (the value is case-insensitive).
+    if !request.header_has_token("Upgrade", "websocket") {
+        return Err(HandshakeError::NotAnUpgrade);
+    }
+    // (4) Connection: Upgrade, possibly among other tokens
+    // ("keep-alive, Upgrade" is what Firefox sends).
+    if !request.header_has_token("Connection", "Upgrade") {
+        return Err(HandshakeError::MissingConnectionUpgrade);
+    }
+    // (5) Sec-WebSocket-Key: "a base64-encoded value that, when decoded, is
+    // 16 bytes in length".
+    let key = request.header("Sec-WebSocket-Key").unwrap_or_default();
+    if !is_base64_of_16_bytes(key) {
+        return Err(HandshakeError::BadKey);
+    }
+    // (6) Sec-WebSocket-Version: 13.
+    if request.header("Sec-WebSocket-Version") != Some("13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    // Not in RFC 6455, which leaves authentication to the application
+    // (§10.5): the bearer token, checked as RFC 7519 §7.2 says.
+    let token = bearer_token(request).ok_or(HandshakeError::Token(TokenError::Missing))?;
+    let claims = tokens.verify(&token).map_err(HandshakeError::Token)?;
+    Ok(Accepted {
+        claims,
+        accept: accept_key(key),
+    })
+}
+
+/// The token from `Authorization: Bearer <jwt>` (RFC 6750 §2.1), else from
+/// the `token` query parameter (§2.3), which is all a browser's WebSocket
+/// API can send.
+pub fn bearer_token(request: &Request) -> Option<String> {
+    if let Some(value) = request.header("Authorization") {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("Bearer")
+            .then(|| token.trim().to_string())
+            .filter(|t| !t.is_empty());
+    }
+    request.query_param("token").filter(|t| !t.is_empty())
+}
+
+/// §4.2.2 (5.4): the base64 of the SHA-1 of the key followed by the GUID
+/// `258EAFA5-E914-47DA-95CA-C5AB0DC85B11`. It proves to the client that the
+/// server read its handshake, and is not a security measure.
+pub fn accept_key(key: &str) -> String {
+    tungstenite::handshake::derive_accept_key(key.as_bytes())
+}
+
+/// True if `key` is the base64 (RFC 4648 §4, padded) of exactly 16 bytes:
+/// 22 alphabet characters and `==`. 16 bytes are 128 bits and 22 characters
+/// carry 132, so the last character's low 4 bits must be zero: it is one of
+/// `A`, `Q`, `g`, `w`.
+fn is_base64_of_16_bytes(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    bytes.len() == 24
+        && bytes[..22].iter().all(alphabet)
+        && matches!(bytes[21], b'A' | b'Q' | b'g' | b'w')
+        && &bytes[22..] == b"=="
+}
+
+/// The `101` that completes the handshake (§4.2.2 (5)). No subprotocol and
+/// no extension is chosen: the server offers neither.
+pub fn switching_protocols(accept: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn keys_must_be_16_bytes_of_base64() {
+        assert!(is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25jZR==")); // 'R' leaves bits
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25j")); // too short
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub2*jZQ=="));
+        assert!(!is_base64_of_16_bytes(""));
+    }
+}

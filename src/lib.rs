@@ -1,0 +1,61 @@
+//! # jwtchat
+//!
+//! A small WebSocket chat server that authenticates every connection with a
+//! JSON Web Token, written on the standard library and threads: blocking
+//! I/O, one thread per connection, no async runtime and no web framework,
+//! so that every step from `POST /auth` to a broadcast frame can be read.
+//!
+//! The modules follow a request's journey:
+//!
+//! | step | module |
+//! |---|---|
+//! | read an HTTP request with limits, write a response | [`http`] |
+//! | route it | [`server`] |
+//! | log in: users, passwords, tokens | [`auth`] |
+//! | serve the front end | [`assets`] |
+//! | upgrade to WebSocket (RFC 6455 §4.2) | [`handshake`] |
+//! | one client's reader and writer threads | [`session`], [`outbox`] |
+//! | the pool, broadcast and expiry | [`room`] |
+//! | the JSON messages and close codes | [`protocol`], [`frame`] |
+//! | flags and defaults | [`config`] |
+//!
+//! Start a server in-process (this is how the tests and benchmarks do it):
+//!
+//! ```no_run
+//! let mut config = jwtchat::Config::default();
+//! config.bind = "127.0.0.1:0".into();
+//! let server = jwtchat::Server::bind(config).expect("start");
+//! println!("listening on http://{}", server.local_addr());
+//! let handle = server.spawn().expect("spawn");
+//! // ... talk to it ...
+//! handle.stop();
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod log;
+
+pub mod assets;
+pub mod auth;
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod outbox;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use server::{Server, ServerHandle, StartError};
+
+/// What every connection thread shares: configuration, accounts, token
+/// keys, the front end and the room.
+pub struct Shared {
+    pub config: Config,
+    pub users: auth::Users,
+    pub tokens: auth::Tokens,
+    pub assets: assets::Assets,
+    pub room: room::Room,
+}

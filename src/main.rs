@@ -1,0 +1,59 @@
+//! The `jwtchat` command: parse the command line, then serve or hash.
+//!
+//! Exit status: 0 on success, 2 for a usage or configuration error (one
+//! line on stderr saying what is wrong), 1 if serving fails at run time.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use jwtchat::config::{self, Command};
+use jwtchat::{Server, auth};
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().skip(1);
+    let command = match config::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
+        Ok(command) => command,
+        Err(error) => return usage_error(&error),
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("jwtchat {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::HashPassword => hash_password(),
+        Command::Serve(config) => match Server::bind(*config) {
+            Ok(server) => {
+                server.run();
+                ExitCode::SUCCESS
+            }
+            Err(error) => usage_error(&error),
+        },
+    }
+}
+
+fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("jwtchat: {error}");
+    ExitCode::from(2)
+}
+
+/// `jwtchat hash-password`: one line from stdin (without its newline) to an
+/// argon2id PHC string for the users file.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(error) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("jwtchat: cannot read the password from stdin: {error}");
+        return ExitCode::from(2);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("jwtchat: the password on stdin is empty");
+        return ExitCode::from(2);
+    }
+    println!("{}", auth::hash_password(password));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,225 @@
+//! The chat protocol: the JSON objects inside WebSocket text frames, and the
+//! close codes the server uses (RFC 6455 §7.4).
+//!
+//! Client → server: `{"type":"message","text":"..."}`.
+//! Server → client: `welcome`, `join`, `leave`, `message` and `error`, see
+//! [`Outgoing`]. Each is serialised and framed once by [`Outgoing::frame`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, Frame};
+
+/// Close codes (RFC 6455 §7.4.1; 4000–4999 are for applications, §7.4.2).
+pub mod close_code {
+    /// The peer asked to close, or the server is done.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A data type the server does not accept (binary frames).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame or message over the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The token expired: log in again.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The client read too slowly and its queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// A message from a client, after checks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Chat text to broadcast.
+    Chat(String),
+}
+
+/// The wire shape of client messages; `type` selects the variant.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Wire {
+    Message { text: String },
+}
+
+/// Why a client message was refused. The client gets
+/// `{"type":"error","code":"bad_message","message":<Display>}` and stays.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// Not JSON, not an object, no or unknown `type`, missing `text`.
+    Invalid(String),
+    EmptyText,
+    TextTooLong {
+        len: usize,
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for MessageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageError::Invalid(why) => write!(f, "invalid message: {why}"),
+            MessageError::EmptyText => write!(f, "text must not be empty"),
+            MessageError::TextTooLong { len, max } => {
+                write!(f, "text is {len} bytes; the limit is {max}")
+            }
+        }
+    }
+}
+
+/// Decodes and checks one client text frame.
+pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, MessageError> {
+    let wire: Wire =
+        serde_json::from_str(raw).map_err(|e| MessageError::Invalid(short_json_error(&e)))?;
+    match wire {
+        Wire::Message { text } => {
+            if text.trim().is_empty() {
+                Err(MessageError::EmptyText)
+            } else if text.len() > max_text_bytes {
+                Err(MessageError::TextTooLong {
+                    len: text.len(),
+                    max: max_text_bytes,
+                })
+            } else {
+                Ok(Incoming::Chat(text))
+            }
+        }
+    }
+}
+
+/// serde's message without the position, which means nothing to a chat user
+/// ("unknown variant `foo`, expected `message`").
+fn short_json_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.find(" at line ") {
+        Some(cut) => full[..cut].to_string(),
+        None => full,
+    }
+}
+
+/// Error codes in `{"type":"error","code":..}`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    TokenExpired,
+}
+
+/// Everything the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Outgoing<'a> {
+    /// First frame on every connection.
+    Welcome {
+        user: &'a str,
+        expires_at: u64,
+        online: Vec<&'a str>,
+    },
+    /// A user came online (their first connection).
+    Join {
+        user: &'a str,
+    },
+    /// A user went offline (their last connection closed).
+    Leave {
+        user: &'a str,
+    },
+    /// A chat message, to everyone, the sender included.
+    Message {
+        seq: u64,
+        from: &'a str,
+        text: &'a str,
+        /// Unix milliseconds, when the server accepted it.
+        ts: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+/// What the server says, once, before closing with 4001.
+pub const TOKEN_EXPIRED_TEXT: &str = "Your token is no longer valid. Please reauthenticate.";
+
+impl Outgoing<'_> {
+    /// Serialises to JSON and encodes one text frame.
+    pub fn frame(&self) -> Frame {
+        // Serialising these plain structs cannot fail; an empty object is a
+        // harmless fallback rather than a panic on a client's path.
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string());
+        frame::text(&json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_messages_decode() {
+        assert_eq!(
+            decode(r#"{"type":"message","text":"hi"}"#, 10),
+            Ok(Incoming::Chat("hi".into()))
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_explained() {
+        let cases = [
+            ("hello", "invalid message: expected value"),
+            (
+                r#"{"type":"dance"}"#,
+                "invalid message: unknown variant `dance`",
+            ),
+            (r#"{"text":"x"}"#, "invalid message: missing field `type`"),
+            (
+                r#"{"type":"message"}"#,
+                "invalid message: missing field `text`",
+            ),
+            (
+                r#"{"type":"message","text":"  "}"#,
+                "text must not be empty",
+            ),
+            (
+                r#"{"type":"message","text":"12345678901"}"#,
+                "text is 11 bytes; the limit is 10",
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = decode(raw, 10).unwrap_err().to_string();
+            assert!(got.starts_with(want), "{raw}: {got}");
+        }
+    }
+
+    #[test]
+    fn outgoing_shapes_match_the_contract() {
+        let json = |m: Outgoing| {
+            let f = m.frame();
+            serde_json::from_slice::<serde_json::Value>(&f[2..]).unwrap()
+        };
+        assert_eq!(
+            json(Outgoing::Message {
+                seq: 1,
+                from: "a",
+                text: "<b>",
+                ts: 5
+            }),
+            serde_json::json!({"type":"message","seq":1,"from":"a","text":"<b>","ts":5})
+        );
+        assert_eq!(
+            json(Outgoing::Error {
+                code: ErrorCode::TokenExpired,
+                message: "m"
+            }),
+            serde_json::json!({"type":"error","code":"token_expired","message":"m"})
+        );
+        assert_eq!(
+            json(Outgoing::Welcome {
+                user: "a",
+                expires_at: 9,
+                online: vec!["a"]
+            }),
+            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"]})
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The room: who is connected, and every broadcast to them.
+//!
+//! The pool is a `RwLock<HashMap<ClientId, Client>>`. Everything that must
+//! reach clients *in one order* (messages with their `seq`, joins, leaves,
+//! evictions) runs under one more lock, the [`Timeline`] mutex, taken before
+//! the pool lock and never after it. That is what makes `seq` order the same
+//! for everyone: two senders cannot interleave their fan-outs.
+//!
+//! A fan-out serialises and frames the message once, then for each client
+//! compares the stored `exp` with the clock (no cryptography: the token was
+//! verified at the handshake) and pushes the shared frame onto the client's
+//! bounded queue. Nobody waits on a socket here. An expired client is sent
+//! `token_expired` and closed with 4001 instead of receiving the message; a
+//! client whose queue is full is closed with 4008. Both leave the pool at
+//! once, and their `leave` goes out in the same order as everything else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::auth::{is_expired, now_secs};
+use crate::frame::{self, Frame};
+use crate::outbox::Outbox;
+use crate::protocol::{ErrorCode, Outgoing, TOKEN_EXPIRED_TEXT, close_code};
+
+/// Identifies one connection (a user may have several).
+pub type ClientId = u64;
+
+/// One connected client, as the room sees it.
+pub struct Client {
+    pub username: Arc<str>,
+    /// Token expiry, Unix seconds.
+    pub exp: u64,
+    pub outbox: Arc<Outbox>,
+}
+
+/// Why a client left the room: for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The client closed, or its connection ended.
+    Disconnected,
+    /// Its token expired (close 4001).
+    TokenExpired,
+    /// Its queue overflowed (close 4008).
+    SlowConsumer,
+}
+
+/// State that changes in broadcast order.
+struct Timeline {
+    /// The `seq` of the last chat message.
+    seq: u64,
+    /// Connections per username: `join` when it becomes 1, `leave` at 0.
+    presence: BTreeMap<Arc<str>, usize>,
+}
+
+pub struct Room {
+    clients: RwLock<HashMap<ClientId, Client>>,
+    timeline: Mutex<Timeline>,
+    next_id: AtomicU64,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room::new()
+    }
+}
+
+impl Room {
+    pub fn new() -> Room {
+        Room {
+            clients: RwLock::new(HashMap::new()),
+            timeline: Mutex::new(Timeline {
+                seq: 0,
+                presence: BTreeMap::new(),
+            }),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    // A panic elsewhere must not take the room down with it: a poisoned
+    // lock still guards consistent data here (every update is one insert or
+    // remove), so take it anyway.
+    fn timeline(&self) -> MutexGuard<'_, Timeline> {
+        self.timeline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Client>> {
+        self.clients.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Client>> {
+        self.clients.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a client: it gets `welcome` (with everyone online, itself
+    /// included) as its first frame, and everyone else gets `join` if this
+    /// is the user's first connection.
+    pub fn join(&self, client: Client) -> ClientId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut timeline = self.timeline();
+        let username = client.username.clone();
+        let count = timeline.presence.entry(username.clone()).or_insert(0);
+        *count += 1;
+        let first = *count == 1;
+        let online: Vec<&str> = timeline.presence.keys().map(|u| &**u).collect();
+        let welcome = Outgoing::Welcome {
+            user: &username,
+            expires_at: client.exp,
+            online,
+        }
+        .frame();
+        // A fresh queue has room for its first frame.
+        let _ = client.outbox.push(welcome);
+        self.write().insert(id, client);
+        if first {
+            let join = Outgoing::Join { user: &username }.frame();
+            let evictions = self.fan_out(&join, Some(id));
+            self.settle(&mut timeline, evictions);
+        }
+        id
+    }
+
+    /// Removes a client whose connection ended. Idempotent: whoever removes
+    /// it first (the reader, an eviction) sends the `leave`.
+    pub fn leave(&self, id: ClientId) {
+        let mut timeline = self.timeline();
+        self.settle(&mut timeline, vec![(id, Departure::Disconnected)]);
+    }
+
+    /// Broadcasts a chat message from `from` to everyone, the sender
+    /// included, and returns its `seq`.
+    pub fn broadcast(&self, from: &str, text: &str) -> u64 {
+        let mut timeline = self.timeline();
+        timeline.seq += 1;
+        let seq = timeline.seq;
+        let message = Outgoing::Message {
+            seq,
+            from,
+            text,
+            ts: unix_millis(),
+        }
+        .frame();
+        let evictions = self.fan_out(&message, None);
+        self.settle(&mut timeline, evictions);
+        seq
+    }
+
+    /// Closes every client whose token has expired. Run by the sweeper at
+    /// least once a second, so an idle client goes within about a second of
+    /// its `exp`. Returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = now_secs();
+        let expired = |c: &Client| is_expired(c.exp, now);
+        if !self.read().values().any(expired) {
+            return 0;
+        }
+        let mut timeline = self.timeline();
+        let evictions: Vec<_> = self
+            .read()
+            .iter()
+            .filter(|(_, c)| expired(c))
+            .map(|(id, _)| (*id, Departure::TokenExpired))
+            .collect();
+        let count = evictions.len();
+        self.settle(&mut timeline, evictions);
+        count
+    }
+
+    /// Pushes `frame` to every client but `except`, and returns the clients
+    /// that must go instead: expired ones (they never get the frame) and
+    /// ones whose queue is full.
+    fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
+        let now = now_secs();
+        let mut evictions = Vec::new();
+        for (&id, client) in self.read().iter() {
+            if Some(id) == except {
+                continue;
+            }
+            if is_expired(client.exp, now) {
+                evictions.push((id, Departure::TokenExpired));
+            } else if client.outbox.push(frame.clone()).is_err() {
+                evictions.push((id, Departure::SlowConsumer));
+            }
+        }
+        evictions
+    }
+
+    /// Takes the departing clients out of the pool, says goodbye to the
+    /// evicted ones, and fans out a `leave` for each user whose last
+    /// connection this was. A `leave` can find more clients to evict; the
+    /// loop runs until nobody else has to go. (A loop, not recursion: a
+    /// thousand tokens expiring in the same second must not grow the stack.)
+    fn settle(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
+        while !departing.is_empty() {
+            let removed: Vec<(ClientId, Client, Departure)> = {
+                let mut pool = self.write();
+                departing
+                    .drain(..)
+                    .filter_map(|(id, why)| pool.remove(&id).map(|c| (id, c, why)))
+                    .collect()
+            };
+            for (id, client, why) in removed {
+                if why != Departure::Disconnected {
+                    crate::info!("client {id} ({}) evicted: {why:?}", client.username);
+                    send_farewell(&client.outbox, why);
+                }
+                if timeline.release(&client.username) {
+                    let leave = Outgoing::Leave {
+                        user: &client.username,
+                    }
+                    .frame();
+                    departing.extend(self.fan_out(&leave, None));
+                }
+            }
+        }
+    }
+}
+
+impl Timeline {
+    /// One connection of `username` is gone; true if it was the last.
+    fn release(&mut self, username: &str) -> bool {
+        match self.presence.get_mut(username) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                self.presence.remove(username);
+                true
+            }
+        }
+    }
+}
+
+/// The last words to an evicted client: for an expired token, the
+/// `token_expired` error then close 4001; for a slow consumer, close 4008
+/// ahead of the backlog it will never read.
+fn send_farewell(outbox: &Outbox, why: Departure) {
+    match why {
+        Departure::TokenExpired => {
+            let notice = Outgoing::Error {
+                code: ErrorCode::TokenExpired,
+                message: TOKEN_EXPIRED_TEXT,
+            }
+            .frame();
+            let close = frame::close(close_code::TOKEN_EXPIRED, "token expired");
+            outbox.close(&[notice, close], false);
+        }
+        Departure::SlowConsumer => {
+            let close = frame::close(
+                close_code::SLOW_CONSUMER,
+                "too slow: messages were not read",
+            );
+            outbox.close(&[close], true);
+        }
+        Departure::Disconnected => {}
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

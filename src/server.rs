@@ -1,0 +1,408 @@
+//! The server: the listener, one thread per connection, and the router that
+//! sends each request to its handler.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /auth` | a token, or `401`/`400`/`413`/`415` |
+//! | `GET /ws` | the WebSocket upgrade ([`crate::handshake`]) |
+//! | `GET /healthz` | `200 ok` |
+//! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::assets::Assets;
+use crate::auth::{Tokens, Users, UsersError};
+use crate::config::{Config, MIN_SECRET_BYTES};
+use crate::http::{Connection, Request, RequestError, Response};
+use crate::room::Room;
+use crate::{Shared, handshake, session};
+
+/// Stack for a connection thread, which becomes the client's reader after
+/// an upgrade. Small, so thousands of clients fit in little memory; JSON
+/// parsing is depth-limited (serde_json stops at 128 levels), so this is
+/// ample.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Headers on every front-end file: a strict Content-Security-Policy (the
+/// page has no inline script or style) and no MIME sniffing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+     img-src 'self' data:; style-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Why the server could not start. `main` prints it and exits with 2.
+#[derive(Debug)]
+pub enum StartError {
+    Users(UsersError),
+    Static(io::Error),
+    SecretTooShort(usize),
+    Bind(String, io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Users(e) => write!(f, "{e}"),
+            StartError::Static(e) => write!(f, "cannot serve --static directory: {e}"),
+            StartError::SecretTooShort(len) => write!(
+                f,
+                "the secret is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
+            ),
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads users, keys and the front end, and binds the listener.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let users = match &config.users_file {
+            Some(path) => Users::load(path).map_err(StartError::Users)?,
+            None => {
+                crate::warn!(
+                    "demo mode: built-in users userA/passwordA, userB/passwordB, userC/passwordC \
+                     (pass --users FILE for real accounts)"
+                );
+                Users::demo()
+            }
+        };
+        let secret = match &config.secret {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(StartError::SecretTooShort(secret.len()));
+            }
+            Some(secret) => secret.clone(),
+            None => {
+                crate::warn!(
+                    "no JWTCHAT_SECRET or --secret-file: using a random secret; \
+                     tokens will not survive a restart"
+                );
+                random_secret()
+            }
+        };
+        let assets = match &config.static_dir {
+            Some(dir) => Assets::from_dir(dir).map_err(StartError::Static)?,
+            None => Assets::Embedded,
+        };
+        let listener = bind(&config.bind)?;
+        let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs);
+        let shared = Shared {
+            config,
+            users,
+            tokens,
+            assets,
+            room: Room::new(),
+        };
+        Ok(Server {
+            listener,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Shared state, for tests that look inside.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves until the process ends.
+    pub fn run(self) {
+        let stop = Arc::new(AtomicBool::new(false));
+        self.serve(&stop);
+    }
+
+    /// Serves on a background thread; the handle stops it.
+    pub fn spawn(self) -> io::Result<ServerHandle> {
+        let addr = self.local_addr();
+        let shared = self.shared.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("jwtchat-accept".into())
+            .spawn(move || self.serve(&flag))?;
+        Ok(ServerHandle {
+            addr,
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn serve(self, stop: &Arc<AtomicBool>) {
+        let addr = self.local_addr();
+        crate::info!("listening on http://{addr}");
+        spawn_sweeper(self.shared.clone(), stop.clone());
+        for incoming in self.listener.incoming() {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            match incoming {
+                Ok(stream) => spawn_connection(&self.shared, stream),
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of
+                    // spinning, and keep serving the clients we have.
+                    crate::warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+/// A server running in the background (see [`Server::spawn`]).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting connections. Open connections run to their end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // The accept loop is blocked in accept(): a connection wakes it.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    let fail = |e| StartError::Bind(addr.to_string(), e);
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(fail)?.collect();
+    TcpListener::bind(&addrs[..]).map_err(fail)
+}
+
+fn random_secret() -> Vec<u8> {
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret).expect("the OS random source is available");
+    secret
+}
+
+/// Checks every client's token expiry at `sweep_interval`.
+fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let interval = shared.config.sweep_interval;
+    let spawned = thread::Builder::new()
+        .name("expiry-sweep".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                thread::sleep(interval);
+                shared.room.sweep();
+            }
+        });
+    if let Err(e) = spawned {
+        crate::error!("cannot start the expiry sweep: {e}");
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name("conn".into())
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || handle_connection(&shared, stream));
+    if let Err(e) = spawned {
+        // The stream was moved into the closure and is dropped with it.
+        crate::warn!("cannot start a connection thread: {e}");
+    }
+}
+
+/// Serves requests on one connection until it closes or upgrades.
+fn handle_connection(shared: &Shared, stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let mut conn = Connection::new(stream);
+    loop {
+        let request = match conn.read_request() {
+            Ok(request) => request,
+            Err(error) => {
+                refuse(&mut conn, &error, peer);
+                return;
+            }
+        };
+        if request.path() == "/ws" && request.method == "GET" {
+            return upgrade(shared, conn, &request, peer);
+        }
+        let keep_alive = request.keep_alive();
+        let response = route(shared, &request, peer);
+        let head_only = request.method == "HEAD";
+        if conn
+            .write_response(&response, head_only, keep_alive)
+            .is_err()
+            || !keep_alive
+        {
+            return;
+        }
+    }
+}
+
+fn refuse(conn: &mut Connection, error: &RequestError, peer: SocketAddr) {
+    if let Some(response) = error.response() {
+        crate::debug!("{peer}: {error}");
+        let _ = conn.write_response(&response, false, false);
+    }
+}
+
+/// Every request but a WebSocket upgrade.
+fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let method = request.method.as_str();
+    match (request.path(), method) {
+        ("/auth", "POST") => login(shared, request, peer),
+        ("/auth", _) => method_not_allowed("POST"),
+        ("/ws", _) => method_not_allowed("GET"),
+        ("/healthz", "GET" | "HEAD") => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
+        ("/healthz", _) => method_not_allowed("GET, HEAD"),
+        (path, "GET" | "HEAD") => static_file(shared, path),
+        _ => method_not_allowed("GET, HEAD"),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    Response::error(405, "method_not_allowed", &format!("allowed: {allow}"))
+        .with_header("Allow", allow)
+}
+
+fn static_file(shared: &Shared, path: &str) -> Response {
+    match shared.assets.get(path) {
+        Ok((content_type, body)) => Response::new(200, content_type, body)
+            .with_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            .with_header("X-Content-Type-Options", "nosniff")
+            .with_header("Cache-Control", "no-cache"),
+        Err(error) => error.response(),
+    }
+}
+
+/// `POST /auth` login form: JSON, or a URL-encoded form.
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let credentials = match parse_credentials(request) {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
+    let Some(user) = shared
+        .users
+        .check_password(&credentials.username, &credentials.password)
+    else {
+        crate::info!("login failed for {:?} from {peer}", credentials.username);
+        return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
+    };
+    let (token, _) = shared.tokens.issue(user);
+    crate::info!("login ok: {} from {peer}", user.username);
+    // RFC 6749 §5.1: responses carrying tokens must not be cached.
+    Response::json(
+        200,
+        &serde_json::json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": shared.tokens.ttl_secs(),
+        }),
+    )
+    .with_header("Cache-Control", "no-store")
+}
+
+fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
+    let content_type = request
+        .header("Content-Type")
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let bad = |message: String| Response::error(400, "bad_request", &message);
+    match content_type.as_str() {
+        "application/json" => serde_json::from_slice(&request.body).map_err(|e| {
+            bad(format!(
+                "body must be {{\"username\":..,\"password\":..}}: {e}"
+            ))
+        }),
+        "application/x-www-form-urlencoded" => {
+            let field = |name: &str| {
+                url::form_urlencoded::parse(&request.body)
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+                    .ok_or_else(|| bad(format!("form field {name:?} is missing")))
+            };
+            Ok(Credentials {
+                username: field("username")?,
+                password: field("password")?,
+            })
+        }
+        other => Err(Response::error(
+            415,
+            "unsupported_media_type",
+            &format!("Content-Type {other:?}: send application/json"),
+        )),
+    }
+}
+
+/// `GET /ws`: check the handshake and token, send the `101`, and become the
+/// client's session.
+fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: SocketAddr) {
+    let accepted = match handshake::check(request, &shared.tokens) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            crate::info!(
+                "upgrade refused for {peer} ({}): {error:?}",
+                crate::log::redact_token(&request.target)
+            );
+            let _ = conn.write_response(&error.response(), false, false);
+            return;
+        }
+    };
+    if conn
+        .write_raw(handshake::switching_protocols(&accepted.accept).as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let (stream, leftover) = conn.into_parts();
+    session::run(shared, stream, leftover, accepted.claims, peer);
+}

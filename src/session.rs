@@ -1,0 +1,256 @@
+//! One client's life after the `101`: a reader (this thread) and a writer
+//! (a second, small thread).
+//!
+//! ```text
+//!            ┌──────────── reader thread ────────────┐
+//!  socket ──►│ tungstenite: frames, UTF-8, limits    │──► room.broadcast
+//!            │ protocol::decode                      │
+//!            └──────────┬────────────────────────────┘
+//!                       │ pongs, close echoes, notices
+//!                       ▼
+//!  room fan-out ───► Outbox (bounded) ───► writer thread ───► socket
+//! ```
+//!
+//! `tungstenite` is given a stream whose read half is the socket and whose
+//! write half is the client's [`Outbox`], so even the pongs it sends on its
+//! own go through the one writer (RFC 6455 §5.5.2: a Ping "MUST" get a Pong).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+use crate::Shared;
+use crate::auth::Claims;
+use crate::frame;
+use crate::outbox::{self, Outbox, OutboxWriter};
+use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
+use crate::room::{Client, ClientId};
+
+/// Stack for the writer thread: it only moves bytes.
+const WRITER_STACK: usize = 64 * 1024;
+/// `tungstenite`'s read buffer per connection. Chat frames are small; a
+/// larger frame simply takes more reads.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// The stream `tungstenite` works on: reads from the socket, writes into the
+/// outbox.
+struct Duplex {
+    read: TcpStream,
+    write: OutboxWriter,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read.read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.write.flush()
+    }
+}
+
+/// How a session ended, for the log.
+enum End {
+    /// The client sent a close frame.
+    ClientClosed(Option<u16>),
+    /// The connection dropped, or the server had closed it (expiry, slow).
+    Dropped,
+    /// The server closed it for a protocol reason, with this code.
+    Refused(u16),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientClosed(Some(code)) => write!(f, "client closed, code {code}"),
+            End::ClientClosed(None) => write!(f, "client closed"),
+            End::Dropped => write!(f, "connection ended"),
+            End::Refused(code) => write!(f, "closed by server, code {code}"),
+        }
+    }
+}
+
+/// Removes the client from the room when the session ends, however it ends
+/// (a panic included), so nobody stays "online" forever.
+struct Membership<'a> {
+    shared: &'a Shared,
+    id: ClientId,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.shared.room.leave(self.id);
+    }
+}
+
+/// Runs a session to its end. `leftover` holds bytes read past the upgrade
+/// request (a client may send its first frame without waiting for the 101).
+pub fn run(
+    shared: &Shared,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    claims: Claims,
+    peer: SocketAddr,
+) {
+    // The HTTP phase set a read timeout; a chat can be quiet for as long as
+    // the token lasts (the sweep ends it at expiry).
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_nodelay(true);
+    let outbox = Outbox::new(shared.config.client_queue_frames);
+    if !spawn_writer(&outbox, &stream) {
+        return;
+    }
+    let mut ws = WebSocket::from_partially_read(
+        Duplex {
+            read: stream,
+            write: OutboxWriter::new(outbox.clone()),
+        },
+        leftover,
+        Role::Server,
+        Some(ws_config(shared.config.frame_limit())),
+    );
+
+    let username: Arc<str> = claims.username.as_str().into();
+    let id = shared.room.join(Client {
+        username: username.clone(),
+        exp: claims.exp,
+        outbox: outbox.clone(),
+    });
+    let membership = Membership { shared, id };
+    crate::info!("client {id} connected: {username} from {peer}");
+
+    let end = read_loop(shared, &mut ws, &outbox, &username);
+    drop(membership);
+    if matches!(end, End::Refused(_)) {
+        drain(&mut ws.get_mut().read);
+    }
+    // A close echo tungstenite still holds goes out before the writer stops.
+    let _ = ws.flush();
+    outbox.finish();
+    crate::info!("client {id} disconnected: {username} ({end})");
+}
+
+fn spawn_writer(outbox: &Arc<Outbox>, stream: &TcpStream) -> bool {
+    let (outbox, stream) = match stream.try_clone() {
+        Ok(clone) => (outbox.clone(), clone),
+        Err(e) => {
+            crate::warn!("cannot clone socket for writer: {e}");
+            return false;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ws-writer".into())
+        .stack_size(WRITER_STACK)
+        .spawn(move || outbox::write_loop(&outbox, stream));
+    if let Err(e) = &spawned {
+        crate::warn!("cannot start writer thread: {e}");
+    }
+    spawned.is_ok()
+}
+
+/// Every limit set deliberately (tungstenite's defaults allocate 128 KiB per
+/// connection up front and never bound the write buffer).
+fn ws_config(frame_limit: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER;
+    // Write straight through to the outbox, which does the buffering.
+    config.write_buffer_size = 0;
+    // Only control frames are written through tungstenite (≤ 127 bytes);
+    // this must exceed write_buffer_size.
+    config.max_write_buffer_size = 4 * 1024;
+    config.max_frame_size = Some(frame_limit);
+    config.max_message_size = Some(frame_limit);
+    // RFC 6455 §5.1: a server MUST close on an unmasked client frame.
+    config.accept_unmasked_frames = false;
+    config
+}
+
+/// Reads frames until the connection ends.
+fn read_loop(shared: &Shared, ws: &mut WebSocket<Duplex>, outbox: &Outbox, username: &str) -> End {
+    loop {
+        let message = match ws.read() {
+            Ok(message) => message,
+            Err(error) => return refuse_on_error(outbox, error),
+        };
+        match message {
+            Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
+                Ok(Incoming::Chat(text)) => {
+                    shared.room.broadcast(username, &text);
+                }
+                Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
+            },
+            Message::Binary(_) => {
+                return refuse(
+                    outbox,
+                    close_code::UNSUPPORTED_DATA,
+                    "binary messages are not accepted; send JSON text",
+                );
+            }
+            Message::Close(frame) => return End::ClientClosed(frame.map(|f| f.code.into())),
+            // tungstenite answers pings itself (through the outbox).
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Tells this client (only) what was wrong, keeping the connection.
+fn notify(outbox: &Outbox, code: ErrorCode, message: &str) {
+    // A full queue here means the room is evicting this client anyway.
+    let _ = outbox.push(Outgoing::Error { code, message }.frame());
+}
+
+/// Maps a read error to how the session ends: a protocol fault gets the
+/// close code RFC 6455 §7.4.1 gives it; a dead connection gets nothing.
+fn refuse_on_error(outbox: &Outbox, error: WsError) -> End {
+    use tungstenite::error::CapacityError;
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => refuse(
+            outbox,
+            close_code::MESSAGE_TOO_BIG,
+            &format!("message of {size} bytes is over the {max_size}-byte limit"),
+        ),
+        WsError::Capacity(_) => refuse(outbox, close_code::MESSAGE_TOO_BIG, "message too big"),
+        WsError::Utf8(_) => refuse(
+            outbox,
+            close_code::INVALID_PAYLOAD,
+            "text is not valid UTF-8",
+        ),
+        WsError::Protocol(e) => refuse(outbox, close_code::PROTOCOL_ERROR, &e.to_string()),
+        _ => End::Dropped,
+    }
+}
+
+/// After the server's own close frame, reads and discards until the client
+/// closes too (or [`outbox::CLOSE_GRACE`] passes). Closing a socket that
+/// still has unread bytes makes the kernel send a reset, which can destroy
+/// the close frame before the client reads it.
+fn drain(stream: &mut TcpStream) {
+    let deadline = Instant::now() + outbox::CLOSE_GRACE;
+    let mut sink = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout is an error: the grace period is over.
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Closes the connection from the server side with `code`.
+fn refuse(outbox: &Outbox, code: u16, reason: &str) -> End {
+    outbox.close(&[frame::close(code, reason)], false);
+    End::Refused(code)
+}
