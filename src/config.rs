@@ -40,6 +40,9 @@ pub struct Config {
     pub client_queue_frames: usize,
     /// How often the expiry sweep runs.
     pub sweep_interval: Duration,
+    /// Time a client has to send a request head (and, separately, its
+    /// body); also how long an idle keep-alive connection is kept.
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             secret: None,
             client_queue_frames: 256,
             sweep_interval: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }

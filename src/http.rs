@@ -19,11 +19,6 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// Largest request body; more is `413`.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
-/// Time a client has to send a complete request head, counted from when the
-/// server starts waiting for it (so it also bounds an idle keep-alive).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send the body once the head has arrived.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed request. Header names keep their spelling; look-ups ignore case
 /// (RFC 9110 §5.1).
@@ -94,8 +89,7 @@ impl Request {
 pub enum RequestError {
     /// The client closed or went idle before sending a byte: nothing to say.
     Idle,
-    /// The head did not arrive within [`HEAD_TIMEOUT`] (or the body within
-    /// [`BODY_TIMEOUT`]).
+    /// The head (or the body) did not arrive in time.
     TimedOut,
     HeadTooLarge,
     TooManyHeaders,
@@ -151,21 +145,26 @@ impl RequestError {
 pub struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// How long the head may take to arrive, counted from when the server
+    /// starts waiting (so it also bounds an idle keep-alive); the body gets
+    /// as long again.
+    timeout: Duration,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Connection {
+    pub fn new(stream: TcpStream, timeout: Duration) -> Connection {
         Connection {
             stream,
             buf: Vec::new(),
+            timeout,
         }
     }
 
-    /// Reads the next request: the head within [`HEAD_TIMEOUT`] and
-    /// [`MAX_HEAD_BYTES`], then a `Content-Length` body within
-    /// [`BODY_TIMEOUT`] and [`MAX_BODY_BYTES`].
+    /// Reads the next request: the head within the timeout and
+    /// [`MAX_HEAD_BYTES`], then a `Content-Length` body within the timeout
+    /// and [`MAX_BODY_BYTES`]. A slow client cannot hold the thread longer.
     pub fn read_request(&mut self) -> Result<Request, RequestError> {
-        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(request) = self.parse_head()? {
                 return self.read_body(request);
@@ -219,7 +218,7 @@ impl Connection {
         if length > MAX_BODY_BYTES {
             return Err(RequestError::BodyTooLarge);
         }
-        let deadline = Instant::now() + BODY_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         while self.buf.len() < length {
             let missing = length - self.buf.len();
             if self.fill(missing, deadline)? == 0 {

@@ -196,38 +196,35 @@ fn write_all(stream: &mut TcpStream, frames: &[Frame]) -> io::Result<()> {
 }
 
 /// The `Write` half `tungstenite` writes its control replies to (pongs,
-/// close echoes). It collects bytes until `flush`, then queues them as one
-/// frame, so they take their turn with everything else.
+/// close echoes), so they take their turn with everything else.
+///
+/// tungstenite hands over its buffer of whole, encoded frames in one
+/// `write` call, and this writer always takes all of it, so each call is
+/// queued as it comes. (Waiting for `flush` would lose the close echo:
+/// tungstenite writes it and then reports the connection closed without
+/// flushing.)
 pub struct OutboxWriter {
     outbox: Arc<Outbox>,
-    pending: Vec<u8>,
 }
 
 impl OutboxWriter {
     pub fn new(outbox: Arc<Outbox>) -> OutboxWriter {
-        OutboxWriter {
-            outbox,
-            pending: Vec::new(),
-        }
+        OutboxWriter { outbox }
     }
 }
 
 impl Write for OutboxWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pending.extend_from_slice(buf);
+        // A client that floods pings faster than it reads pongs overflows
+        // like any slow consumer; the reader sees the error and ends.
+        self.outbox
+            .push(buf.into())
+            .map_err(|Full| io::Error::other("outbound queue full"))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let frame: Frame = std::mem::take(&mut self.pending).into();
-        // A client that floods pings faster than it reads pongs overflows
-        // like any slow consumer; surface it as an error to the reader.
-        self.outbox
-            .push(frame)
-            .map_err(|Full| io::Error::other("outbound queue full"))
+        Ok(())
     }
 }
 

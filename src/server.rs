@@ -253,7 +253,7 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let mut conn = Connection::new(stream);
+    let mut conn = Connection::new(stream, shared.config.request_timeout);
     loop {
         let request = match conn.read_request() {
             Ok(request) => request,

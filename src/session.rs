@@ -211,8 +211,10 @@ fn notify(outbox: &Outbox, code: ErrorCode, message: &str) {
 /// Maps a read error to how the session ends: a protocol fault gets the
 /// close code RFC 6455 §7.4.1 gives it; a dead connection gets nothing.
 fn refuse_on_error(outbox: &Outbox, error: WsError) -> End {
-    use tungstenite::error::CapacityError;
+    use tungstenite::error::{CapacityError, ProtocolError};
     match error {
+        // The client vanished without a close frame: nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Dropped,
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => refuse(
             outbox,
             close_code::MESSAGE_TOO_BIG,

@@ -1,0 +1,92 @@
+//! Token expiry after the upgrade: a client whose token runs out gets
+//! `token_expired` and close 4001, both from the periodic sweep and on the
+//! next broadcast, and never receives a message sent after its `exp`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+fn expired_notice() -> serde_json::Value {
+    json!({
+        "type": "error",
+        "code": "token_expired",
+        "message": "Your token is no longer valid. Please reauthenticate."
+    })
+}
+
+#[test]
+fn the_sweep_closes_an_idle_client_soon_after_exp() {
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (mut a, welcome) = server.connect("userA");
+    let exp = welcome["expires_at"].as_u64().unwrap();
+    let (code, before) = a.until_close();
+    assert_eq!(code, 4001);
+    assert_eq!(before, vec![expired_notice()]);
+    // Not before exp (RFC 7519 §4.1.4) ...
+    assert!(jwtchat::auth::now_secs() >= exp);
+    // ... and the socket is then closed by the server.
+    assert!(matches!(a.next(), Event::Error(_) | Event::Closed(_)));
+}
+
+#[test]
+fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
+    // The sweep effectively off: only a broadcast can find the expiry.
+    let server = start_with(|c| {
+        c.token_ttl_secs = 3;
+        c.sweep_interval = Duration::from_secs(3600);
+    });
+    let (mut short, welcome) = server.connect("userA");
+    let exp = welcome["expires_at"].as_u64().unwrap();
+
+    // A long-lived client on a second server config is not possible, so
+    // mint a long token for userB with the same secret.
+    let long = long_token("2", "userB");
+    let mut sender = server.connect_token(&long).expect("upgrade");
+    assert_eq!(sender.recv()["type"], "welcome");
+    assert_eq!(short.recv_type("join")["user"], "userB");
+
+    while jwtchat::auth::now_secs() < exp {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sender.say("after expiry");
+
+    let (code, before) = short.until_close();
+    assert_eq!(code, 4001);
+    assert_eq!(before, vec![expired_notice()], "no message after exp");
+    // The sender gets its message and sees userA leave.
+    let mut got = vec![sender.recv(), sender.recv()];
+    got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
+    assert_eq!(got[0], json!({ "type": "leave", "user": "userA" }));
+    assert_eq!(got[1]["text"], "after expiry");
+}
+
+#[test]
+fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (mut a, _) = server.connect("userA");
+    let long = long_token("2", "userB");
+    let mut b = server.connect_token(&long).expect("upgrade");
+    b.recv();
+    a.recv_type("join");
+    // userA expires and leaves; userB stays and can still chat.
+    assert_eq!(a.until_close().0, 4001);
+    assert_eq!(b.recv(), json!({ "type": "leave", "user": "userA" }));
+    b.say("still here");
+    assert_eq!(b.recv()["text"], "still here");
+}
+
+/// A token valid for an hour, signed with the test secret.
+fn long_token(sub: &str, username: &str) -> String {
+    let now = jwtchat::auth::now_secs();
+    let claims = json!({ "sub": sub, "username": username, "iat": now,
+        "exp": now + 3600, "iss": "jwtchat" });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}

@@ -1,0 +1,291 @@
+//! Shared test setup: a server on `127.0.0.1:0` started from the library,
+//! raw HTTP over a real socket, and a WebSocket client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use jwtchat::{Config, Server, ServerHandle};
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// The HS256 secret every test server uses, so tests can mint tokens.
+pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
+/// How long a test waits for anything before failing (liveness, not speed).
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+}
+
+/// A server with the test secret and otherwise default settings.
+pub fn start() -> TestServer {
+    start_with(|_| {})
+}
+
+/// A server with the test secret and `tweak` applied to its config.
+pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config {
+        bind: "127.0.0.1:0".into(),
+        secret: Some(SECRET.to_vec()),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let server = Server::bind(config).expect("server binds");
+    let addr = server.local_addr();
+    let handle = server.spawn().expect("server spawns");
+    TestServer { handle, addr }
+}
+
+impl TestServer {
+    /// Logs in a demo user (`userA` → `passwordA`) and returns the token.
+    pub fn token(&self, user: &str) -> String {
+        let password = user.replace("user", "password");
+        let response = post_json(
+            self.addr,
+            "/auth",
+            &serde_json::json!({ "username": user, "password": password }).to_string(),
+        );
+        assert_eq!(response.status, 200, "login of {user}: {}", response.text());
+        response.json()["token"]
+            .as_str()
+            .expect("token in body")
+            .to_string()
+    }
+
+    /// Logs in and connects `user`, returning the client and its `welcome`.
+    pub fn connect(&self, user: &str) -> (Client, Value) {
+        let mut client = self.connect_token(&self.token(user)).expect("upgrade");
+        let welcome = client.recv();
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        (client, welcome)
+    }
+
+    /// Connects with a token in the query string.
+    pub fn connect_token(&self, token: &str) -> Result<Client, tungstenite::Error> {
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        Client::open(self.addr, url.into_client_request()?)
+    }
+
+    /// Connects with a token in an `Authorization: Bearer` header.
+    pub fn connect_bearer(&self, token: &str) -> Result<Client, tungstenite::Error> {
+        let mut request = format!("ws://{}/ws", self.addr).into_client_request()?;
+        let value = format!("Bearer {token}").parse().expect("header value");
+        request.headers_mut().insert("Authorization", value);
+        Client::open(self.addr, request)
+    }
+}
+
+/// A WebSocket client over a blocking socket with a read timeout.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    fn open(
+        addr: SocketAddr,
+        request: tungstenite::handshake::client::Request,
+    ) -> Result<Client, tungstenite::Error> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => {
+                panic!("a blocking handshake cannot be interrupted")
+            }
+        }
+    }
+
+    pub fn send_json(&mut self, value: &Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send");
+    }
+
+    pub fn say(&mut self, text: &str) {
+        self.send_json(&serde_json::json!({ "type": "message", "text": text }));
+    }
+
+    /// The next JSON text message (pings and pongs skipped). Panics on a
+    /// close, an error or silence longer than [`PATIENCE`].
+    pub fn recv(&mut self) -> Value {
+        match self.next() {
+            Event::Json(value) => value,
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+
+    /// The next message of `kind` (`"message"`, `"join"`, ...), skipping
+    /// others.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let value = self.recv();
+            if value["type"] == kind {
+                return value;
+            }
+        }
+    }
+
+    /// The next thing that happens on the socket.
+    pub fn next(&mut self) -> Event {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    let value = serde_json::from_str(&text).expect("server sends JSON");
+                    return Event::Json(value);
+                }
+                Ok(Message::Close(frame)) => return Event::Closed(frame),
+                Ok(Message::Binary(_)) => panic!("server sent a binary frame"),
+                Ok(_) => continue,
+                Err(e) => return Event::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Reads until the server closes, returning the close code and every
+    /// JSON message that came before it.
+    pub fn until_close(&mut self) -> (u16, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next() {
+                Event::Json(value) => before.push(value),
+                Event::Closed(Some(frame)) => return (frame.code.into(), before),
+                other => panic!("expected a close frame, got {other:?} after {before:?}"),
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<CloseFrame>),
+    Error(String),
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Connects, sends `raw` as it is, and reads one response.
+pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream.write_all(raw).expect("send request");
+    read_response(&mut stream, false)
+}
+
+/// Reads one response from `stream`. With `head_only`, the body is not
+/// expected even if `Content-Length` says how long it would be.
+pub fn read_response(stream: &mut TcpStream, head_only: bool) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => panic!(
+                "connection ended mid-head ({other:?}): {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+    let head = String::from_utf8(buf).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut response = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let length: usize = response
+        .header("Content-Length")
+        .map(|l| l.parse().expect("numeric Content-Length"))
+        .unwrap_or(0);
+    if !head_only && status != 101 {
+        response.body = vec![0; length];
+        stream.read_exact(&mut response.body).expect("body");
+    }
+    response
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> RawResponse {
+    send_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> RawResponse {
+    post(addr, path, "application/json", body)
+}
+
+pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &str) -> RawResponse {
+    send_raw(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+/// A well-formed upgrade request for `/ws` with extra header lines.
+pub fn upgrade_request(target: &str, extra: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// True if the server closed the connection (EOF or reset) within
+/// [`PATIENCE`], reading and discarding anything it sent first.
+pub fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut sink = [0u8; 1024];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
