@@ -57,7 +57,7 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
     assert_eq!(code, 4001);
     assert_eq!(before, vec![expired_notice()], "no message after exp");
     // The sender gets its message and sees userA leave.
-    let mut got = vec![sender.recv(), sender.recv()];
+    let mut got = [sender.recv(), sender.recv()];
     got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
     assert_eq!(got[0], json!({ "type": "leave", "user": "userA" }));
     assert_eq!(got[1]["text"], "after expiry");
