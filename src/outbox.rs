@@ -43,7 +43,7 @@ struct Queue {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum State {
+pub(crate) enum State {
     /// Accepting frames.
     Open,
     /// A close frame is queued last: write what is queued, then half-close.
@@ -124,7 +124,7 @@ impl Outbox {
     /// Waits for frames and moves up to [`MAX_BATCH`] of them into `batch`.
     /// Returns the state seen: anything but `Open` with an empty queue
     /// means "write this batch, then stop".
-    fn next_batch(&self, batch: &mut Vec<Frame>) -> (State, bool) {
+    pub(crate) fn next_batch(&self, batch: &mut Vec<Frame>) -> (State, bool) {
         let mut queue = self.lock();
         while queue.frames.is_empty() && queue.state == State::Open {
             queue = self

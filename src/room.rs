@@ -270,3 +270,91 @@ fn unix_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose queue the test can read directly.
+    fn client(room: &Room, name: &str, exp: u64) -> (ClientId, Arc<Outbox>) {
+        let outbox = Outbox::new(8);
+        let id = room.join(Client {
+            username: name.into(),
+            exp,
+            outbox: outbox.clone(),
+        });
+        (id, outbox)
+    }
+
+    fn later() -> u64 {
+        now_secs() + 600
+    }
+
+    /// The JSON `type`s queued for a client so far (frames < 126 bytes).
+    fn types(outbox: &Outbox) -> Vec<String> {
+        let mut batch = Vec::new();
+        outbox.next_batch(&mut batch);
+        batch
+            .iter()
+            .filter(|f| f[0] == 0x81)
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+                v["type"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn presence_counts_users_not_connections() {
+        let room = Room::new();
+        let (_, a) = client(&room, "a", later());
+        let (b1, _) = client(&room, "b", later());
+        let (b2, _) = client(&room, "b", later());
+        room.leave(b1);
+        room.leave(b1); // idempotent
+        room.leave(b2);
+        assert_eq!(types(&a), ["welcome", "join", "leave"]);
+        assert!(room.len() == 1);
+    }
+
+    #[test]
+    fn an_expired_client_is_closed_instead_of_served() {
+        let room = Room::new();
+        let (_, a) = client(&room, "a", later());
+        let (_, old) = client(&room, "old", now_secs());
+        room.broadcast("a", "hi");
+        assert_eq!(room.len(), 1);
+        // The expired client got its notice and the close, not the message.
+        let mut batch = Vec::new();
+        old.next_batch(&mut batch);
+        assert_eq!(batch.last().map(|f| f[0]), Some(0x88), "close frame last");
+        assert!(old.is_closing());
+        assert_eq!(types(&a), ["welcome", "join", "message", "leave"]);
+    }
+
+    #[test]
+    fn the_sweep_finds_idle_expired_clients() {
+        let room = Room::new();
+        let (_, _a) = client(&room, "a", later());
+        let (_, old) = client(&room, "old", now_secs());
+        assert_eq!(room.sweep(), 1);
+        assert!(old.is_closing());
+        assert_eq!(room.sweep(), 0);
+    }
+
+    #[test]
+    fn a_poisoned_lock_does_not_stop_the_room() {
+        let room = Arc::new(Room::new());
+        let (_, a) = client(&room, "a", later());
+        let poisoner = room.clone();
+        let _ = std::thread::spawn(move || {
+            let _timeline = poisoner.timeline();
+            let _pool = poisoner.write();
+            panic!("a client thread dies holding both locks");
+        })
+        .join();
+        assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
+        assert_eq!(room.broadcast("a", "still works"), 1);
+        assert_eq!(types(&a), ["welcome", "message"]);
+    }
+}
