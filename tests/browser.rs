@@ -1,0 +1,461 @@
+//! The front end in a real headless Chromium, against an in-process server.
+//!
+//! Chromium is driven over the Chrome DevTools Protocol with the WebSocket
+//! client the server already depends on (`tungstenite`): a few dozen lines
+//! instead of a browser-automation framework. Each user gets its own
+//! browser context (separate cookies and storage, like two profiles).
+//!
+//! Without Chromium the test is skipped with a loud message, unless
+//! `JWTCHAT_REQUIRE_BROWSER=1` (as in CI), where it fails.
+//! `JWTCHAT_UPDATE_SCREENSHOT=1` rewrites `docs/screenshot.png`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::*;
+use tungstenite::{Message, WebSocket};
+
+#[test]
+fn two_people_chat_in_a_real_browser() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let url = format!("http://{}/", server.addr);
+    let mut cdp = browser.connect();
+
+    let a = cdp.new_page(&url, (1100, 680));
+    let b = cdp.new_page(&url, (390, 760)); // a phone-width screen
+    cdp.log_in(&a, "userA", "passwordA");
+    cdp.log_in(&b, "userB", "passwordB");
+
+    // Each sees the other online: A through B's `join`, B through `welcome`.
+    cdp.wait_for(&a, "online('userA') && online('userB')");
+    cdp.wait_for(&b, "online('userA') && online('userB')");
+    cdp.wait_for(&a, "[...document.querySelectorAll('#messages .system')].some(e => e.textContent.includes('userB'))");
+
+    // Messages typed in either page appear in both, in the same order.
+    cdp.send_chat(&a, "hello from A");
+    cdp.wait_for(&b, "texts().length === 1");
+    cdp.send_chat(&b, "hi A, B here");
+    let expected = json!(["hello from A", "hi A, B here"]);
+    for page in [&a, &b] {
+        cdp.wait_for(page, "texts().length === 2");
+        assert_eq!(cdp.eval(page, "texts()"), expected);
+        assert_eq!(cdp.eval(page, "seqs()"), json!([1, 2]));
+    }
+    assert_eq!(
+        cdp.eval(
+            &a,
+            "[...document.querySelectorAll('#messages .message.own .text')].map(e => e.textContent)"
+        ),
+        json!(["hello from A"]),
+        "own messages are marked"
+    );
+
+    // Markup arrives as literal text and runs nothing.
+    let attack = "<img src=x onerror=alert(1)>";
+    cdp.send_chat(&b, attack);
+    for page in [&a, &b] {
+        cdp.wait_for(page, "texts().length === 3");
+        assert_eq!(cdp.eval(page, "texts()[2]"), json!(attack));
+        assert_eq!(
+            cdp.eval(page, "document.querySelectorAll('#messages img').length"),
+            json!(0)
+        );
+        assert_eq!(cdp.eval(page, "window.__alerted === true"), json!(false));
+    }
+
+    cdp.screenshot(&a);
+
+    // A wrong password shows an error and opens no socket.
+    let c = cdp.new_page(&url, (800, 600));
+    cdp.type_into(&c, "#username", "userC");
+    cdp.type_into(&c, "#password", "wrong");
+    cdp.press_enter(&c);
+    cdp.wait_for(
+        &c,
+        "document.querySelector('#login-error').textContent.trim().length > 0",
+    );
+    assert_eq!(cdp.eval(&c, "window.jwtchat.socketsOpened"), json!(0));
+    assert_eq!(
+        cdp.eval(&c, "document.querySelector('#chat').hidden"),
+        json!(true)
+    );
+
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn an_expired_session_sends_the_user_back_to_log_in() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    // Record the close code the page's socket sees.
+    cdp.eval(
+        &page,
+        "window.__closes = []; const Orig = window.WebSocket; window.WebSocket = class extends Orig { \
+           constructor(...a) { super(...a); this.addEventListener('close', e => window.__closes.push(e.code)); } }; true",
+    );
+    cdp.log_in(&page, "userA", "passwordA");
+    cdp.wait_for(&page, "window.jwtchat.state === 'expired'");
+    assert_eq!(cdp.eval(&page, "window.__closes"), json!([4001]));
+    assert_eq!(
+        cdp.eval(
+            &page,
+            "document.querySelector('#login-form').offsetParent !== null"
+        ),
+        json!(true)
+    );
+    let message = cdp.eval(&page, "document.querySelector('#login-error').textContent");
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.to_lowercase().contains("session expired")),
+        "expired state says so: {message}"
+    );
+    cdp.assert_no_page_errors();
+}
+
+// ---------------------------------------------------------------------------
+// Chromium
+
+/// A headless Chromium with a throwaway profile, killed on drop.
+struct Browser {
+    child: Child,
+    profile: PathBuf,
+    devtools_url: String,
+}
+
+impl Browser {
+    /// Starts Chromium, or returns `None` (after saying so loudly) when it
+    /// is not installed and not required.
+    fn launch() -> Option<Browser> {
+        let Some(binary) = find_chromium() else {
+            let required = std::env::var("JWTCHAT_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "JWTCHAT_REQUIRE_BROWSER=1 but no Chromium was found"
+            );
+            eprintln!(
+                "\n\n*** SKIPPING BROWSER TEST: Chromium not found (install the Debian \
+                 packages chromium and chromium-driver, or set JWTCHAT_CHROMIUM) ***\n"
+            );
+            return None;
+        };
+        let profile = std::env::temp_dir().join(format!(
+            "jwtchat-chromium-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut child = Command::new(&binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+
+        // Chromium prints "DevTools listening on ws://..." on stderr; keep
+        // draining stderr afterwards so it never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let devtools_url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("Chromium announces its DevTools address");
+        Some(Browser {
+            child,
+            profile,
+            devtools_url,
+        })
+    }
+
+    fn connect(&self) -> Cdp {
+        let (ws, _) = tungstenite::connect(&self.devtools_url).expect("connect to DevTools");
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = ws.get_ref() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+        }
+        Cdp {
+            ws,
+            next_id: 0,
+            page_errors: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("JWTCHAT_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+// ---------------------------------------------------------------------------
+// A minimal Chrome DevTools Protocol client
+
+/// One page, attached in "flat" mode: its commands carry a `sessionId`.
+struct Page {
+    session: String,
+}
+
+struct Cdp {
+    ws: WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Uncaught exceptions and console errors (CSP violations among them).
+    page_errors: Vec<String>,
+}
+
+/// Helpers defined in every page before its own script runs.
+const PAGE_HELPERS: &str = "
+  window.__alerted = false;
+  window.alert = () => { window.__alerted = true; };
+  window.texts = () => [...document.querySelectorAll('#messages .message .text')].map(e => e.textContent);
+  window.seqs = () => [...document.querySelectorAll('#messages .message')].map(e => Number(e.dataset.seq));
+  window.online = (u) => [...document.querySelectorAll('#online li')].some(li => li.dataset.user === u);
+";
+
+impl Cdp {
+    /// Sends a command (to the browser, or to a page's session) and waits
+    /// for its result, collecting page errors from events on the way.
+    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            command["sessionId"] = json!(session);
+        }
+        self.ws
+            .send(Message::text(command.to_string()))
+            .expect("send CDP command");
+        loop {
+            let text = match self.ws.read().expect("read CDP") {
+                Message::Text(text) => text,
+                _ => continue,
+            };
+            let reply: Value = serde_json::from_str(&text).expect("CDP JSON");
+            if reply["id"] == json!(id) {
+                assert!(
+                    reply["error"].is_null(),
+                    "{method} failed: {}",
+                    reply["error"]
+                );
+                return reply["result"].clone();
+            }
+            self.note_event(&reply);
+        }
+    }
+
+    fn note_event(&mut self, event: &Value) {
+        match event["method"].as_str() {
+            Some("Runtime.exceptionThrown") => self
+                .page_errors
+                .push(event["params"]["exceptionDetails"].to_string()),
+            Some("Log.entryAdded") if event["params"]["entry"]["level"] == "error" => {
+                let entry = &event["params"]["entry"];
+                // Failed resource loads are expected in the wrong-password
+                // and expiry paths (401s, a refused upgrade); script and
+                // policy errors are not.
+                if entry["source"] != "network" {
+                    self.page_errors.push(entry["text"].to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A new page in its own browser context, with a viewport size.
+    fn new_page(&mut self, url: &str, (width, height): (u32, u32)) -> Page {
+        let context = self.call(None, "Target.createBrowserContext", json!({}));
+        let target = self.call(
+            None,
+            "Target.createTarget",
+            json!({ "url": "about:blank", "browserContextId": context["browserContextId"] }),
+        );
+        let attached = self.call(
+            None,
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        );
+        let page = Page {
+            session: attached["sessionId"]
+                .as_str()
+                .expect("sessionId")
+                .to_string(),
+        };
+        let s = Some(page.session.as_str());
+        self.call(s, "Page.enable", json!({}));
+        self.call(s, "Runtime.enable", json!({}));
+        self.call(s, "Log.enable", json!({}));
+        self.call(
+            s,
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        self.call(
+            s,
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": PAGE_HELPERS }),
+        );
+        self.call(s, "Page.navigate", json!({ "url": url }));
+        self.wait_for(
+            &page,
+            "document.readyState === 'complete' && !!window.jwtchat",
+        );
+        page
+    }
+
+    /// Evaluates an expression in the page and returns its value.
+    fn eval(&mut self, page: &Page, expression: &str) -> Value {
+        let result = self.call(
+            Some(&page.session),
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        assert!(
+            result["exceptionDetails"].is_null(),
+            "{expression} threw {}",
+            result["exceptionDetails"]
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Polls until `condition` is true in the page, or fails after
+    /// [`PATIENCE`].
+    fn wait_for(&mut self, page: &Page, condition: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.call(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({ "expression": format!("!!({condition})"), "returnByValue": true }),
+            );
+            if value["result"]["value"] == json!(true) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let dump = self.eval(page, "document.body.innerText");
+                panic!("timed out waiting for: {condition}\npage: {dump}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Focuses an element and types into it as a user would.
+    fn type_into(&mut self, page: &Page, selector: &str, text: &str) {
+        self.eval(
+            page,
+            &format!("document.querySelector({selector:?}).focus(); true"),
+        );
+        self.call(
+            Some(&page.session),
+            "Input.insertText",
+            json!({ "text": text }),
+        );
+    }
+
+    fn press_enter(&mut self, page: &Page) {
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                Some(&page.session),
+                "Input.dispatchKeyEvent",
+                json!({ "type": kind, "key": "Enter", "code": "Enter",
+                        "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" } }),
+            );
+        }
+    }
+
+    fn log_in(&mut self, page: &Page, user: &str, password: &str) {
+        self.type_into(page, "#username", user);
+        self.type_into(page, "#password", password);
+        self.press_enter(page);
+        self.wait_for(page, "window.jwtchat.state === 'connected'");
+    }
+
+    /// Types a chat message and sends it with Enter.
+    fn send_chat(&mut self, page: &Page, text: &str) {
+        self.type_into(page, "#message-input", text);
+        self.wait_for(page, "!document.querySelector('#send-button').disabled");
+        self.press_enter(page);
+        self.wait_for(
+            page,
+            "document.querySelector('#message-input').value === ''",
+        );
+    }
+
+    /// Saves a PNG of the page under the target directory (and, with
+    /// `JWTCHAT_UPDATE_SCREENSHOT=1`, as `docs/screenshot.png`).
+    fn screenshot(&mut self, page: &Page) {
+        let shot = self.call(
+            Some(&page.session),
+            "Page.captureScreenshot",
+            json!({ "format": "png" }),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("PNG data"))
+            .expect("base64 PNG");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-screenshot.png");
+        std::fs::write(&out, &png).expect("write screenshot");
+        if std::env::var("JWTCHAT_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+            let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+            std::fs::create_dir_all(&docs).expect("docs/");
+            std::fs::write(docs.join("screenshot.png"), &png).expect("write docs/screenshot.png");
+        }
+    }
+
+    fn assert_no_page_errors(&mut self) {
+        assert!(
+            self.page_errors.is_empty(),
+            "page errors: {:#?}",
+            self.page_errors
+        );
+    }
+}
