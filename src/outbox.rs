@@ -146,14 +146,14 @@ impl Outbox {
 
 /// The writer thread's body: drain the queue to the socket until the
 /// connection ends.
-pub fn write_loop(outbox: &Outbox, mut stream: TcpStream) {
+pub fn write_loop(outbox: &Outbox, stream: &TcpStream) {
     // A write that cannot finish in this time means the client has stopped
     // reading; the error ends this loop.
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let (state, drained) = outbox.next_batch(&mut batch);
-        if write_all(&mut stream, &batch).is_err() {
+        if write_all(stream, &batch).is_err() {
             outbox.mark_dead();
             // Wake the reader, which is blocked on this same socket.
             let _ = stream.shutdown(Shutdown::Both);
@@ -161,7 +161,7 @@ pub fn write_loop(outbox: &Outbox, mut stream: TcpStream) {
         }
         batch.clear();
         if drained && state != State::Open {
-            end(&stream, state);
+            end(stream, state);
             return;
         }
     }
@@ -181,7 +181,7 @@ fn end(stream: &TcpStream, state: State) {
 
 /// Writes every frame, in order, with as few system calls as the kernel
 /// allows: one vectored write for the whole batch in the common case.
-fn write_all(stream: &mut TcpStream, frames: &[Frame]) -> io::Result<()> {
+fn write_all(mut stream: &TcpStream, frames: &[Frame]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {

@@ -37,15 +37,17 @@ const WRITER_STACK: usize = 64 * 1024;
 const READ_BUFFER: usize = 4 * 1024;
 
 /// The stream `tungstenite` works on: reads from the socket, writes into the
-/// outbox.
+/// outbox. The socket is shared with the writer thread through an `Arc`
+/// (std implements `Read` and `Write` for `&TcpStream`), so a client costs
+/// one file descriptor, not two.
 struct Duplex {
-    read: TcpStream,
+    read: Arc<TcpStream>,
     write: OutboxWriter,
 }
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read.read(buf)
+        (&*self.read).read(buf)
     }
 }
 
@@ -105,6 +107,7 @@ pub fn run(
     // the token lasts (the sweep ends it at expiry).
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
+    let stream = Arc::new(stream);
     let outbox = Outbox::new(shared.config.client_queue_frames);
     if !spawn_writer(&outbox, &stream) {
         return;
@@ -131,7 +134,7 @@ pub fn run(
     let end = read_loop(shared, &mut ws, &outbox, &username);
     drop(membership);
     if matches!(end, End::Refused(_)) {
-        drain(&mut ws.get_mut().read);
+        drain(&ws.get_ref().read);
     }
     // A close echo tungstenite still holds goes out before the writer stops.
     let _ = ws.flush();
@@ -139,18 +142,12 @@ pub fn run(
     crate::info!("client {id} disconnected: {username} ({end})");
 }
 
-fn spawn_writer(outbox: &Arc<Outbox>, stream: &TcpStream) -> bool {
-    let (outbox, stream) = match stream.try_clone() {
-        Ok(clone) => (outbox.clone(), clone),
-        Err(e) => {
-            crate::warn!("cannot clone socket for writer: {e}");
-            return false;
-        }
-    };
+fn spawn_writer(outbox: &Arc<Outbox>, stream: &Arc<TcpStream>) -> bool {
+    let (outbox, stream) = (outbox.clone(), stream.clone());
     let spawned = std::thread::Builder::new()
         .name("ws-writer".into())
         .stack_size(WRITER_STACK)
-        .spawn(move || outbox::write_loop(&outbox, stream));
+        .spawn(move || outbox::write_loop(&outbox, &stream));
     if let Err(e) = &spawned {
         crate::warn!("cannot start writer thread: {e}");
     }
@@ -235,7 +232,7 @@ fn refuse_on_error(outbox: &Outbox, error: WsError) -> End {
 /// closes too (or [`outbox::CLOSE_GRACE`] passes). Closing a socket that
 /// still has unread bytes makes the kernel send a reset, which can destroy
 /// the close frame before the client reads it.
-fn drain(stream: &mut TcpStream) {
+fn drain(mut stream: &TcpStream) {
     let deadline = Instant::now() + outbox::CLOSE_GRACE;
     let mut sink = [0u8; 4096];
     loop {
