@@ -301,9 +301,13 @@ impl Connection {
 fn content_length(request: &Request) -> Result<usize, RequestError> {
     let mut length = None;
     for value in request.headers_named("Content-Length") {
-        let n = value
-            .parse::<usize>()
-            .map_err(|_| RequestError::Malformed(format!("bad Content-Length {value:?}")))?;
+        // RFC 9110 §8.6: `1*DIGIT`. `str::parse` would also take "+2", and
+        // a proxy that reads the length differently is how requests get
+        // smuggled.
+        let n = Some(value)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| RequestError::Malformed(format!("bad Content-Length {value:?}")))?;
         if length.is_some_and(|l| l != n) {
             return Err(RequestError::Malformed("conflicting Content-Length".into()));
         }

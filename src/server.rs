@@ -71,34 +71,37 @@ pub struct Server {
 impl Server {
     /// Loads users, keys and the front end, and binds the listener.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        // Every check first, so that a mistake is the one line on stderr;
+        // the warnings about demo mode and a random secret come after.
         let users = match &config.users_file {
             Some(path) => Users::load(path).map_err(StartError::Users)?,
-            None => {
-                crate::warn!(
-                    "demo mode: built-in users userA/passwordA, userB/passwordB, userC/passwordC \
-                     (pass --users FILE for real accounts)"
-                );
-                Users::demo()
-            }
+            None => Users::demo(),
         };
         let secret = match &config.secret {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => {
                 return Err(StartError::SecretTooShort(secret.len()));
             }
             Some(secret) => secret.clone(),
-            None => {
-                crate::warn!(
-                    "no JWTCHAT_SECRET or --secret-file: using a random secret; \
-                     tokens will not survive a restart"
-                );
-                random_secret()
-            }
+            None => random_secret(),
         };
         let assets = match &config.static_dir {
             Some(dir) => Assets::from_dir(dir).map_err(StartError::Static)?,
             None => Assets::Embedded,
         };
         let listener = bind(&config.bind)?;
+
+        if config.users_file.is_none() {
+            crate::warn!(
+                "demo mode: built-in users userA/passwordA, userB/passwordB, userC/passwordC \
+                 (pass --users FILE for real accounts)"
+            );
+        }
+        if config.secret.is_none() {
+            crate::warn!(
+                "no JWTCHAT_SECRET or --secret-file: using a random secret; \
+                 tokens will not survive a restart"
+            );
+        }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs);
         let shared = Shared {
             config,
@@ -358,11 +361,17 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
         .to_ascii_lowercase();
     let bad = |message: String| Response::error(400, "bad_request", &message);
     match content_type.as_str() {
-        "application/json" => serde_json::from_slice(&request.body).map_err(|e| {
-            bad(format!(
-                "body must be {{\"username\":..,\"password\":..}}: {e}"
-            ))
-        }),
+        "application/json" => {
+            // An object, not just anything serde could map onto the struct
+            // (it would also take `["user","password"]`).
+            let shape = "body must be {\"username\":..,\"password\":..}";
+            let value: serde_json::Value =
+                serde_json::from_slice(&request.body).map_err(|e| bad(format!("{shape}: {e}")))?;
+            if !value.is_object() {
+                return Err(bad(shape.to_string()));
+            }
+            serde_json::from_value(value).map_err(|e| bad(format!("{shape}: {e}")))
+        }
         "application/x-www-form-urlencoded" => {
             let field = |name: &str| {
                 url::form_urlencoded::parse(&request.body)

@@ -240,7 +240,8 @@ fn an_unmasked_client_frame_is_a_protocol_error() {
 fn ping_gets_pong() {
     let server = start();
     let (mut a, _) = server.connect("userA");
-    a.ws.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
+    a.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
     match a.ws.read().expect("read") {
         Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
         other => panic!("expected pong, got {other:?}"),

@@ -1,0 +1,486 @@
+//! The real `jwtchat` binary: help and version, usage errors (exit 2, one
+//! line on stderr), start-up warnings, `hash-password`, and the secret from
+//! the environment or a file.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Instant;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jwtchat");
+const SECRET_40: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+
+/// The binary with no secret from the environment of whoever runs the tests.
+fn jwtchat() -> Command {
+    let mut command = Command::new(BIN);
+    command.env_remove("JWTCHAT_SECRET");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    run_command(jwtchat().args(args))
+}
+
+fn run_command(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the jwtchat binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Exit status 2 and exactly one line on stderr, without a panic; returns
+/// that line.
+fn assert_usage_error(output: &Output) -> String {
+    let err = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "status {:?}, stderr {err:?}",
+        output.status
+    );
+    assert!(!err.contains("panicked"), "stderr {err:?}");
+    let line = err.trim();
+    assert!(!line.is_empty(), "stderr is empty");
+    assert!(!line.contains('\n'), "stderr is not one line: {err:?}");
+    assert!(stdout(output).is_empty(), "stdout {:?}", stdout(output));
+    line.to_string()
+}
+
+/// A file under the temp dir, unique to this process, test and call,
+/// removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(test: &str, contents: &[u8]) -> TempFile {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("jwtchat-cli-{}-{test}-{n}", std::process::id()));
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A server process, killed when dropped. Its stderr is read line by line
+/// on a thread and forwarded over a channel.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far.
+    seen: Vec<String>,
+}
+
+impl Server {
+    fn spawn(command: &mut Command) -> Server {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the jwtchat binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the `listening on` line and returns the address in it.
+    fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "no `listening on` line ({e}); status {:?}; stderr so far: {:#?}",
+                    self.child.try_wait(),
+                    self.seen
+                ),
+            };
+            self.seen.push(line.clone());
+            if let Some((_, url)) = line.split_once("listening on http://127.0.0.1:") {
+                let port: u16 = url.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+                assert_ne!(port, 0, "{line:?}");
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+    }
+
+    fn any_line_contains(&self, needle: &str) -> bool {
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> (Server, SocketAddr) {
+    let mut server = Server::spawn(jwtchat().args(args));
+    let addr = server.wait_listening();
+    (server, addr)
+}
+
+fn login(addr: SocketAddr, user: &str, password: &str) -> RawResponse {
+    post_json(
+        addr,
+        "/auth",
+        &json!({ "username": user, "password": password }).to_string(),
+    )
+}
+
+fn token_of(response: &RawResponse) -> String {
+    assert_eq!(response.status, 200, "login: {}", response.text());
+    response.json()["token"]
+        .as_str()
+        .expect("token in body")
+        .to_string()
+}
+
+fn verify(token: &str, key: &[u8]) -> Result<Value, jsonwebtoken::errors::Error> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&["jwtchat"]);
+    let key = DecodingKey::from_secret(key).unwrap();
+    jsonwebtoken::decode::<Value>(token, &key, &validation).map(|data| data.claims)
+}
+
+// ---------------------------------------------------------------------------
+// Help and version
+
+#[test]
+fn help_lists_the_flags_and_commands() {
+    for flag in ["--help", "-h"] {
+        let output = run(&[flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let out = stdout(&output);
+        for needle in [
+            "--bind",
+            "--token-ttl",
+            "--users",
+            "--secret-file",
+            "hash-password",
+        ] {
+            assert!(out.contains(needle), "{flag}: {needle} missing from {out}");
+        }
+        assert!(stderr(&output).is_empty(), "{flag}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    for flag in ["--version", "-V"] {
+        let output = run(&[flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            stdout(&output),
+            format!("jwtchat {}\n", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(stdout(&output), "jwtchat 0.1.0\n");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors
+
+#[test]
+fn unknown_flag_is_exit_2_with_one_line() {
+    let line = assert_usage_error(&run(&["--frobnicate"]));
+    assert!(line.contains("--frobnicate"), "{line}");
+}
+
+#[test]
+fn bad_flag_values_are_exit_2() {
+    let line = assert_usage_error(&run(&["--token-ttl", "abc"]));
+    assert!(
+        line.contains("--token-ttl") && line.contains("abc"),
+        "{line}"
+    );
+    let line = assert_usage_error(&run(&["--token-ttl=0"]));
+    assert!(line.contains("--token-ttl"), "{line}");
+    let line = assert_usage_error(&run(&["--max-message-bytes", "-5"]));
+    assert!(line.contains("--max-message-bytes"), "{line}");
+    let line = assert_usage_error(&run(&["--bind"]));
+    assert!(line.contains("--bind"), "{line}");
+    let line = assert_usage_error(&run(&["serve", "--issuer", " "]));
+    assert!(line.contains("--issuer"), "{line}");
+}
+
+#[test]
+fn unknown_command_is_exit_2() {
+    let line = assert_usage_error(&run(&["frobnicate"]));
+    assert!(line.contains("frobnicate"), "{line}");
+}
+
+/// Exit status 2 with the error as the last stderr line (start-up warnings
+/// may come first), and no panic; returns that line.
+fn assert_start_error(output: &Output) -> String {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr {err:?}");
+    assert!(!err.contains("panicked"), "stderr {err:?}");
+    let line = err.trim().lines().last().unwrap_or_default().to_string();
+    assert!(line.starts_with("jwtchat: "), "stderr {err:?}");
+    line
+}
+
+#[test]
+fn unusable_bind_address_is_exit_2() {
+    let line = assert_start_error(&run(&["--bind", "not-an-address"]));
+    assert!(line.contains("cannot listen on not-an-address"), "{line}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("address").to_string();
+    let line = assert_start_error(&run(&["--bind", &addr]));
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
+}
+
+#[test]
+fn missing_static_dir_is_exit_2() {
+    let path = std::env::temp_dir().join(format!(
+        "jwtchat-cli-{}-no-such-static-dir",
+        std::process::id()
+    ));
+    let line = assert_start_error(&run(&["--static", path.to_str().expect("UTF-8 path")]));
+    assert!(line.contains("--static"), "{line}");
+}
+
+/// `main` promises "one line on stderr saying what is wrong" for every
+/// configuration error, but `Server::bind` logs the demo-mode and
+/// random-secret warnings before it checks `--static` and `--bind`, so
+/// those errors arrive as the third line.
+#[test]
+fn late_start_errors_are_one_line() {
+    let line = assert_usage_error(&run(&["--bind", "not-an-address"]));
+    assert!(line.contains("not-an-address"), "{line}");
+    let path = std::env::temp_dir().join(format!(
+        "jwtchat-cli-{}-no-such-static-dir-2",
+        std::process::id()
+    ));
+    let line = assert_usage_error(&run(&["--static", path.to_str().expect("UTF-8 path")]));
+    assert!(line.contains("--static"), "{line}");
+}
+
+#[test]
+fn short_env_secret_is_exit_2() {
+    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "short")));
+    assert!(line.contains("32"), "{line}");
+    assert!(line.contains("JWTCHAT_SECRET"), "{line}");
+    assert!(!line.contains("short"), "the secret was echoed: {line}");
+}
+
+#[test]
+fn short_secret_file_is_exit_2() {
+    let file = TempFile::new("short-secret", b"0123456789");
+    let line = assert_usage_error(&run(&["--secret-file", file.arg()]));
+    assert!(line.contains("32"), "{line}");
+    assert!(
+        !line.contains("0123456789"),
+        "the secret was echoed: {line}"
+    );
+}
+
+#[test]
+fn missing_secret_file_is_exit_2() {
+    let path =
+        std::env::temp_dir().join(format!("jwtchat-cli-{}-no-such-secret", std::process::id()));
+    let line = assert_usage_error(&run(&["--secret-file", path.to_str().expect("UTF-8 path")]));
+    assert!(line.contains("--secret-file"), "{line}");
+}
+
+#[test]
+fn missing_users_file_is_exit_2() {
+    let line = assert_usage_error(&run(&["--users", "/nonexistent.json"]));
+    assert!(line.contains("/nonexistent.json"), "{line}");
+}
+
+#[test]
+fn malformed_users_file_is_exit_2() {
+    let file = TempFile::new("malformed-users", b"{\"users\":[{\"id\":\"1\"");
+    let line = assert_usage_error(&run(&["--users", file.arg()]));
+    assert!(line.contains("users file"), "{line}");
+    let plaintext = TempFile::new(
+        "plaintext-users",
+        json!({ "users": [{ "id": "1", "username": "zoe", "password": "hunter2" }] })
+            .to_string()
+            .as_bytes(),
+    );
+    let line = assert_usage_error(&run(&["--users", plaintext.arg()]));
+    assert!(!line.contains("hunter2"), "a password was echoed: {line}");
+}
+
+// ---------------------------------------------------------------------------
+// Serving
+
+#[test]
+fn serves_on_the_port_it_reports_and_warns_about_demo_and_secret() {
+    let (server, addr) = serve(&["--bind", "127.0.0.1:0"]);
+    let response = get(addr, "/healthz");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"ok");
+    assert!(server.any_line_contains("demo"), "{:#?}", server.seen);
+    assert!(server.any_line_contains("restart"), "{:#?}", server.seen);
+    // Demo users work.
+    let token = token_of(&login(addr, "userA", "passwordA"));
+    assert_eq!(token.split('.').count(), 3);
+}
+
+#[test]
+fn serve_command_works_the_same() {
+    let (server, addr) = serve(&["serve", "--bind", "127.0.0.1:0"]);
+    let response = get(addr, "/healthz");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"ok");
+    assert!(server.any_line_contains("demo"), "{:#?}", server.seen);
+}
+
+#[test]
+fn env_secret_is_used_and_silences_the_restart_warning() {
+    let mut server = Server::spawn(
+        jwtchat()
+            .args(["--bind=127.0.0.1:0"])
+            .env("JWTCHAT_SECRET", SECRET_40),
+    );
+    let addr = server.wait_listening();
+    assert!(!server.any_line_contains("restart"), "{:#?}", server.seen);
+    assert!(server.any_line_contains("demo"), "{:#?}", server.seen);
+    let token = token_of(&login(addr, "userB", "passwordB"));
+    let claims = verify(&token, SECRET_40.as_bytes()).expect("verifies with the env secret");
+    assert_eq!(claims["sub"], "2");
+}
+
+#[test]
+fn secret_file_drops_its_trailing_newline() {
+    let file = TempFile::new("secret-file", format!("{SECRET_40}\n").as_bytes());
+    let (server, addr) = serve(&["--secret-file", file.arg(), "--bind", "127.0.0.1:0"]);
+    assert!(!server.any_line_contains("restart"), "{:#?}", server.seen);
+    let token = token_of(&login(addr, "userA", "passwordA"));
+    let claims = verify(&token, SECRET_40.as_bytes()).expect("verifies with the 40 bytes");
+    assert_eq!(claims["username"], "userA");
+    assert!(
+        verify(&token, format!("{SECRET_40}\n").as_bytes()).is_err(),
+        "the newline was part of the key"
+    );
+}
+
+#[test]
+fn secret_file_beats_the_environment() {
+    let file = TempFile::new("secret-beats-env", SECRET_40.as_bytes());
+    let mut server = Server::spawn(
+        jwtchat()
+            .args(["--secret-file", file.arg(), "--bind", "127.0.0.1:0"])
+            .env("JWTCHAT_SECRET", "short"),
+    );
+    let addr = server.wait_listening();
+    let token = token_of(&login(addr, "userA", "passwordA"));
+    verify(&token, SECRET_40.as_bytes()).expect("verifies with the file's secret");
+}
+
+// ---------------------------------------------------------------------------
+// hash-password and a users file
+
+fn hash_password(stdin: &[u8]) -> Output {
+    let mut child = jwtchat()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hash-password");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("write the password");
+    child.wait_with_output().expect("hash-password output")
+}
+
+#[test]
+fn hashed_password_logs_in_through_a_users_file() {
+    let output = hash_password(b"hunter2\n");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(out.ends_with('\n'), "{out:?}");
+    let hash = out.trim_end();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!out.contains("hunter2"), "{out}");
+
+    let users = TempFile::new(
+        "zoe",
+        json!({ "users": [{ "id": "9", "username": "zoe", "password_hash": hash }] })
+            .to_string()
+            .as_bytes(),
+    );
+    let (server, addr) = serve(&["--users", users.arg(), "--bind", "127.0.0.1:0"]);
+    assert!(!server.any_line_contains("demo"), "{:#?}", server.seen);
+
+    let response = login(addr, "zoe", "hunter2");
+    let token = token_of(&response);
+    assert_eq!(token.split('.').count(), 3);
+    // The newline from stdin is not part of the password.
+    assert_eq!(login(addr, "zoe", "hunter2\n").status, 401);
+    assert_eq!(login(addr, "userA", "passwordA").status, 401);
+}
+
+#[test]
+fn each_hash_has_its_own_salt() {
+    let a = stdout(&hash_password(b"hunter2\n"));
+    let b = stdout(&hash_password(b"hunter2"));
+    assert!(a.starts_with("$argon2id$") && b.starts_with("$argon2id$"));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn empty_password_is_exit_2() {
+    for stdin in [&b""[..], b"\n", b"\r\n"] {
+        let output = hash_password(stdin);
+        assert_eq!(output.status.code(), Some(2), "stdin {stdin:?}");
+        assert!(stdout(&output).is_empty(), "stdin {stdin:?}");
+        let err = stderr(&output);
+        assert!(
+            !err.trim().is_empty() && !err.trim().contains('\n'),
+            "{err:?}"
+        );
+    }
+}
