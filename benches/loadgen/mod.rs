@@ -1,0 +1,587 @@
+//! The measuring client shared by `cargo bench --bench broadcast` and the
+//! `jwtchat-load` load generator: log in, open many WebSocket clients, send
+//! chat messages and time every delivery.
+//!
+//! Each message's text starts with the nanoseconds since the run began when
+//! it was sent, so any receiver can compute its latency. Receiving uses a few
+//! `mio` poll threads over non-blocking sockets (one thread per client would
+//! measure the load generator's scheduler, not the server), and parses the
+//! server's frames by hand: server frames are unmasked text frames, and the
+//! generator only needs the `seq` and the timestamp out of each.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Poll, Token};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub clients: usize,
+    /// How many of the clients send.
+    pub senders: usize,
+    /// Messages per sender.
+    pub messages: usize,
+    /// Messages per second per sender; 0 = as fast as the window allows.
+    pub rate: u64,
+    /// Messages a sender may have in flight (sent, not yet echoed back to
+    /// it). 1 is ping-pong: each message is delivered everywhere before the
+    /// next is sent.
+    pub window: usize,
+    /// Bytes of chat text per message.
+    pub payload: usize,
+    /// Threads that read the clients' sockets.
+    pub readers: usize,
+}
+
+/// Latencies in nanoseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub count: usize,
+}
+
+impl Percentiles {
+    pub fn of(mut samples: Vec<u64>) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: *samples.last().unwrap_or(&0),
+            count: samples.len(),
+        }
+    }
+
+    fn ms(ns: u64) -> f64 {
+        ns as f64 / 1e6
+    }
+
+    pub fn human(&self) -> String {
+        format!(
+            "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            Self::ms(self.p50),
+            Self::ms(self.p99),
+            Self::ms(self.max)
+        )
+    }
+
+    pub fn json(&self) -> String {
+        format!(
+            r#"{{"p50_ms":{:.4},"p99_ms":{:.4},"max_ms":{:.4},"count":{}}}"#,
+            Self::ms(self.p50),
+            Self::ms(self.p99),
+            Self::ms(self.max),
+            self.count
+        )
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub plan: Plan,
+    /// Send to each client's receipt, every delivery.
+    pub each: Percentiles,
+    /// Send to the last client's receipt, per message.
+    pub last: Percentiles,
+    pub deliveries: u64,
+    pub expected_deliveries: u64,
+    /// Deliveries that skipped a `seq` or went backwards.
+    pub out_of_order: u64,
+    pub elapsed: Duration,
+    /// Clients the server closed during the run (with the close codes).
+    pub closed: Vec<u16>,
+}
+
+impl Report {
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.deliveries as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected_deliveries.saturating_sub(self.deliveries)
+    }
+
+    pub fn human(&self) -> String {
+        let p = &self.plan;
+        format!(
+            "N={} senders={} messages={} payload={}B window={} rate={}\n  \
+             each client:  {}\n  last client:  {}\n  \
+             {} deliveries in {:.3} s = {:.0} deliveries/s; lost {}, out of order {}, closed {}",
+            p.clients,
+            p.senders,
+            p.messages,
+            p.payload,
+            p.window,
+            p.rate,
+            self.each.human(),
+            self.last.human(),
+            self.deliveries,
+            self.elapsed.as_secs_f64(),
+            self.deliveries_per_sec(),
+            self.lost(),
+            self.out_of_order,
+            self.closed.len()
+        )
+    }
+
+    pub fn json(&self) -> String {
+        let p = &self.plan;
+        format!(
+            r#"{{"clients":{},"senders":{},"messages":{},"payload":{},"window":{},"rate":{},"each":{},"last":{},"deliveries":{},"expected":{},"lost":{},"out_of_order":{},"closed":{},"elapsed_s":{:.4},"deliveries_per_s":{:.0}}}"#,
+            p.clients,
+            p.senders,
+            p.messages,
+            p.payload,
+            p.window,
+            p.rate,
+            self.each.json(),
+            self.last.json(),
+            self.deliveries,
+            self.expected_deliveries,
+            self.lost(),
+            self.out_of_order,
+            self.closed.len(),
+            self.elapsed.as_secs_f64(),
+            self.deliveries_per_sec()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP: log in, upgrade
+
+/// `POST /auth` and return the token.
+pub fn login(addr: SocketAddr, user: &str, password: &str) -> io::Result<String> {
+    let body = format!(r#"{{"username":{user:?},"password":{password:?}}}"#);
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "POST /auth HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let json = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let token = json
+        .split(r#""token":""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .filter(|_| response.starts_with("HTTP/1.1 200"))
+        .ok_or_else(|| io::Error::other(format!("login of {user} failed: {response}")))?;
+    Ok(token.to_string())
+}
+
+/// One open WebSocket client, welcome already read.
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read past the 101 (the start of the first frames).
+    pending: Vec<u8>,
+}
+
+/// Opens a WebSocket with the token in the query string.
+pub fn connect(addr: SocketAddr, token: &str) -> io::Result<Conn> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::other("closed during the handshake"));
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(io::Error::other(format!(
+            "upgrade refused: {}",
+            String::from_utf8_lossy(&head)
+        )));
+    }
+    Ok(Conn {
+        stream,
+        pending: head[end..].to_vec(),
+    })
+}
+
+/// A masked client text frame (RFC 6455 §5.2). The mask key is zero, which
+/// leaves the payload as it is: allowed, and free to compute.
+pub fn client_frame(text: &str) -> Vec<u8> {
+    let len = text.len();
+    let mut out = Vec::with_capacity(len + 14);
+    out.push(0x81);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Writes all of `bytes` to a non-blocking socket, waiting out `WouldBlock`.
+fn write_all_spin(mut stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Receiving
+
+/// A frame read off a client socket.
+enum Parsed<'a> {
+    Text(&'a [u8]),
+    Close(u16),
+    Other,
+}
+
+/// Splits one whole frame off the front of `buf`, if there is one.
+fn parse_frame(buf: &[u8]) -> Option<(Parsed<'_>, usize)> {
+    let b0 = *buf.first()?;
+    let b1 = *buf.get(1)? & 0x7f;
+    let (len, header) = match b1 {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(header..header + len)?;
+    let parsed = match b0 & 0x0f {
+        0x1 => Parsed::Text(payload),
+        0x8 => Parsed::Close(
+            payload
+                .get(..2)
+                .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])),
+        ),
+        _ => Parsed::Other,
+    };
+    Some((parsed, header + len))
+}
+
+/// The number after `key` in a JSON text, e.g. `"seq":` → 17.
+fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut n = 0u64;
+    let mut any = false;
+    for d in digits {
+        n = n * 10 + u64::from(d - b'0');
+        any = true;
+    }
+    any.then_some(n)
+}
+
+/// Per-client counters the senders read to keep their window.
+struct Shared {
+    start: Instant,
+    /// Messages each client has received.
+    received: Vec<AtomicU64>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Messages received by all clients together.
+    fn total(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
+/// What one reader thread saw.
+#[derive(Default)]
+struct Seen {
+    latencies: Vec<u64>,
+    /// Per seq: (deliveries, latest delivery's latency).
+    per_seq: HashMap<u64, (u32, u64)>,
+    out_of_order: u64,
+    closed: Vec<u16>,
+}
+
+struct Reader {
+    stream: MioStream,
+    index: usize,
+    buf: Vec<u8>,
+    last_seq: Option<u64>,
+    open: bool,
+}
+
+fn read_loop(shared: &Shared, mut readers: Vec<Reader>) -> Seen {
+    let mut seen = Seen::default();
+    let Ok(mut poll) = Poll::new() else {
+        return seen;
+    };
+    for (i, r) in readers.iter_mut().enumerate() {
+        if let Err(e) = poll
+            .registry()
+            .register(&mut r.stream, Token(i), Interest::READABLE)
+        {
+            eprintln!("register: {e}");
+        }
+    }
+    // Frames that arrived with the 101 are already in each buffer.
+    for r in readers.iter_mut() {
+        consume(shared, r, &mut seen);
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !shared.stop.load(Ordering::Relaxed) {
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(20)))
+            .is_err()
+        {
+            continue;
+        }
+        for event in events.iter() {
+            let r = &mut readers[event.token().0];
+            loop {
+                match r.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        r.open = false;
+                        break;
+                    }
+                    Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        r.open = false;
+                        break;
+                    }
+                }
+            }
+            consume(shared, r, &mut seen);
+        }
+    }
+    seen
+}
+
+/// Handles every whole frame in a reader's buffer.
+fn consume(shared: &Shared, r: &mut Reader, seen: &mut Seen) {
+    let now = shared.start.elapsed().as_nanos() as u64;
+    let mut used = 0;
+    while let Some((frame, len)) = parse_frame(&r.buf[used..]) {
+        used += len;
+        match frame {
+            Parsed::Text(text) => {
+                if !text.starts_with(br#"{"type":"message""#) {
+                    continue;
+                }
+                let (Some(seq), Some(sent)) = (
+                    number_after(text, br#""seq":"#),
+                    number_after(text, br#""text":""#),
+                ) else {
+                    continue;
+                };
+                if r.last_seq.is_some_and(|last| seq != last + 1) {
+                    seen.out_of_order += 1;
+                }
+                r.last_seq = Some(seq);
+                let latency = now.saturating_sub(sent);
+                seen.latencies.push(latency);
+                let entry = seen.per_seq.entry(seq).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 = entry.1.max(latency);
+                shared.received[r.index].fetch_add(1, Ordering::Release);
+            }
+            Parsed::Close(code) => {
+                seen.closed.push(code);
+                r.open = false;
+            }
+            Parsed::Other => {}
+        }
+    }
+    r.buf.drain(..used);
+}
+
+// ---------------------------------------------------------------------------
+// A run
+
+/// Runs `plan` over already-open clients (the first `plan.senders` send).
+pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        received: (0..conns.len()).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+    });
+    let mut senders = Vec::new();
+    let mut shards: Vec<Vec<Reader>> = (0..plan.readers.max(1)).map(|_| Vec::new()).collect();
+    for (index, conn) in conns.into_iter().enumerate() {
+        conn.stream.set_nonblocking(true)?;
+        if index < plan.senders {
+            senders.push((index, conn.stream.try_clone()?));
+        }
+        shards[index % plan.readers.max(1)].push(Reader {
+            stream: MioStream::from_std(conn.stream),
+            index,
+            buf: conn.pending,
+            last_seq: None,
+            open: true,
+        });
+    }
+    let readers: Vec<_> = shards
+        .into_iter()
+        .map(|shard| {
+            let shared = shared.clone();
+            thread::spawn(move || read_loop(&shared, shard))
+        })
+        .collect();
+
+    let began = shared.start.elapsed();
+    let sending: Vec<_> = senders
+        .into_iter()
+        .map(|(index, stream)| {
+            let shared = shared.clone();
+            let plan = plan.clone();
+            thread::spawn(move || send_loop(&shared, &plan, index, &stream))
+        })
+        .collect();
+    for s in sending {
+        s.join()
+            .map_err(|_| io::Error::other("sender panicked"))??;
+    }
+
+    // Wait for the deliveries to settle: everything arrived, or nothing
+    // more for a while.
+    let expected = (plan.senders * plan.messages * plan.clients) as u64;
+    let mut last_total = shared.total();
+    let mut quiet_since = Instant::now();
+    while shared.total() < expected && quiet_since.elapsed() < Duration::from_secs(2) {
+        thread::sleep(Duration::from_millis(1));
+        let now_total = shared.total();
+        if now_total != last_total {
+            last_total = now_total;
+            quiet_since = Instant::now();
+        }
+    }
+    let finished = shared.start.elapsed();
+    shared.stop.store(true, Ordering::Relaxed);
+
+    let mut merged = Seen::default();
+    for r in readers {
+        let seen = r.join().map_err(|_| io::Error::other("reader panicked"))?;
+        merged.latencies.extend(seen.latencies);
+        for (seq, (count, max)) in seen.per_seq {
+            let e = merged.per_seq.entry(seq).or_insert((0, 0));
+            e.0 += count;
+            e.1 = e.1.max(max);
+        }
+        merged.out_of_order += seen.out_of_order;
+        merged.closed.extend(seen.closed);
+    }
+    let deliveries = merged.latencies.len() as u64;
+    // "Last client" only for messages that reached everyone.
+    let last = merged
+        .per_seq
+        .values()
+        .filter(|(count, _)| *count as usize == plan.clients)
+        .map(|(_, max)| *max)
+        .collect();
+    Ok(Report {
+        plan: plan.clone(),
+        each: Percentiles::of(merged.latencies),
+        last: Percentiles::of(last),
+        deliveries,
+        expected_deliveries: expected,
+        out_of_order: merged.out_of_order,
+        elapsed: finished.saturating_sub(began),
+        closed: merged.closed,
+    })
+}
+
+/// One sender: `plan.messages` messages, paced by `plan.rate` and limited
+/// to `plan.window` in flight (its own echoes tell it what has arrived).
+fn send_loop(shared: &Shared, plan: &Plan, index: usize, stream: &TcpStream) -> io::Result<()> {
+    let interval = (plan.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / plan.rate));
+    let first = Instant::now();
+    let mut text = String::with_capacity(plan.payload.max(24));
+    for sent in 0..plan.messages as u64 {
+        // Echoes count every sender's messages, so the window is on the
+        // room as a whole: fair for one sender or many.
+        let window = (plan.window * plan.senders) as u64;
+        let all_sent = sent * plan.senders as u64;
+        let wait_start = Instant::now();
+        // Ping-pong (one sender, window 1) waits for every client, not just
+        // its own echo, so no two messages are ever in flight together.
+        let ping_pong = plan.senders == 1 && plan.window == 1;
+        let behind = || {
+            if ping_pong {
+                shared.total() < sent * plan.clients as u64
+            } else {
+                all_sent >= shared.received[index].load(Ordering::Acquire) + window
+            }
+        };
+        while behind() {
+            if wait_start.elapsed() > Duration::from_secs(10) {
+                return Err(io::Error::other(
+                    "no echo for 10 s: messages are being lost",
+                ));
+            }
+            std::hint::spin_loop();
+            thread::yield_now();
+        }
+        if let Some(interval) = interval {
+            let due = first + interval * sent as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        text.clear();
+        use std::fmt::Write as _;
+        let _ = write!(text, "{}", shared.start.elapsed().as_nanos());
+        while text.len() < plan.payload {
+            text.push(if text.len() == 19 { ' ' } else { 'x' });
+        }
+        // Digits, `x` and a space: nothing to escape.
+        let json = format!(r#"{{"type":"message","text":"{text}"}}"#);
+        write_all_spin(stream, &client_frame(&json))?;
+    }
+    Ok(())
+}
+
+/// Reads this process's or another's resident memory in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
