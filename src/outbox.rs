@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::frame::Frame;
+use crate::sys;
 
 /// How long one socket write may block before the client is given up on.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,11 +36,17 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     wake: Condvar,
     limit: usize,
+    /// The client's socket, for the direct path in [`Outbox::push`].
+    socket: Option<Arc<TcpStream>>,
 }
 
 struct Queue {
     frames: VecDeque<Frame>,
     state: State,
+    /// The writer is asleep in `next_batch`. Waking a thread is a system
+    /// call; while the writer is busy writing it will find new frames on
+    /// its own, so only a sleeping writer is woken.
+    writer_asleep: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,14 +62,26 @@ pub(crate) enum State {
 }
 
 impl Outbox {
+    /// An outbox for `socket`, holding at most `limit` frames.
+    pub fn for_socket(limit: usize, socket: Arc<TcpStream>) -> Arc<Outbox> {
+        Outbox::build(limit, Some(socket))
+    }
+
+    /// An outbox with no socket behind it: frames only queue (for tests).
     pub fn new(limit: usize) -> Arc<Outbox> {
+        Outbox::build(limit, None)
+    }
+
+    fn build(limit: usize, socket: Option<Arc<TcpStream>>) -> Arc<Outbox> {
         Arc::new(Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 state: State::Open,
+                writer_asleep: false,
             }),
             wake: Condvar::new(),
             limit: limit.max(1),
+            socket,
         })
     }
 
@@ -70,19 +89,38 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a frame without waiting. After a close it is dropped (nothing
-    /// may follow a close frame, §5.5.1).
+    /// Sends or queues a frame, never waiting. After a close it is dropped
+    /// (nothing may follow a close frame, §5.5.1).
+    ///
+    /// The common case, an idle client, costs one system call and wakes no
+    /// thread: with nothing queued and the writer asleep, the frame goes
+    /// straight into the socket's buffer with a non-blocking send. Only
+    /// what does not fit is queued for the writer, which then batches
+    /// everything that piles up behind it into one vectored write.
     pub fn push(&self, frame: Frame) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.state != State::Open {
             return Ok(());
         }
+        let mut frame = frame;
+        if queue.frames.is_empty() && queue.writer_asleep {
+            // The writer cannot wake while we hold the lock, so this write
+            // cannot interleave with one of its own.
+            if let Some(socket) = &self.socket {
+                match sys::send_nonblocking(socket, &frame) {
+                    Ok(sent) if sent == frame.len() => return Ok(()),
+                    Ok(sent) => frame = frame[sent..].into(),
+                    // A full buffer (or a failed socket, which the writer
+                    // will find out for itself): hand the frame over.
+                    Err(_) => {}
+                }
+            }
+        }
         if queue.frames.len() >= self.limit {
             return Err(Full);
         }
         queue.frames.push_back(frame);
-        drop(queue);
-        self.wake.notify_one();
+        self.wake_writer(queue);
         Ok(())
     }
 
@@ -101,8 +139,7 @@ impl Outbox {
         }
         queue.frames.extend(last.iter().cloned());
         queue.state = State::Closing;
-        drop(queue);
-        self.wake.notify_one();
+        self.wake_writer(queue);
         true
     }
 
@@ -112,8 +149,15 @@ impl Outbox {
         if queue.state == State::Open {
             queue.state = State::Finished;
         }
+        self.wake_writer(queue);
+    }
+
+    fn wake_writer(&self, queue: MutexGuard<'_, Queue>) {
+        let asleep = queue.writer_asleep;
         drop(queue);
-        self.wake.notify_one();
+        if asleep {
+            self.wake.notify_one();
+        }
     }
 
     /// True once a close frame is queued or the socket has failed.
@@ -127,10 +171,12 @@ impl Outbox {
     pub(crate) fn next_batch(&self, batch: &mut Vec<Frame>) -> (State, bool) {
         let mut queue = self.lock();
         while queue.frames.is_empty() && queue.state == State::Open {
+            queue.writer_asleep = true;
             queue = self
                 .wake
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
+            queue.writer_asleep = false;
         }
         let n = queue.frames.len().min(MAX_BATCH);
         batch.extend(queue.frames.drain(..n));

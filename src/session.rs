@@ -108,7 +108,7 @@ pub fn run(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
-    let outbox = Outbox::new(shared.config.client_queue_frames);
+    let outbox = Outbox::for_socket(shared.config.client_queue_frames, stream.clone());
     if !spawn_writer(&outbox, &stream) {
         return;
     }
