@@ -20,7 +20,7 @@ fn main() {
     let quick = std::env::var("JWTCHAT_BENCH_QUICK").is_ok_and(|v| v == "1");
     // Logging every connection would be most of the work at N = 1000.
     jwtchat::log::set_level(jwtchat::log::Level::Warn);
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let _ = jwtchat::sys::raise_open_file_limit();
     println!(
         "jwtchat broadcast benchmark ({} mode, {} cores)",
         if quick { "quick" } else { "full" },

@@ -1,1 +1,191 @@
-fn main() {}
+//! `jwtchat-load`: the broadcast benchmark against any running jwtchat.
+//!
+//! ```text
+//! cargo run --release --example jwtchat-load -- --url http://127.0.0.1:3000 \
+//!     --clients 1000 --senders 1 --messages 200 --payload 64
+//! ```
+//!
+//! Logs in through `POST /auth` like a real client (the demo users, or
+//! `--user`/`--password`), opens `--clients` WebSockets, lets the first
+//! `--senders` of them send `--messages` each and times every delivery.
+//! Prints a human summary, then one JSON line. `--idle SECS` instead holds
+//! the clients open and idle (with `--server-pid`, reporting the server's
+//! resident memory per connection). Note that a server's default message
+//! rate limit, if it has one, throttles senders: start it without one to
+//! measure the server rather than the limit.
+
+#[path = "loadgen/mod.rs"]
+mod loadgen;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use loadgen::Plan;
+
+const USAGE: &str = "\
+usage: jwtchat-load --url http://HOST:PORT [options]
+  --clients N        WebSocket clients to open [100]
+  --senders K        how many of them send [1]
+  --messages M       messages per sender [1000]
+  --rate R           messages per second per sender, 0 = flat out [0]
+  --window W         messages in flight per sender; 1 = ping-pong [1 for one sender, else 32]
+  --payload BYTES    chat text per message (at least 20) [64]
+  --readers T        threads reading the clients [1]
+  --user U --password P   log in as U (default: the demo users userA..userC)
+  --idle SECS        only hold the clients open for SECS, then report
+  --server-pid PID   report the server's resident memory (Linux /proc)";
+
+struct Args {
+    addr: SocketAddr,
+    plan: Plan,
+    credentials: Vec<(String, String)>,
+    idle: Option<Duration>,
+    server_pid: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1).collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("jwtchat-load: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jwtchat-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> std::io::Result<()> {
+    let limit = jwtchat::sys::raise_open_file_limit()?;
+    if (limit as usize) < args.plan.clients + 64 {
+        eprintln!(
+            "warning: open-file limit {limit} is below --clients {}",
+            args.plan.clients
+        );
+    }
+    let rss_before = args.server_pid.and_then(loadgen::rss_kib);
+
+    let tokens = args
+        .credentials
+        .iter()
+        .map(|(user, password)| loadgen::login(args.addr, user, password))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let opening = Instant::now();
+    let mut conns = Vec::with_capacity(args.plan.clients);
+    for i in 0..args.plan.clients {
+        conns.push(loadgen::connect(args.addr, &tokens[i % tokens.len()])?);
+    }
+    println!(
+        "opened {} clients in {:.2} s",
+        conns.len(),
+        opening.elapsed().as_secs_f64()
+    );
+
+    if let Some(idle) = args.idle {
+        std::thread::sleep(idle);
+        let rss_after = args.server_pid.and_then(loadgen::rss_kib);
+        report_memory(args.plan.clients, rss_before, rss_after);
+        return Ok(());
+    }
+    let report = loadgen::run(&args.plan, conns)?;
+    println!("{}", report.human());
+    println!("{}", report.json());
+    if report.lost() > 0 || report.out_of_order > 0 || !report.closed.is_empty() {
+        return Err(std::io::Error::other(
+            "messages were lost, reordered or refused",
+        ));
+    }
+    Ok(())
+}
+
+fn report_memory(clients: usize, before: Option<u64>, after: Option<u64>) {
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            let per = after.saturating_sub(before) as f64 / clients.max(1) as f64;
+            println!(
+                "server RSS: {before} KiB before, {after} KiB with {clients} idle clients: {per:.1} KiB per connection"
+            );
+            println!(
+                r#"{{"clients":{clients},"rss_before_kib":{before},"rss_after_kib":{after},"kib_per_connection":{per:.2}}}"#
+            );
+        }
+        _ => println!(r#"{{"clients":{clients},"idle":true}}"#),
+    }
+}
+
+fn parse(list: Vec<String>) -> Result<Args, String> {
+    let mut url = None;
+    let mut plan = Plan {
+        clients: 100,
+        senders: 1,
+        messages: 1000,
+        rate: 0,
+        window: 0,
+        payload: 64,
+        readers: 1,
+    };
+    let (mut user, mut password) = (None, None);
+    let mut idle = None;
+    let mut server_pid = None;
+    let mut it = list.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("bad number {v:?}"));
+        match flag.as_str() {
+            "--url" => url = Some(value()?),
+            "--clients" => plan.clients = number(value()?)? as usize,
+            "--senders" => plan.senders = number(value()?)? as usize,
+            "--messages" => plan.messages = number(value()?)? as usize,
+            "--rate" => plan.rate = number(value()?)?,
+            "--window" => plan.window = number(value()?)? as usize,
+            "--payload" => plan.payload = number(value()?)? as usize,
+            "--readers" => plan.readers = number(value()?)? as usize,
+            "--user" => user = Some(value()?),
+            "--password" => password = Some(value()?),
+            "--idle" => idle = Some(Duration::from_secs(number(value()?)?)),
+            "--server-pid" => server_pid = Some(number(value()?)? as u32),
+            "-h" | "--help" => return Err("help".into()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let url = url.ok_or("--url is required")?;
+    let host = url
+        .strip_prefix("http://")
+        .ok_or("--url must start with http://")?
+        .trim_end_matches('/');
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or(format!("{host}: no address"))?;
+    if plan.senders > plan.clients || plan.clients == 0 {
+        return Err("need 1 <= --senders <= --clients".into());
+    }
+    if plan.payload < 20 {
+        return Err("--payload must be at least 20 bytes (the send time)".into());
+    }
+    if plan.window == 0 {
+        plan.window = if plan.senders == 1 { 1 } else { 32 };
+    }
+    let credentials = match (user, password) {
+        (Some(u), Some(p)) => vec![(u, p)],
+        (None, None) => ["A", "B", "C"]
+            .iter()
+            .map(|l| (format!("user{l}"), format!("password{l}")))
+            .collect(),
+        _ => return Err("--user and --password go together".into()),
+    };
+    Ok(Args {
+        addr,
+        plan,
+        credentials,
+        idle,
+        server_pid,
+    })
+}

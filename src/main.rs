@@ -10,6 +10,7 @@ use jwtchat::config::{self, Command};
 use jwtchat::{Server, auth};
 
 fn main() -> ExitCode {
+    jwtchat::sys::tune_allocator();
     let args = std::env::args_os().skip(1);
     let command = match config::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
         Ok(command) => command,
@@ -27,6 +28,12 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Serve(config) => match Server::bind(*config) {
             Ok(server) => {
+                // One descriptor per client: lift the soft limit (often
+                // 1024) to the hard limit before the clients arrive.
+                match jwtchat::sys::raise_open_file_limit() {
+                    Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
+                    Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
+                }
                 server.run();
                 ExitCode::SUCCESS
             }

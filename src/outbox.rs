@@ -1,15 +1,20 @@
-//! One client's outbound queue, and the one thread that writes it to the
-//! socket.
+//! One client's outbound queue, and how it reaches the socket.
 //!
 //! Every byte the server sends on a WebSocket passes through here: broadcast
 //! frames, the client's own notices, and `tungstenite`'s automatic pongs and
-//! close replies (via [`OutboxWriter`]). One writer per socket means frames
-//! never interleave, and a socket write that blocks (a client that stopped
-//! reading) blocks only this client's writer, never the sender or the room.
+//! close replies (via [`OutboxWriter`]). Whoever holds the queue's lock
+//! owns the socket's write side, so frames never interleave.
 //!
-//! The queue is bounded. [`Outbox::push`] never waits: when the queue is
-//! full it reports [`Full`], and the room disconnects the client as a slow
-//! consumer.
+//! The common case costs one system call and wakes no thread: while nothing
+//! is queued, [`Outbox::push`] sends the frame straight into the socket's
+//! buffer with a non-blocking send. Only when that buffer is full (a client
+//! reading slowly, or a burst) does the rest queue up, and a writer thread
+//! starts to drain it with blocking, vectored writes, batching whatever
+//! piles up. It lingers a moment once the queue is empty, then exits: a
+//! client costs a second thread only while it is behind.
+//!
+//! The queue is bounded. `push` never waits: when the queue is full it
+//! reports [`Full`], and the room disconnects the client as a slow consumer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -27,6 +32,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written with one vectored write, at most.
 const MAX_BATCH: usize = 64;
+/// How long an idle writer thread waits for more work before it exits.
+const WRITER_LINGER: Duration = Duration::from_secs(1);
+/// Stack for a writer thread: it only moves bytes.
+const WRITER_STACK: usize = 64 * 1024;
 
 /// The queue was full: the client is not keeping up.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,29 +45,36 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     wake: Condvar,
     limit: usize,
-    /// The client's socket, for the direct path in [`Outbox::push`].
+    /// `None` only in tests, where frames just queue.
     socket: Option<Arc<TcpStream>>,
 }
 
 struct Queue {
     frames: VecDeque<Frame>,
     state: State,
-    /// The writer is asleep in `next_batch`. Waking a thread is a system
-    /// call; while the writer is busy writing it will find new frames on
-    /// its own, so only a sleeping writer is woken.
-    writer_asleep: bool,
+    writer: Writer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum State {
+enum State {
     /// Accepting frames.
     Open,
-    /// A close frame is queued last: write what is queued, then half-close.
+    /// A close frame is queued last: send what is queued, then half-close.
     Closing,
-    /// The reader is done: write what is queued, then stop.
+    /// The reader is done: send what is queued, then stop.
     Finished,
-    /// The socket failed: drop everything.
-    Dead,
+    /// Nothing more will be written (sent and shut down, or the socket
+    /// failed).
+    Done,
+}
+
+/// Whether a writer thread exists, and what it is doing. Only while it is
+/// `Writing` does it use the socket outside the lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writer {
+    None,
+    Writing,
+    Asleep,
 }
 
 impl Outbox {
@@ -77,7 +93,7 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 state: State::Open,
-                writer_asleep: false,
+                writer: Writer::None,
             }),
             wake: Condvar::new(),
             limit: limit.max(1),
@@ -91,45 +107,25 @@ impl Outbox {
 
     /// Sends or queues a frame, never waiting. After a close it is dropped
     /// (nothing may follow a close frame, §5.5.1).
-    ///
-    /// The common case, an idle client, costs one system call and wakes no
-    /// thread: with nothing queued and the writer asleep, the frame goes
-    /// straight into the socket's buffer with a non-blocking send. Only
-    /// what does not fit is queued for the writer, which then batches
-    /// everything that piles up behind it into one vectored write.
-    pub fn push(&self, frame: Frame) -> Result<(), Full> {
+    pub fn push(self: &Arc<Self>, frame: Frame) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.state != State::Open {
             return Ok(());
-        }
-        let mut frame = frame;
-        if queue.frames.is_empty() && queue.writer_asleep {
-            // The writer cannot wake while we hold the lock, so this write
-            // cannot interleave with one of its own.
-            if let Some(socket) = &self.socket {
-                match sys::send_nonblocking(socket, &frame) {
-                    Ok(sent) if sent == frame.len() => return Ok(()),
-                    Ok(sent) => frame = frame[sent..].into(),
-                    // A full buffer (or a failed socket, which the writer
-                    // will find out for itself): hand the frame over.
-                    Err(_) => {}
-                }
-            }
         }
         if queue.frames.len() >= self.limit {
             return Err(Full);
         }
         queue.frames.push_back(frame);
-        self.wake_writer(queue);
+        self.deliver(queue);
         Ok(())
     }
 
     /// Queues `last` frames (a notice, then the close frame) and stops
-    /// accepting more. With `discard_queued`, frames not yet written are
+    /// accepting more. With `discard_queued`, frames not yet sent are
     /// dropped first: a slow consumer would never read them anyway, and the
     /// close frame should not wait behind them. Returns false if the
     /// connection was already closing.
-    pub fn close(&self, last: &[Frame], discard_queued: bool) -> bool {
+    pub fn close(self: &Arc<Self>, last: &[Frame], discard_queued: bool) -> bool {
         let mut queue = self.lock();
         if queue.state != State::Open {
             return false;
@@ -139,89 +135,162 @@ impl Outbox {
         }
         queue.frames.extend(last.iter().cloned());
         queue.state = State::Closing;
-        self.wake_writer(queue);
+        self.deliver(queue);
         true
     }
 
-    /// The reader has finished: the writer sends what is queued and exits.
-    pub fn finish(&self) {
+    /// The reader has finished: what is queued still goes out, then the
+    /// writer (if any) stops.
+    pub fn finish(self: &Arc<Self>) {
         let mut queue = self.lock();
         if queue.state == State::Open {
             queue.state = State::Finished;
         }
-        self.wake_writer(queue);
+        self.deliver(queue);
     }
 
-    fn wake_writer(&self, queue: MutexGuard<'_, Queue>) {
-        let asleep = queue.writer_asleep;
-        drop(queue);
-        if asleep {
-            self.wake.notify_one();
-        }
-    }
-
-    /// True once a close frame is queued or the socket has failed.
+    /// True once a close frame is queued or the socket is done.
     pub fn is_closing(&self) -> bool {
-        matches!(self.lock().state, State::Closing | State::Dead)
+        matches!(self.lock().state, State::Closing | State::Done)
     }
 
-    /// Waits for frames and moves up to [`MAX_BATCH`] of them into `batch`.
-    /// Returns the state seen: anything but `Open` with an empty queue
-    /// means "write this batch, then stop".
-    pub(crate) fn next_batch(&self, batch: &mut Vec<Frame>) -> (State, bool) {
-        let mut queue = self.lock();
-        while queue.frames.is_empty() && queue.state == State::Open {
-            queue.writer_asleep = true;
-            queue = self
-                .wake
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.writer_asleep = false;
+    /// Moves queued frames towards the socket: directly if the socket is
+    /// free, else by waking or starting the writer.
+    fn deliver(self: &Arc<Self>, mut queue: MutexGuard<'_, Queue>) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        if queue.writer != Writer::Writing {
+            // Nobody else can write while we hold the lock.
+            send_what_fits(socket, &mut queue.frames);
         }
-        let n = queue.frames.len().min(MAX_BATCH);
-        batch.extend(queue.frames.drain(..n));
-        (queue.state, queue.frames.is_empty())
+        if queue.frames.is_empty() {
+            if queue.writer == Writer::Asleep && queue.state != State::Open {
+                self.wake.notify_one(); // let it finish and exit
+            } else if queue.writer == Writer::None && queue.state != State::Open {
+                end(socket, queue.state);
+                queue.state = State::Done;
+            }
+            return;
+        }
+        match queue.writer {
+            Writer::Writing => {}
+            Writer::Asleep => self.wake.notify_one(),
+            Writer::None => {
+                queue.writer = Writer::Writing;
+                if let Err(e) = self.spawn_writer() {
+                    crate::warn!("cannot start a writer thread: {e}");
+                    queue.writer = Writer::None;
+                    queue.state = State::Done;
+                    queue.frames.clear();
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+            }
+        }
     }
 
-    fn mark_dead(&self) {
-        let mut queue = self.lock();
-        queue.state = State::Dead;
-        queue.frames.clear();
+    fn spawn_writer(self: &Arc<Self>) -> io::Result<()> {
+        let outbox = self.clone();
+        std::thread::Builder::new()
+            .name("ws-writer".into())
+            .stack_size(WRITER_STACK)
+            .spawn(move || outbox.write_loop())
+            .map(drop)
+    }
+
+    /// The writer thread: blocking, batched writes until the queue stays
+    /// empty for [`WRITER_LINGER`] or the connection ends.
+    fn write_loop(&self) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        // A write that cannot finish in this time means the client has
+        // stopped reading; the error ends the connection.
+        let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            {
+                let mut queue = self.lock();
+                while queue.frames.is_empty() && queue.state == State::Open {
+                    queue.writer = Writer::Asleep;
+                    let (woken, timeout) = self
+                        .wake
+                        .wait_timeout(queue, WRITER_LINGER)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    queue = woken;
+                    if timeout.timed_out()
+                        && queue.frames.is_empty()
+                        && queue.writer == Writer::Asleep
+                    {
+                        queue.writer = Writer::None;
+                        return;
+                    }
+                }
+                if queue.frames.is_empty() {
+                    // Closing or finished, all sent.
+                    end(socket, queue.state);
+                    queue.state = State::Done;
+                    queue.writer = Writer::None;
+                    return;
+                }
+                queue.writer = Writer::Writing;
+                let n = queue.frames.len().min(MAX_BATCH);
+                batch.extend(queue.frames.drain(..n));
+            }
+            if write_all(socket, &batch).is_err() {
+                let mut queue = self.lock();
+                queue.state = State::Done;
+                queue.frames.clear();
+                queue.writer = Writer::None;
+                // Wake the reader, which is blocked on this same socket.
+                let _ = socket.shutdown(Shutdown::Both);
+                return;
+            }
+            batch.clear();
+        }
+    }
+
+    /// Takes everything queued (tests look at what a client was sent).
+    #[cfg(test)]
+    pub(crate) fn take_queued(&self) -> Vec<Frame> {
+        self.lock().frames.drain(..).collect()
     }
 }
 
-/// The writer thread's body: drain the queue to the socket until the
-/// connection ends.
-pub fn write_loop(outbox: &Outbox, stream: &TcpStream) {
-    // A write that cannot finish in this time means the client has stopped
-    // reading; the error ends this loop.
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let (state, drained) = outbox.next_batch(&mut batch);
-        if write_all(stream, &batch).is_err() {
-            outbox.mark_dead();
-            // Wake the reader, which is blocked on this same socket.
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
-        }
-        batch.clear();
-        if drained && state != State::Open {
-            end(stream, state);
-            return;
+/// Sends queued frames from the front with non-blocking sends while they
+/// fit; a frame sent in part stays at the front as its remainder.
+fn send_what_fits(socket: &TcpStream, frames: &mut VecDeque<Frame>) {
+    while let Some(front) = frames.front() {
+        match sys::send_nonblocking(socket, front) {
+            Ok(sent) if sent == front.len() => {
+                frames.pop_front();
+            }
+            Ok(sent) => {
+                let rest: Frame = front[sent..].into();
+                frames[0] = rest;
+                return;
+            }
+            // A full buffer, or a failed socket (the writer will find out
+            // for itself): leave the rest for the writer.
+            Err(_) => return,
         }
     }
 }
 
 /// After the last frame: once we sent a close frame, half-close our side
 /// and give the client [`CLOSE_GRACE`] to answer before the reader gives up
-/// (the server closes the TCP connection first, §7.1.1).
-fn end(stream: &TcpStream, state: State) {
-    if state == State::Closing {
-        let _ = stream.set_read_timeout(Some(CLOSE_GRACE));
-        let _ = stream.shutdown(Shutdown::Write);
-    } else {
-        let _ = stream.shutdown(Shutdown::Both);
+/// (the server closes the TCP connection first, §7.1.1). When the reader is
+/// done, close both ways.
+fn end(socket: &TcpStream, state: State) {
+    match state {
+        State::Closing => {
+            let _ = socket.set_read_timeout(Some(CLOSE_GRACE));
+            let _ = socket.shutdown(Shutdown::Write);
+        }
+        State::Finished => {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        State::Open | State::Done => {}
     }
 }
 
@@ -297,10 +366,7 @@ mod tests {
         assert!(outbox.close(&[frame(b"bye")], true));
         assert!(!outbox.close(&[frame(b"again")], false));
         assert_eq!(outbox.push(frame(b"late")), Ok(()));
-        let mut batch = Vec::new();
-        let (state, drained) = outbox.next_batch(&mut batch);
-        assert_eq!(state, State::Closing);
-        assert!(drained);
-        assert_eq!(batch, vec![frame(b"bye")]);
+        assert!(outbox.is_closing());
+        assert_eq!(outbox.take_queued(), vec![frame(b"bye")]);
     }
 }

@@ -243,7 +243,7 @@ impl Timeline {
 /// The last words to an evicted client: for an expired token, the
 /// `token_expired` error then close 4001; for a slow consumer, close 4008
 /// ahead of the backlog it will never read.
-fn send_farewell(outbox: &Outbox, why: Departure) {
+fn send_farewell(outbox: &Arc<Outbox>, why: Departure) {
     match why {
         Departure::TokenExpired => {
             let notice = Outgoing::Error {
@@ -292,9 +292,8 @@ mod tests {
 
     /// The JSON `type`s queued for a client so far (frames < 126 bytes).
     fn types(outbox: &Outbox) -> Vec<String> {
-        let mut batch = Vec::new();
-        outbox.next_batch(&mut batch);
-        batch
+        outbox
+            .take_queued()
             .iter()
             .filter(|f| f[0] == 0x81)
             .map(|f| {
@@ -325,8 +324,7 @@ mod tests {
         room.broadcast("a", "hi");
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
-        let mut batch = Vec::new();
-        old.next_batch(&mut batch);
+        let batch = old.take_queued();
         assert_eq!(batch.last().map(|f| f[0]), Some(0x88), "close frame last");
         assert!(old.is_closing());
         assert_eq!(types(&a), ["welcome", "join", "message", "leave"]);

@@ -1,19 +1,21 @@
-//! One client's life after the `101`: a reader (this thread) and a writer
-//! (a second, small thread).
+//! One client's life after the `101`: this thread reads; the client's
+//! [`Outbox`] writes.
 //!
 //! ```text
-//!            ┌──────────── reader thread ────────────┐
+//!            ┌──────────── reader (this thread) ─────┐
 //!  socket ──►│ tungstenite: frames, UTF-8, limits    │──► room.broadcast
 //!            │ protocol::decode                      │
 //!            └──────────┬────────────────────────────┘
 //!                       │ pongs, close echoes, notices
 //!                       ▼
-//!  room fan-out ───► Outbox (bounded) ───► writer thread ───► socket
+//!  room fan-out ───► Outbox ──(non-blocking send)──► socket
+//!                      └──(only when behind: a writer thread)──► socket
 //! ```
 //!
 //! `tungstenite` is given a stream whose read half is the socket and whose
 //! write half is the client's [`Outbox`], so even the pongs it sends on its
-//! own go through the one writer (RFC 6455 §5.5.2: a Ping "MUST" get a Pong).
+//! own take their turn with everything else (RFC 6455 §5.5.2: a Ping "MUST"
+//! get a Pong).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,8 +32,6 @@ use crate::outbox::{self, Outbox, OutboxWriter};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
 use crate::room::{Client, ClientId};
 
-/// Stack for the writer thread: it only moves bytes.
-const WRITER_STACK: usize = 64 * 1024;
 /// `tungstenite`'s read buffer per connection. Chat frames are small; a
 /// larger frame simply takes more reads.
 const READ_BUFFER: usize = 4 * 1024;
@@ -109,9 +109,6 @@ pub fn run(
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
     let outbox = Outbox::for_socket(shared.config.client_queue_frames, stream.clone());
-    if !spawn_writer(&outbox, &stream) {
-        return;
-    }
     let mut ws = WebSocket::from_partially_read(
         Duplex {
             read: stream,
@@ -142,18 +139,6 @@ pub fn run(
     crate::info!("client {id} disconnected: {username} ({end})");
 }
 
-fn spawn_writer(outbox: &Arc<Outbox>, stream: &Arc<TcpStream>) -> bool {
-    let (outbox, stream) = (outbox.clone(), stream.clone());
-    let spawned = std::thread::Builder::new()
-        .name("ws-writer".into())
-        .stack_size(WRITER_STACK)
-        .spawn(move || outbox::write_loop(&outbox, &stream));
-    if let Err(e) = &spawned {
-        crate::warn!("cannot start writer thread: {e}");
-    }
-    spawned.is_ok()
-}
-
 /// Every limit set deliberately (tungstenite's defaults allocate 128 KiB per
 /// connection up front and never bound the write buffer).
 fn ws_config(frame_limit: usize) -> WebSocketConfig {
@@ -172,7 +157,12 @@ fn ws_config(frame_limit: usize) -> WebSocketConfig {
 }
 
 /// Reads frames until the connection ends.
-fn read_loop(shared: &Shared, ws: &mut WebSocket<Duplex>, outbox: &Outbox, username: &str) -> End {
+fn read_loop(
+    shared: &Shared,
+    ws: &mut WebSocket<Duplex>,
+    outbox: &Arc<Outbox>,
+    username: &str,
+) -> End {
     loop {
         let message = match ws.read() {
             Ok(message) => message,
@@ -200,14 +190,14 @@ fn read_loop(shared: &Shared, ws: &mut WebSocket<Duplex>, outbox: &Outbox, usern
 }
 
 /// Tells this client (only) what was wrong, keeping the connection.
-fn notify(outbox: &Outbox, code: ErrorCode, message: &str) {
+fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str) {
     // A full queue here means the room is evicting this client anyway.
     let _ = outbox.push(Outgoing::Error { code, message }.frame());
 }
 
 /// Maps a read error to how the session ends: a protocol fault gets the
 /// close code RFC 6455 §7.4.1 gives it; a dead connection gets nothing.
-fn refuse_on_error(outbox: &Outbox, error: WsError) -> End {
+fn refuse_on_error(outbox: &Arc<Outbox>, error: WsError) -> End {
     use tungstenite::error::{CapacityError, ProtocolError};
     match error {
         // The client vanished without a close frame: nothing to answer.
@@ -249,7 +239,7 @@ fn drain(mut stream: &TcpStream) {
 }
 
 /// Closes the connection from the server side with `code`.
-fn refuse(outbox: &Outbox, code: u16, reason: &str) -> End {
+fn refuse(outbox: &Arc<Outbox>, code: u16, reason: &str) -> End {
     outbox.close(&[frame::close(code, reason)], false);
     End::Refused(code)
 }

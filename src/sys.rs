@@ -1,6 +1,6 @@
-//! The two things the standard library cannot do, and the only `unsafe`
-//! in the crate: a send that never blocks on a blocking socket, and raising
-//! the open-file limit.
+//! What the standard library cannot do, and the only `unsafe` in the
+//! crate: a send that never blocks on a blocking socket, raising the
+//! open-file limit, and tuning the C allocator for many threads.
 
 #![allow(unsafe_code)]
 
@@ -52,6 +52,27 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// Tunes glibc's allocator for many threads on a small host, before any
+/// thread starts:
+///
+/// - a fixed mmap threshold (128 KiB), so large blocks (argon2's 19 MiB per
+///   password check) go back to the OS when freed; by default glibc raises
+///   the threshold after the first such free and keeps later ones in its
+///   heaps, tens of megabytes that never come back;
+/// - at most two arenas: with one thread per client, glibc would otherwise
+///   spread small allocations over up to eight arenas per core.
+///
+/// Does nothing on other C libraries.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called
+    // from `main` before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 #[cfg(test)]
