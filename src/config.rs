@@ -43,6 +43,25 @@ pub struct Config {
     /// Time a client has to send a request head (and, separately, its
     /// body); also how long an idle keep-alive connection is kept.
     pub request_timeout: Duration,
+    /// Test aid for protocol conformance suites: every text and binary
+    /// message is sent back, unchanged, to its sender only.
+    pub echo: bool,
+    /// Chat messages per second one connection may send; 0 turns the
+    /// limit off.
+    pub message_rate: u32,
+    /// How many messages a connection may send at once before the rate
+    /// applies.
+    pub message_burst: u32,
+    /// Origins allowed to open a WebSocket; empty means "the server's own
+    /// origin" (the request's `Host`).
+    pub allowed_origins: Vec<String>,
+    /// Open connections (HTTP and WebSocket) at most; more get `503`.
+    pub max_connections: usize,
+    /// Open connections from one IP address at most; more get `503`.
+    pub max_connections_per_ip: usize,
+    /// Failed logins one IP address may make per minute before `429`;
+    /// 0 turns the limit off.
+    pub max_login_failures: u32,
 }
 
 impl Default for Config {
@@ -58,6 +77,13 @@ impl Default for Config {
             client_queue_frames: 256,
             sweep_interval: Duration::from_millis(250),
             request_timeout: Duration::from_secs(10),
+            echo: false,
+            message_rate: 20,
+            message_burst: 40,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_login_failures: 10,
         }
     }
 }
@@ -151,6 +177,19 @@ OPTIONS:
     --issuer NAME               the token issuer (iss claim) [default: jwtchat]
     --max-message-bytes N       largest chat message text in bytes [default: 4096]
     --secret-file FILE          HS256 secret (at least 32 bytes)
+    --message-rate PER_SEC      chat messages per second per connection,
+                                0 = no limit [default: 20]
+    --message-burst N           messages allowed at once before the rate
+                                applies [default: 40]
+    --allowed-origin ORIGIN     an origin (e.g. https://chat.example) allowed to
+                                open a WebSocket; repeatable [default: the
+                                server's own origin, from the Host header]
+    --max-connections N         open connections at most [default: 10000]
+    --max-connections-per-ip N  open connections per client IP [default: 256]
+    --max-login-failures N      failed logins per IP per minute before 429,
+                                0 = no limit [default: 10]
+    --echo                      test aid: echo each message back to its sender
+                                only, instead of chatting (for Autobahn)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -199,6 +238,42 @@ where
             "--token-ttl" => {
                 config.token_ttl_secs = number("--token-ttl", value("--token-ttl")?, 1, 31_536_000)?
             }
+            "--message-rate" => {
+                config.message_rate =
+                    number("--message-rate", value("--message-rate")?, 0, 1_000_000)? as u32
+            }
+            "--message-burst" => {
+                config.message_burst =
+                    number("--message-burst", value("--message-burst")?, 1, 1_000_000)? as u32
+            }
+            "--allowed-origin" => config
+                .allowed_origins
+                .push(non_empty("--allowed-origin", value("--allowed-origin")?)?),
+            "--max-connections" => {
+                config.max_connections = number(
+                    "--max-connections",
+                    value("--max-connections")?,
+                    1,
+                    10_000_000,
+                )? as usize
+            }
+            "--max-connections-per-ip" => {
+                config.max_connections_per_ip = number(
+                    "--max-connections-per-ip",
+                    value("--max-connections-per-ip")?,
+                    1,
+                    10_000_000,
+                )? as usize
+            }
+            "--max-login-failures" => {
+                config.max_login_failures = number(
+                    "--max-login-failures",
+                    value("--max-login-failures")?,
+                    0,
+                    1_000_000,
+                )? as u32
+            }
+            "--echo" if inline.is_none() => config.echo = true,
             "--max-message-bytes" => {
                 let n = number(
                     "--max-message-bytes",

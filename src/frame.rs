@@ -23,6 +23,7 @@ use std::sync::Arc;
 pub type Frame = Arc<[u8]>;
 
 const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CLOSE: u8 = 0x8;
 /// FIN set: every frame we send is a whole message (no fragmentation).
 const FIN: u8 = 0x80;
@@ -30,6 +31,11 @@ const FIN: u8 = 0x80;
 /// A text frame carrying `payload`, which must be UTF-8 (§5.6).
 pub fn text(payload: &str) -> Frame {
     encode(OPCODE_TEXT, payload.as_bytes())
+}
+
+/// A binary frame (only echo mode sends these).
+pub fn binary(payload: &[u8]) -> Frame {
+    encode(OPCODE_BINARY, payload)
 }
 
 /// A close frame (§5.5.1): a 2-byte status code, then a UTF-8 reason. A

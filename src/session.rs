@@ -168,6 +168,12 @@ fn read_loop(
             Ok(message) => message,
             Err(error) => return refuse_on_error(outbox, error),
         };
+        if shared.config.echo {
+            if let Some(end) = echo(outbox, message) {
+                return end;
+            }
+            continue;
+        }
         match message {
             Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
                 Ok(Incoming::Chat(text)) => {
@@ -187,6 +193,25 @@ fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+}
+
+/// Echo mode (a test aid for conformance suites): data messages go back,
+/// unchanged, to their sender only.
+fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
+    let frame = match message {
+        Message::Text(text) => frame::text(&text),
+        Message::Binary(data) => frame::binary(&data),
+        Message::Close(frame) => return Some(End::ClientClosed(frame.map(|f| f.code.into()))),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
+    };
+    if outbox.push(frame).is_err() {
+        return Some(refuse(
+            outbox,
+            close_code::SLOW_CONSUMER,
+            "too slow: echoes were not read",
+        ));
+    }
+    None
 }
 
 /// Tells this client (only) what was wrong, keeping the connection.
