@@ -37,6 +37,9 @@ pub enum HandshakeError {
     BadKey,
     /// §4.2.1 (6) and §4.4: only version 13 is spoken.
     UnsupportedVersion,
+    /// §10.2: a browser page from another origin (cross-site WebSocket
+    /// hijacking).
+    ForbiddenOrigin,
     /// RFC 6750 §3.1: missing or invalid bearer token.
     Token(TokenError),
 }
@@ -69,6 +72,11 @@ impl HandshakeError {
                 "only Sec-WebSocket-Version 13 is supported",
             )
             .with_header("Sec-WebSocket-Version", "13"),
+            HandshakeError::ForbiddenOrigin => Response::error(
+                403,
+                "forbidden_origin",
+                "pages from this origin may not connect (see --allowed-origin)",
+            ),
             // One answer for every bad token: telling a caller *why* its
             // forged token failed helps nobody honest.
             HandshakeError::Token(_) => invalid_token(),
@@ -90,8 +98,13 @@ pub struct Accepted {
     pub accept: String,
 }
 
-/// Runs the server's checks of §4.2.1, in order, then the token's.
-pub fn check(request: &Request, tokens: &Tokens) -> Result<Accepted, HandshakeError> {
+/// Runs the server's checks of §4.2.1, in order, then the origin's and the
+/// token's. `allowed_origins` are origins besides the server's own.
+pub fn check(
+    request: &Request,
+    tokens: &Tokens,
+    allowed_origins: &[String],
+) -> Result<Accepted, HandshakeError> {
     // (1) The method is GET: the router sends anything else a 405.
     if request.minor_version < 1 {
         return Err(HandshakeError::OldHttpVersion);
@@ -119,6 +132,12 @@ pub fn check(request: &Request, tokens: &Tokens) -> Result<Accepted, HandshakeEr
     if request.header("Sec-WebSocket-Version") != Some("13") {
         return Err(HandshakeError::UnsupportedVersion);
     }
+    // §4.2.1 (7) and §10.2: browsers send `Origin`; a page from another
+    // site must not ride on a user's credentials. Clients without `Origin`
+    // are not browsers, and are not at risk.
+    if !origin_allowed(request, allowed_origins) {
+        return Err(HandshakeError::ForbiddenOrigin);
+    }
     // Not in RFC 6455, which leaves authentication to the application
     // (§10.5): the bearer token, checked as RFC 7519 §7.2 says.
     let token = bearer_token(request).ok_or(HandshakeError::Token(TokenError::Missing))?;
@@ -127,6 +146,27 @@ pub fn check(request: &Request, tokens: &Tokens) -> Result<Accepted, HandshakeEr
         claims,
         accept: accept_key(key),
     })
+}
+
+/// True if the request has no `Origin`, or its origin is the server's own
+/// (`http://` or `https://` followed by the `Host` the browser connected
+/// to), or one of `allowed` (RFC 6454 origins, compared without case and
+/// without a trailing slash).
+fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
+    let Some(origin) = request.header("Origin") else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    let host = request.header("Host").unwrap_or_default();
+    let same_origin = ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    });
+    same_origin
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// The token from `Authorization: Bearer <jwt>` (RFC 6750 §2.1), else from

@@ -277,11 +277,8 @@ impl Connection {
         head_only: bool,
         keep_alive: bool,
     ) -> io::Result<()> {
-        let mut out = response.head(keep_alive).into_bytes();
-        if !head_only {
-            out.extend_from_slice(&response.body);
-        }
-        self.stream.write_all(&out)?;
+        self.stream
+            .write_all(&response.to_bytes(keep_alive, head_only))?;
         self.stream.flush()
     }
 
@@ -349,6 +346,16 @@ impl Response {
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
+    }
+
+    /// The response on the wire: the head, then the body unless
+    /// `head_only` (a `HEAD` request).
+    pub fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
+        let mut out = self.head(keep_alive).into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
     }
 
     /// Status line and headers, ending with the blank line.

@@ -16,6 +16,7 @@
 //! | upgrade to WebSocket (RFC 6455 §4.2) | [`handshake`] |
 //! | one client's reader and writer threads | [`session`], [`outbox`] |
 //! | the pool, broadcast and expiry | [`room`] |
+//! | connection, login and message limits | [`limits`] |
 //! | the JSON messages and close codes | [`protocol`], [`frame`] |
 //! | flags and defaults | [`config`] |
 //!
@@ -42,6 +43,7 @@ pub mod config;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod limits;
 pub mod outbox;
 pub mod protocol;
 pub mod room;
@@ -60,4 +62,6 @@ pub struct Shared {
     pub tokens: auth::Tokens,
     pub assets: assets::Assets,
     pub room: room::Room,
+    pub connections: std::sync::Arc<limits::ConnectionLimits>,
+    pub logins: limits::LoginThrottle,
 }

@@ -21,6 +21,8 @@ pub mod close_code {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A text frame that was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The client kept sending over the message rate after being told.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame or message over the size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The token expired: log in again.
@@ -103,6 +105,7 @@ fn short_json_error(e: &serde_json::Error) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadMessage,
+    RateLimited,
     TokenExpired,
 }
 

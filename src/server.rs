@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -22,6 +22,7 @@ use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, Request, RequestError, Response};
+use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
 use crate::room::Room;
 use crate::{Shared, handshake, session};
 
@@ -104,6 +105,11 @@ impl Server {
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs);
         let shared = Shared {
+            connections: ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+            logins: LoginThrottle::new(config.max_login_failures),
             config,
             users,
             tokens,
@@ -239,23 +245,58 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Admits a connection and gives it a thread, or turns it away with `503`
+/// before any thread or buffer is spent on it.
 fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let permit = match shared.connections.admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            crate::warn!("refused a connection from {peer}: {refusal:?}");
+            let response = Response::error(
+                503,
+                "service_unavailable",
+                "too many connections; try again later",
+            )
+            .with_header("Retry-After", "1");
+            // A fresh socket's buffer has room for this; never wait here.
+            let _ = crate::sys::send_nonblocking(&stream, &response.to_bytes(false, false));
+            return;
+        }
+    };
     let shared = shared.clone();
     let spawned = thread::Builder::new()
         .name("conn".into())
         .stack_size(CONNECTION_STACK)
-        .spawn(move || handle_connection(&shared, stream));
+        .spawn(move || serve_connection(&shared, stream, peer, permit));
     if let Err(e) = spawned {
         // The stream was moved into the closure and is dropped with it.
         crate::warn!("cannot start a connection thread: {e}");
     }
 }
 
+/// A connection thread's body. A panic here is a bug, but it must cost one
+/// connection, not the server: it is caught and logged, and the client's
+/// room membership and connection permit are released as the stack unwinds.
+fn serve_connection(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle_connection(shared, stream, peer)
+    }));
+    if outcome.is_err() {
+        crate::error!("the connection from {peer} ended in a panic (see above); still serving");
+    }
+    drop(permit);
+}
+
 /// Serves requests on one connection until it closes or upgrades.
-fn handle_connection(shared: &Shared, stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
+fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let mut conn = Connection::new(stream, shared.config.request_timeout);
     loop {
         let request = match conn.read_request() {
@@ -325,6 +366,16 @@ struct Credentials {
 }
 
 fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let now = Instant::now();
+    if let Err(wait) = shared.logins.check(peer.ip(), now) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Response::error(
+            429,
+            "rate_limited",
+            &format!("too many failed logins; try again in {secs} s"),
+        )
+        .with_header("Retry-After", secs.max(1).to_string());
+    }
     let credentials = match parse_credentials(request) {
         Ok(credentials) => credentials,
         Err(response) => return response,
@@ -333,6 +384,7 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         .users
         .check_password(&credentials.username, &credentials.password)
     else {
+        shared.logins.record_failure(peer.ip(), now);
         crate::info!("login failed for {:?} from {peer}", credentials.username);
         return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
     };
@@ -395,7 +447,7 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
 /// `GET /ws`: check the handshake and token, send the `101`, and become the
 /// client's session.
 fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: SocketAddr) {
-    let accepted = match handshake::check(request, &shared.tokens) {
+    let accepted = match handshake::check(request, &shared.tokens, &shared.config.allowed_origins) {
         Ok(accepted) => accepted,
         Err(error) => {
             crate::info!(

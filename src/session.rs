@@ -28,6 +28,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use crate::Shared;
 use crate::auth::Claims;
 use crate::frame;
+use crate::limits::{MessageRate, Verdict};
 use crate::outbox::{self, Outbox, OutboxWriter};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
 use crate::room::{Client, ClientId};
@@ -163,6 +164,8 @@ fn read_loop(
     outbox: &Arc<Outbox>,
     username: &str,
 ) -> End {
+    let config = &shared.config;
+    let mut rate = MessageRate::new(config.message_rate, config.message_burst, Instant::now());
     loop {
         let message = match ws.read() {
             Ok(message) => message,
@@ -176,9 +179,23 @@ fn read_loop(
         }
         match message {
             Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
-                Ok(Incoming::Chat(text)) => {
-                    shared.room.broadcast(username, &text);
-                }
+                Ok(Incoming::Chat(text)) => match rate.as_mut().map(|r| r.judge(Instant::now())) {
+                    None | Some(Verdict::Accept) => {
+                        shared.room.broadcast(username, &text);
+                    }
+                    Some(Verdict::Refuse) => notify(
+                        outbox,
+                        ErrorCode::RateLimited,
+                        "too many messages: slow down",
+                    ),
+                    Some(Verdict::Disconnect) => {
+                        return refuse(
+                            outbox,
+                            close_code::POLICY_VIOLATION,
+                            "message rate exceeded",
+                        );
+                    }
+                },
                 Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
             },
             Message::Binary(_) => {

@@ -19,7 +19,10 @@ const MAX_MESSAGES: usize = 40_000;
 
 #[test]
 fn a_stalled_reader_is_cut_off_while_everyone_else_keeps_up() {
-    let server = start_with(|c| c.client_queue_frames = 64);
+    let server = start_with(|c| {
+        c.client_queue_frames = 64;
+        c.message_rate = 0; // this test floods on purpose
+    });
     let (mut stalled, _) = server.connect("userC");
     let (mut watcher, _) = server.connect("userB");
     let (mut sender, _) = server.connect("userA");

@@ -1,0 +1,284 @@
+//! Abuse limits: how many connections, how many failed logins, how many
+//! messages. Each answers "may this go ahead?" cheaply and holds bounded
+//! memory, so a hostile client costs the server little and everyone else
+//! nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+
+/// Open connections, in all and per client IP.
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<OpenConnections>,
+}
+
+#[derive(Default)]
+struct OpenConnections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+/// Why a connection was turned away (answered `503`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ServerFull,
+    TooManyFromIp,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            open: Mutex::new(OpenConnections::default()),
+        })
+    }
+
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let mut open = lock(&self.open);
+        if open.total >= self.max_total {
+            return Err(Refusal::ServerFull);
+        }
+        let from_ip = open.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.max_per_ip {
+            return Err(Refusal::TooManyFromIp);
+        }
+        *from_ip += 1;
+        open.total += 1;
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        lock(&self.open).total
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = lock(&self.limits.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Logins
+
+/// Failed logins per IP over a sliding minute. Past the limit, every login
+/// from that IP is refused until the oldest failure is a minute old:
+/// guessing passwords then costs an attacker a minute per ten guesses, and
+/// the server no argon2 work.
+pub struct LoginThrottle {
+    max_failures: u32,
+    window: Duration,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// IPs tracked at most; past this, IPs with no recent failure are dropped.
+const MAX_TRACKED_IPS: usize = 65_536;
+
+impl LoginThrottle {
+    /// `max_failures` per minute; 0 turns the throttle off.
+    pub fn new(max_failures: u32) -> LoginThrottle {
+        LoginThrottle {
+            max_failures,
+            window: Duration::from_secs(60),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(wait)` if `ip` must wait before trying again.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.max_failures == 0 {
+            return Ok(());
+        }
+        let mut failures = lock(&self.failures);
+        let Some(recent) = failures.get_mut(&ip) else {
+            return Ok(());
+        };
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() < self.max_failures as usize {
+            return Ok(());
+        }
+        let oldest = recent.front().copied().unwrap_or(now);
+        Err(self.window.saturating_sub(now.duration_since(oldest)))
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+        if self.max_failures == 0 {
+            return;
+        }
+        let mut failures = lock(&self.failures);
+        if failures.len() >= MAX_TRACKED_IPS {
+            let window = self.window;
+            failures.retain(|_, recent| {
+                recent
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
+        }
+        let recent = failures.entry(ip).or_default();
+        recent.push_back(now);
+        // Only the newest `max_failures` matter.
+        while recent.len() > self.max_failures as usize {
+            recent.pop_front();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Messages
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One connection's message rate: `rate` messages a second with bursts of
+/// `burst`. A message over the rate is refused (the client is told); a
+/// client that keeps sending after being told (more than `burst` refusals,
+/// forgiven at one a second) is abusing the room and is disconnected.
+pub struct MessageRate {
+    messages: TokenBucket,
+    patience: TokenBucket,
+}
+
+/// What to do with a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Over the rate: refuse this one.
+    Refuse,
+    /// Refused too often: close the connection (1008).
+    Disconnect,
+}
+
+impl MessageRate {
+    /// `None` when `rate` is 0 (no limit).
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Option<MessageRate> {
+        (rate > 0).then(|| MessageRate {
+            messages: TokenBucket::new(f64::from(rate), f64::from(burst.max(1)), now),
+            patience: TokenBucket::new(1.0, f64::from(burst.max(1)), now),
+        })
+    }
+
+    pub fn judge(&mut self, now: Instant) -> Verdict {
+        if self.messages.try_take(now) {
+            Verdict::Accept
+        } else if self.patience.try_take(now) {
+            Verdict::Refuse
+        } else {
+            Verdict::Disconnect
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn connections_are_capped_in_all_and_per_ip() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a1 = limits.admit(A).unwrap();
+        let _a2 = limits.admit(A).unwrap();
+        assert_eq!(limits.admit(A).err(), Some(Refusal::TooManyFromIp));
+        let _b1 = limits.admit(B).unwrap();
+        assert_eq!(limits.admit(B).err(), Some(Refusal::ServerFull));
+        drop(a1);
+        assert!(
+            limits.admit(A).is_ok(),
+            "a closed connection frees its place"
+        );
+    }
+
+    #[test]
+    fn failed_logins_are_throttled_per_ip_for_a_minute() {
+        let throttle = LoginThrottle::new(3);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(throttle.check(A, t0), Ok(()));
+            throttle.record_failure(A, t0 + Duration::from_secs(i));
+        }
+        let wait = throttle.check(A, t0 + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(50));
+        assert_eq!(throttle.check(B, t0), Ok(()), "other IPs are unaffected");
+        assert_eq!(throttle.check(A, t0 + Duration::from_secs(60)), Ok(()));
+        assert_eq!(LoginThrottle::new(0).check(A, t0), Ok(()));
+    }
+
+    #[test]
+    fn messages_flow_at_the_rate_after_a_burst() {
+        let t0 = Instant::now();
+        let mut rate = MessageRate::new(10, 5, t0).unwrap();
+        let verdicts: Vec<Verdict> = (0..12).map(|_| rate.judge(t0)).collect();
+        assert!(verdicts[..5].iter().all(|v| *v == Verdict::Accept));
+        assert!(verdicts[5..10].iter().all(|v| *v == Verdict::Refuse));
+        assert_eq!(verdicts[10], Verdict::Disconnect);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(rate.judge(later), Verdict::Accept, "a token every 100 ms");
+        assert!(MessageRate::new(0, 5, t0).is_none());
+    }
+}
