@@ -289,3 +289,24 @@ pub fn closed_by_server(stream: &mut TcpStream) -> bool {
         }
     }
 }
+
+/// Connects to `addr` from another loopback address (`127.0.0.N`), as a
+/// second client machine would.
+pub fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind a loopback source address");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
+/// Sends `raw` from `source` and reads one response.
+pub fn send_raw_from(source: std::net::Ipv4Addr, addr: SocketAddr, raw: &[u8]) -> RawResponse {
+    let mut stream = connect_from(source, addr);
+    stream.write_all(raw).expect("send request");
+    read_response(&mut stream, false)
+}

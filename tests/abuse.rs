@@ -1,0 +1,184 @@
+//! Abuse limits, each through real sockets: failed-login throttling,
+//! cross-site upgrades, connection caps, message floods and slowloris.
+
+mod support;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const LOCALHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+fn login_request(user: &str, password: &str) -> Vec<u8> {
+    let body = json!({ "username": user, "password": password }).to_string();
+    format!(
+        "POST /auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn failed_logins_are_throttled_per_ip() {
+    let server = start_with(|c| c.max_login_failures = 3);
+    for _ in 0..3 {
+        let r = send_raw_from(OTHER_HOST, server.addr, &login_request("userA", "guess"));
+        assert_eq!(r.status, 401);
+    }
+    // The fourth try from that IP is refused without checking, even with
+    // the right password.
+    let r = send_raw_from(
+        OTHER_HOST,
+        server.addr,
+        &login_request("userA", "passwordA"),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Another IP logs in as usual.
+    let r = send_raw_from(LOCALHOST, server.addr, &login_request("userA", "passwordA"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn cross_site_upgrades_are_refused() {
+    let server = start();
+    let token = server.token("userA");
+    let target = format!("/ws?token={token}");
+    let with_origin = |origin: &str| {
+        send_raw(
+            server.addr,
+            upgrade_request(&target, &format!("Origin: {origin}\r\n")).as_bytes(),
+        )
+    };
+    let evil = with_origin("https://evil.example");
+    assert_eq!(evil.status, 403);
+    assert_eq!(evil.json()["error"], "forbidden_origin");
+    // The server's own origin (Host is "test" in these requests) is fine,
+    // and so is a client that sends no Origin at all.
+    assert_eq!(with_origin("http://test").status, 101);
+    assert_eq!(with_origin("https://test").status, 101);
+    assert_eq!(
+        send_raw(server.addr, upgrade_request(&target, "").as_bytes()).status,
+        101
+    );
+
+    let permissive = start_with(|c| c.allowed_origins = vec!["https://chat.example".into()]);
+    let token = permissive.token("userA");
+    let r = send_raw(
+        permissive.addr,
+        upgrade_request(
+            &format!("/ws?token={token}"),
+            "Origin: https://chat.example\r\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 101);
+}
+
+#[test]
+fn connections_over_the_caps_get_503_and_others_are_unaffected() {
+    let server = start_with(|c| {
+        c.max_connections = 6;
+        c.max_connections_per_ip = 3;
+    });
+    let (mut a, _) = server.connect("userA");
+    // Two idle connections from 127.0.0.1 fill its three places.
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from(LOCALHOST, server.addr))
+        .collect();
+    let refused = send_raw_from(
+        LOCALHOST,
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"], "service_unavailable");
+    // Another IP still gets in, until the server as a whole is full.
+    let _others: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from(OTHER_HOST, server.addr))
+        .collect();
+    let full = send_raw_from(
+        Ipv4Addr::new(127, 0, 0, 3),
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(full.status, 503);
+    // The connected client never noticed.
+    a.say("still here");
+    assert_eq!(a.recv_type("message")["text"], "still here");
+}
+
+#[test]
+fn a_message_flood_is_refused_then_disconnected() {
+    let server = start_with(|c| {
+        c.message_rate = 5;
+        c.message_burst = 10;
+    });
+    let (mut watcher, _) = server.connect("userB");
+    let (mut flooder, _) = server.connect("userA");
+    for i in 0..100 {
+        flooder.say(&format!("spam {i}"));
+    }
+    let (code, before) = flooder.until_close();
+    assert_eq!(code, 1008);
+    let limited = before
+        .iter()
+        .filter(|m| m["code"] == "rate_limited")
+        .count();
+    let delivered = before.iter().filter(|m| m["type"] == "message").count();
+    assert!(
+        (10..=12).contains(&delivered),
+        "the burst went through: {delivered}"
+    );
+    assert!((10..=12).contains(&limited), "then refusals: {limited}");
+    // The room saw only the burst.
+    let mut seen = 0;
+    loop {
+        let m = watcher.recv();
+        if m["type"] == "leave" {
+            break;
+        }
+        if m["type"] == "message" {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, delivered);
+}
+
+#[test]
+fn half_open_connections_do_not_stop_new_clients() {
+    let server = start_with(|c| {
+        c.max_connections_per_ip = 2000;
+        c.request_timeout = Duration::from_secs(30);
+    });
+    // A thousand connections from one host, each with a request head that
+    // never ends.
+    let mut slow: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = connect_from(OTHER_HOST, server.addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .expect("start a head");
+            s
+        })
+        .collect();
+    for s in slow.iter_mut().take(100) {
+        s.write_all(b"X-Slow: 1\r\n").expect("trickle");
+    }
+    // Meanwhile a new client logs in and chats as usual.
+    let (mut a, _) = server.connect("userA");
+    let (mut b, _) = server.connect("userB");
+    a.say("hello through the crowd");
+    assert_eq!(b.recv_type("message")["text"], "hello through the crowd");
+    assert_eq!(a.recv_type("message")["text"], "hello through the crowd");
+}
