@@ -5,12 +5,16 @@
 
 use std::io::BufRead;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use jwtchat::config::{self, Command};
-use jwtchat::{Server, auth};
+use jwtchat::{Server, auth, sys};
+
+/// How long a shutdown waits for the 1001 close frames to be written.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    jwtchat::sys::tune_allocator();
+    sys::tune_allocator();
     let args = std::env::args_os().skip(1);
     let command = match config::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
         Ok(command) => command,
@@ -26,20 +30,41 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
-        Command::Serve(config) => match Server::bind(*config) {
-            Ok(server) => {
-                // One descriptor per client: lift the soft limit (often
-                // 1024) to the hard limit before the clients arrive.
-                match jwtchat::sys::raise_open_file_limit() {
-                    Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
-                    Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
-                }
-                server.run();
-                ExitCode::SUCCESS
-            }
-            Err(error) => usage_error(&error),
-        },
+        Command::Serve(config) => serve(*config),
     }
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+fn serve(config: jwtchat::Config) -> ExitCode {
+    // Before any thread starts, so that every thread inherits the mask and
+    // the signals wait for `wait_for_termination` below.
+    if let Err(e) = sys::block_termination_signals() {
+        jwtchat::warn!("cannot block SIGINT/SIGTERM: {e}");
+    }
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(error) => return usage_error(&error),
+    };
+    // One descriptor per client: lift the soft limit (often 1024) to the
+    // hard limit before the clients arrive.
+    match sys::raise_open_file_limit() {
+        Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
+        Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let handle = match server.spawn() {
+        Ok(handle) => handle,
+        Err(e) => {
+            jwtchat::error!("cannot start the server thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sys::wait_for_termination() {
+        Ok(signal) => jwtchat::info!("{signal}: closing connections and shutting down"),
+        Err(e) => jwtchat::error!("cannot wait for signals ({e}); shutting down"),
+    }
+    handle.shutdown_gracefully(SHUTDOWN_GRACE);
+    jwtchat::info!("stopped");
+    ExitCode::SUCCESS
 }
 
 fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {

@@ -149,6 +149,11 @@ impl Outbox {
         self.deliver(queue);
     }
 
+    /// True once everything is sent and the socket shut down (or failed).
+    pub fn is_done(&self) -> bool {
+        self.lock().state == State::Done
+    }
+
     /// True once a close frame is queued or the socket is done.
     pub fn is_closing(&self) -> bool {
         matches!(self.lock().state, State::Closing | State::Done)

@@ -206,6 +206,20 @@ impl Room {
         count
     }
 
+    /// Closes every connection with `code` (the server is going away) and
+    /// empties the room; no `leave` is sent, since everyone is leaving.
+    /// Returns the outboxes, so the caller can wait for them to drain.
+    pub fn close_all(&self, code: u16, reason: &str) -> Vec<Arc<Outbox>> {
+        let mut timeline = self.timeline();
+        timeline.presence.clear();
+        let close = frame::close(code, reason);
+        let clients: Vec<Client> = self.write().drain().map(|(_, c)| c).collect();
+        for client in &clients {
+            client.outbox.close(std::slice::from_ref(&close), false);
+        }
+        clients.into_iter().map(|c| c.outbox).collect()
+    }
+
     /// Pushes `frame` to every client but `except`, and returns the clients
     /// that must go instead: expired ones (they never get the frame) and
     /// ones whose queue is full.

@@ -23,6 +23,7 @@ use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, Request, RequestError, Response};
 use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
+use crate::protocol::close_code;
 use crate::room::Room;
 use crate::{Shared, handshake, session};
 
@@ -198,6 +199,21 @@ impl ServerHandle {
     /// Stops accepting connections. Open connections run to their end.
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Stops accepting, sends every client close 1001 ("going away",
+    /// RFC 6455 §7.4.1), and waits up to `grace` for those frames to be
+    /// written.
+    pub fn shutdown_gracefully(mut self, grace: Duration) {
+        self.shutdown();
+        let outboxes = self
+            .shared
+            .room
+            .close_all(close_code::GOING_AWAY, "server shutting down");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && outboxes.iter().any(|o| !o.is_done()) {
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn shutdown(&mut self) {

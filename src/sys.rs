@@ -1,6 +1,7 @@
 //! What the standard library cannot do, and the only `unsafe` in the
 //! crate: a send that never blocks on a blocking socket, raising the
-//! open-file limit, and tuning the C allocator for many threads.
+//! open-file limit, waiting for SIGINT/SIGTERM, and tuning the C allocator
+//! for many threads.
 
 #![allow(unsafe_code)]
 
@@ -52,6 +53,50 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// The signals that ask the server to stop: Ctrl-C and `kill`/systemd.
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own;
+    // a zeroed sigset_t is valid storage for them.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it
+/// starts afterwards, so that [`wait_for_termination`] can take them as
+/// ordinary events instead of an asynchronous handler interrupting
+/// whichever thread happens to run. Call before starting any thread.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_signals();
+    // SAFETY: `set` is initialised; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits until SIGINT or SIGTERM arrives (they must be blocked, see
+/// [`block_termination_signals`]) and returns its name.
+pub fn wait_for_termination() -> io::Result<&'static str> {
+    let set = termination_signals();
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `signal` is writable.
+    let rc = unsafe { libc::sigwait(&set, &mut signal) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    })
 }
 
 /// Tunes glibc's allocator for many threads on a small host, before any

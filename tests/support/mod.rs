@@ -18,7 +18,8 @@ pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
 pub struct TestServer {
-    pub handle: ServerHandle,
+    /// `None` for a server in another process (see [`TestServer::at`]).
+    pub handle: Option<ServerHandle>,
     pub addr: SocketAddr,
 }
 
@@ -38,10 +39,18 @@ pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let server = Server::bind(config).expect("server binds");
     let addr = server.local_addr();
     let handle = server.spawn().expect("server spawns");
-    TestServer { handle, addr }
+    TestServer {
+        handle: Some(handle),
+        addr,
+    }
 }
 
 impl TestServer {
+    /// A server already running elsewhere (the real binary, say).
+    pub fn at(addr: SocketAddr) -> TestServer {
+        TestServer { handle: None, addr }
+    }
+
     /// Logs in a demo user (`userA` → `passwordA`) and returns the token.
     pub fn token(&self, user: &str) -> String {
         let password = user.replace("user", "password");
