@@ -81,7 +81,7 @@ fn measure(plan: Plan) -> Report {
         .map(|l| loadgen::login(addr, &format!("user{l}"), &format!("password{l}")).expect("login"))
         .collect();
     let conns = (0..plan.clients)
-        .map(|i| loadgen::connect(addr, &tokens[i % tokens.len()]).expect("connect"))
+        .map(|i| loadgen::connect(addr, &tokens[i % tokens.len()], None).expect("connect"))
         .collect();
     loadgen::run(&plan, conns).expect("run")
 }

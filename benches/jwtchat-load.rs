@@ -33,6 +33,9 @@ usage: jwtchat-load --url http://HOST:PORT [options]
   --payload BYTES    chat text per message (at least 20) [64]
   --readers T        threads reading the clients [1]
   --user U --password P   log in as U (default: the demo users userA..userC)
+  --source-ips S     spread the clients over S loopback source addresses
+                     (127.0.0.1..), so a server's per-IP connection cap sees
+                     S hosts [loopback targets: one per 200 clients]
   --idle SECS        only hold the clients open for SECS, then report
   --server-pid PID   report the server's resident memory (Linux /proc)";
 
@@ -42,6 +45,7 @@ struct Args {
     credentials: Vec<(String, String)>,
     idle: Option<Duration>,
     server_pid: Option<u32>,
+    source_ips: usize,
 }
 
 fn main() -> ExitCode {
@@ -79,7 +83,12 @@ fn run(args: &Args) -> std::io::Result<()> {
     let opening = Instant::now();
     let mut conns = Vec::with_capacity(args.plan.clients);
     for i in 0..args.plan.clients {
-        conns.push(loadgen::connect(args.addr, &tokens[i % tokens.len()])?);
+        let source = loadgen::loopback_source(i, args.source_ips);
+        conns.push(loadgen::connect(
+            args.addr,
+            &tokens[i % tokens.len()],
+            source,
+        )?);
     }
     println!(
         "opened {} clients in {:.2} s",
@@ -133,6 +142,7 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
     let (mut user, mut password) = (None, None);
     let mut idle = None;
     let mut server_pid = None;
+    let mut source_ips = None;
     let mut it = list.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -150,6 +160,7 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
             "--password" => password = Some(value()?),
             "--idle" => idle = Some(Duration::from_secs(number(value()?)?)),
             "--server-pid" => server_pid = Some(number(value()?)? as u32),
+            "--source-ips" => source_ips = Some(number(value()?)?.clamp(1, 250) as usize),
             "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -181,11 +192,17 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
             .collect(),
         _ => return Err("--user and --password go together".into()),
     };
+    let source_ips = source_ips.unwrap_or(if addr.ip().is_loopback() && addr.is_ipv4() {
+        plan.clients.div_ceil(200).min(250)
+    } else {
+        1
+    });
     Ok(Args {
         addr,
         plan,
         credentials,
         idle,
         server_pid,
+        source_ips,
     })
 }

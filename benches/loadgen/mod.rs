@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -194,9 +194,35 @@ pub struct Conn {
     pending: Vec<u8>,
 }
 
+/// Opens a TCP connection, from `source` if given (another loopback
+/// address stands in for another client machine, so that per-IP limits
+/// see many hosts, as they would in real use).
+fn open_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The source address for client `i` when spreading `hosts` loopback
+/// addresses over the clients: 127.0.0.1, 127.0.0.2, ...
+pub fn loopback_source(i: usize, hosts: usize) -> Option<IpAddr> {
+    (hosts > 1).then(|| {
+        let n = (i % hosts) as u32 + 1;
+        IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0000 + n))
+    })
+}
+
 /// Opens a WebSocket with the token in the query string.
-pub fn connect(addr: SocketAddr, token: &str) -> io::Result<Conn> {
-    let mut stream = TcpStream::connect(addr)?;
+pub fn connect(addr: SocketAddr, token: &str, source: Option<IpAddr>) -> io::Result<Conn> {
+    let mut stream = open_tcp(addr, source)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
