@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::log::Level;
+
 /// A secret shorter than this is refused: HS256 keys should be at least as
 /// long as the hash output (RFC 7518 §3.2: "a key of the same size as the
 /// hash output (for instance, 256 bits for "HS256") or larger MUST be used").
@@ -62,6 +64,11 @@ pub struct Config {
     /// Failed logins one IP address may make per minute before `429`;
     /// 0 turns the limit off.
     pub max_login_failures: u32,
+    /// Serve `/metrics` on this separate address (only there) instead of
+    /// on the main listener.
+    pub metrics_bind: Option<String>,
+    /// The most verbose log level printed.
+    pub log_level: Level,
 }
 
 impl Default for Config {
@@ -84,6 +91,8 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_login_failures: 10,
+            metrics_bind: None,
+            log_level: Level::Info,
         }
     }
 }
@@ -188,6 +197,9 @@ OPTIONS:
     --max-connections-per-ip N  open connections per client IP [default: 256]
     --max-login-failures N      failed logins per IP per minute before 429,
                                 0 = no limit [default: 10]
+    --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
+                                instead of on the main listener
+    --log-level LEVEL           error, warn, info or debug [default: info]
     --echo                      test aid: echo each message back to its sender
                                 only, instead of chatting (for Autobahn)
     -h, --help                  print this help
@@ -274,6 +286,25 @@ where
                 )? as u32
             }
             "--echo" if inline.is_none() => config.echo = true,
+            "--metrics-bind" => {
+                config.metrics_bind = Some(non_empty("--metrics-bind", value("--metrics-bind")?)?)
+            }
+            "--log-level" => {
+                let level = value("--log-level")?;
+                config.log_level = match level.to_ascii_lowercase().as_str() {
+                    "error" => Level::Error,
+                    "warn" => Level::Warn,
+                    "info" => Level::Info,
+                    "debug" => Level::Debug,
+                    _ => {
+                        return Err(CliError::BadValue {
+                            flag: "--log-level",
+                            value: level,
+                            why: "expected error, warn, info or debug",
+                        });
+                    }
+                };
+            }
             "--max-message-bytes" => {
                 let n = number(
                     "--max-message-bytes",

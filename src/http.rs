@@ -184,27 +184,11 @@ impl Connection {
         }
     }
 
-    /// Tries to parse a complete head out of `buf`; on success removes it
-    /// from `buf`, leaving any bytes after it.
+    /// Parses a complete head out of `buf`, if there is one, and removes
+    /// it, leaving any bytes after it.
     fn parse_head(&mut self) -> Result<Option<Request>, RequestError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        let len = match parsed.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
-            Err(e) => return Err(RequestError::Malformed(e.to_string())),
-        };
-        let request = Request {
-            method: parsed.method.unwrap_or_default().to_string(),
-            target: parsed.path.unwrap_or_default().to_string(),
-            minor_version: parsed.version.unwrap_or(1),
-            headers: parsed
-                .headers
-                .iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect(),
-            body: Vec::new(),
+        let Some((request, len)) = parse_head(&self.buf)? else {
+            return Ok(None);
         };
         self.buf.drain(..len);
         Ok(Some(request))
@@ -293,9 +277,35 @@ impl Connection {
     }
 }
 
+/// Parses a request head from the start of `buf`: `Ok(None)` if it is not
+/// complete yet, else the request (without its body) and the head's length.
+/// No limit on `buf` is applied here; the caller bounds what it reads.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
+        Err(e) => return Err(RequestError::Malformed(e.to_string())),
+    };
+    let request = Request {
+        method: parsed.method.unwrap_or_default().to_string(),
+        target: parsed.path.unwrap_or_default().to_string(),
+        minor_version: parsed.version.unwrap_or(1),
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect(),
+        body: Vec::new(),
+    };
+    Ok(Some((request, len)))
+}
+
 /// The body length: absent means none; present must be one decimal number
 /// (repeated fields must agree, RFC 9110 §8.6).
-fn content_length(request: &Request) -> Result<usize, RequestError> {
+pub fn content_length(request: &Request) -> Result<usize, RequestError> {
     let mut length = None;
     for value in request.headers_named("Content-Length") {
         // RFC 9110 §8.6: `1*DIGIT`. `str::parse` would also take "+2", and

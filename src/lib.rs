@@ -17,6 +17,7 @@
 //! | one client's reader and writer threads | [`session`], [`outbox`] |
 //! | the pool, broadcast and expiry | [`room`] |
 //! | connection, login and message limits | [`limits`] |
+//! | counters for `GET /metrics` | [`metrics`] |
 //! | the JSON messages and close codes | [`protocol`], [`frame`] |
 //! | flags and defaults | [`config`] |
 //!
@@ -44,6 +45,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod room;
@@ -64,4 +66,11 @@ pub struct Shared {
     pub room: room::Room,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     pub logins: limits::LoginThrottle,
+}
+
+impl Shared {
+    /// The server's counters (kept by the room, shared by everyone).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        self.room.metrics()
+    }
 }

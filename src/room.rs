@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::{is_expired, now_secs};
 use crate::frame::{self, Frame};
+use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::protocol::{ErrorCode, Outgoing, TOKEN_EXPIRED_TEXT, close_code};
 
@@ -61,6 +62,7 @@ struct Timeline {
 
 pub struct Room {
     clients: RwLock<HashMap<ClientId, Client>>,
+    metrics: Arc<Metrics>,
     timeline: Mutex<Timeline>,
     next_id: AtomicU64,
 }
@@ -75,6 +77,7 @@ impl Room {
     pub fn new() -> Room {
         Room {
             clients: RwLock::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
             timeline: Mutex::new(Timeline {
                 seq: 0,
                 presence: BTreeMap::new(),
@@ -96,6 +99,11 @@ impl Room {
     }
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Client>> {
         self.clients.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The counters the room keeps (and the server shares).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Number of connections.
@@ -163,6 +171,7 @@ impl Room {
         }
         .frame();
         timeline.pending.extend_from_slice(&message);
+        metrics::inc(&self.metrics.messages_broadcast);
         if !timeline.flushing {
             timeline.flushing = true;
             self.flush(timeline);
@@ -226,6 +235,7 @@ impl Room {
     fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
         let now = now_secs();
         let mut evictions = Vec::new();
+        let mut delivered = 0;
         for (&id, client) in self.read().iter() {
             if Some(id) == except {
                 continue;
@@ -234,8 +244,12 @@ impl Room {
                 evictions.push((id, Departure::TokenExpired));
             } else if client.outbox.push(frame.clone()).is_err() {
                 evictions.push((id, Departure::SlowConsumer));
+            } else {
+                delivered += 1;
             }
         }
+        metrics::add(&self.metrics.deliveries, delivered);
+        metrics::add(&self.metrics.bytes_sent, delivered * frame.len() as u64);
         evictions
     }
 
@@ -256,6 +270,11 @@ impl Room {
             for (id, client, why) in removed {
                 if why != Departure::Disconnected {
                     crate::info!("client {id} ({}) evicted: {why:?}", client.username);
+                    let counter = match why {
+                        Departure::TokenExpired => &self.metrics.expiry_disconnects,
+                        _ => &self.metrics.slow_consumer_disconnects,
+                    };
+                    metrics::inc(counter);
                     send_farewell(&client.outbox, why);
                 }
                 if timeline.release(&client.username) {

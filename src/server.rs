@@ -23,6 +23,7 @@ use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, Request, RequestError, Response};
 use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
+use crate::metrics;
 use crate::protocol::close_code;
 use crate::room::Room;
 use crate::{Shared, handshake, session};
@@ -67,7 +68,18 @@ impl std::error::Error for StartError {}
 /// A bound, not yet running, server.
 pub struct Server {
     listener: TcpListener,
+    /// `--metrics-bind`: a second listener that serves only `/metrics`.
+    metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Everything (and `/metrics` too, unless it has its own listener).
+    Main,
+    /// Only `/metrics`.
+    Metrics,
 }
 
 impl Server {
@@ -91,6 +103,7 @@ impl Server {
             None => Assets::Embedded,
         };
         let listener = bind(&config.bind)?;
+        let metrics_listener = config.metrics_bind.as_deref().map(bind).transpose()?;
 
         if config.users_file.is_none() {
             crate::warn!(
@@ -119,6 +132,7 @@ impl Server {
         };
         Ok(Server {
             listener,
+            metrics_listener,
             shared: Arc::new(shared),
         })
     }
@@ -144,6 +158,7 @@ impl Server {
     /// Serves on a background thread; the handle stops it.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addr = self.local_addr();
+        let metrics_addr = self.metrics_addr();
         let shared = self.shared.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -152,28 +167,52 @@ impl Server {
             .spawn(move || self.serve(&flag))?;
         Ok(ServerHandle {
             addr,
+            metrics_addr,
             shared,
             stop,
             thread: Some(thread),
         })
     }
 
+    /// The `/metrics` listener's address, with `--metrics-bind`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     fn serve(self, stop: &Arc<AtomicBool>) {
-        let addr = self.local_addr();
-        crate::info!("listening on http://{addr}");
+        crate::info!("listening on http://{}", self.local_addr());
         spawn_sweeper(self.shared.clone(), stop.clone());
-        for incoming in self.listener.incoming() {
-            if stop.load(Ordering::Acquire) {
-                break;
+        if let Some(listener) = self.metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                crate::info!("metrics on http://{addr}/metrics");
             }
-            match incoming {
-                Ok(stream) => spawn_connection(&self.shared, stream),
-                Err(e) => {
-                    // Out of file descriptors, usually: back off instead of
-                    // spinning, and keep serving the clients we have.
-                    crate::warn!("accept failed: {e}");
-                    thread::sleep(Duration::from_millis(50));
-                }
+            let (shared, stop) = (self.shared.clone(), stop.clone());
+            let spawned = thread::Builder::new()
+                .name("metrics-accept".into())
+                .spawn(move || accept_loop(&listener, &shared, Role::Metrics, &stop));
+            if let Err(e) = spawned {
+                crate::error!("cannot start the metrics listener: {e}");
+            }
+        }
+        accept_loop(&self.listener, &self.shared, Role::Main, stop);
+    }
+}
+
+/// Accepts connections until `stop` is set.
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, role: Role, stop: &AtomicBool) {
+    for incoming in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        match incoming {
+            Ok(stream) => spawn_connection(shared, stream, role),
+            Err(e) => {
+                // Out of file descriptors, usually: back off instead of
+                // spinning, and keep serving the clients we have.
+                crate::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
             }
         }
     }
@@ -182,6 +221,7 @@ impl Server {
 /// A server running in the background (see [`Server::spawn`]).
 pub struct ServerHandle {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -194,6 +234,11 @@ impl ServerHandle {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The `/metrics` listener's address, with `--metrics-bind`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting connections. Open connections run to their end.
@@ -218,8 +263,10 @@ impl ServerHandle {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // The accept loop is blocked in accept(): a connection wakes it.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // The accept loops are blocked in accept(): a connection wakes each.
+        for addr in std::iter::once(self.addr).chain(self.metrics_addr) {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -263,7 +310,7 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
 
 /// Admits a connection and gives it a thread, or turns it away with `503`
 /// before any thread or buffer is spent on it.
-fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
@@ -286,7 +333,7 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let spawned = thread::Builder::new()
         .name("conn".into())
         .stack_size(CONNECTION_STACK)
-        .spawn(move || serve_connection(&shared, stream, peer, permit));
+        .spawn(move || serve_connection(&shared, stream, peer, permit, role));
     if let Err(e) = spawned {
         // The stream was moved into the closure and is dropped with it.
         crate::warn!("cannot start a connection thread: {e}");
@@ -301,9 +348,10 @@ fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     permit: ConnectionPermit,
+    role: Role,
 ) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle_connection(shared, stream, peer)
+        handle_connection(shared, stream, peer, role)
     }));
     if outcome.is_err() {
         crate::error!("the connection from {peer} ended in a panic (see above); still serving");
@@ -312,7 +360,7 @@ fn serve_connection(
 }
 
 /// Serves requests on one connection until it closes or upgrades.
-fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr, role: Role) {
     let mut conn = Connection::new(stream, shared.config.request_timeout);
     loop {
         let request = match conn.read_request() {
@@ -322,11 +370,14 @@ fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        if request.path() == "/ws" && request.method == "GET" {
+        if role == Role::Main && request.path() == "/ws" && request.method == "GET" {
             return upgrade(shared, conn, &request, peer);
         }
         let keep_alive = request.keep_alive();
-        let response = route(shared, &request, peer);
+        let response = match role {
+            Role::Main => route(shared, &request, peer),
+            Role::Metrics => route_metrics_only(shared, &request),
+        };
         let head_only = request.method == "HEAD";
         if conn
             .write_response(&response, head_only, keep_alive)
@@ -348,7 +399,9 @@ fn refuse(conn: &mut Connection, error: &RequestError, peer: SocketAddr) {
 /// Every request but a WebSocket upgrade.
 fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     let method = request.method.as_str();
+    let own_metrics_listener = shared.config.metrics_bind.is_some();
     match (request.path(), method) {
+        ("/metrics", _) if !own_metrics_listener => route_metrics_only(shared, request),
         ("/auth", "POST") => login(shared, request, peer),
         ("/auth", _) => method_not_allowed("POST"),
         ("/ws", _) => method_not_allowed("GET"),
@@ -356,6 +409,24 @@ fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         ("/healthz", _) => method_not_allowed("GET, HEAD"),
         (path, "GET" | "HEAD") => static_file(shared, path),
         _ => method_not_allowed("GET, HEAD"),
+    }
+}
+
+/// The `--metrics-bind` listener: `/metrics` and nothing else.
+fn route_metrics_only(shared: &Shared, request: &Request) -> Response {
+    match (request.path(), request.method.as_str()) {
+        ("/metrics", "GET" | "HEAD") => {
+            let text = shared
+                .metrics()
+                .render(shared.connections.open(), shared.room.len());
+            Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.into_bytes(),
+            )
+        }
+        ("/metrics", _) => method_not_allowed("GET, HEAD"),
+        _ => Response::error(404, "not_found", "only /metrics is served here"),
     }
 }
 
@@ -401,10 +472,12 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         .check_password(&credentials.username, &credentials.password)
     else {
         shared.logins.record_failure(peer.ip(), now);
+        metrics::inc(&shared.metrics().auth_failures);
         crate::info!("login failed for {:?} from {peer}", credentials.username);
         return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
     };
     let (token, _) = shared.tokens.issue(user);
+    metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {} from {peer}", user.username);
     // RFC 6749 §5.1: responses carrying tokens must not be cached.
     Response::json(
@@ -466,6 +539,9 @@ fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: Socke
     let accepted = match handshake::check(request, &shared.tokens, &shared.config.allowed_origins) {
         Ok(accepted) => accepted,
         Err(error) => {
+            if let handshake::HandshakeError::Token(reason) = error {
+                shared.metrics().token_rejected(reason);
+            }
             crate::info!(
                 "upgrade refused for {peer} ({}): {error:?}",
                 crate::log::redact_token(&request.target)

@@ -29,6 +29,7 @@ use crate::Shared;
 use crate::auth::Claims;
 use crate::frame;
 use crate::limits::{MessageRate, Verdict};
+use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
 use crate::room::{Client, ClientId};
@@ -127,6 +128,7 @@ pub fn run(
         outbox: outbox.clone(),
     });
     let membership = Membership { shared, id };
+    metrics::inc(&shared.metrics().connections_total);
     crate::info!("client {id} connected: {username} from {peer}");
 
     let end = read_loop(shared, &mut ws, &outbox, &username);

@@ -1,0 +1,21 @@
+//! Arbitrary text as a client's WebSocket message: decoding never panics,
+//! and whatever it accepts is within the limits the room relies on.
+#![no_main]
+
+use jwtchat::protocol::{self, Incoming};
+use libfuzzer_sys::fuzz_target;
+
+const MAX: usize = 64;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return; // tungstenite refuses non-UTF-8 text frames before this
+    };
+    match protocol::decode(text, MAX) {
+        Ok(Incoming::Chat(chat)) => {
+            assert!(!chat.trim().is_empty());
+            assert!(chat.len() <= MAX);
+        }
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+});

@@ -1,0 +1,172 @@
+//! Numbers an operator can watch, served at `GET /metrics` in the
+//! Prometheus text exposition format (version 0.0.4).
+//!
+//! Every counter is a relaxed atomic: incrementing one costs about as much
+//! as an uncontended add, so the broadcast path can count every delivery.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::auth::TokenError;
+
+/// Token rejection reasons, in the order they are reported.
+const TOKEN_REASONS: [TokenError; 7] = [
+    TokenError::Missing,
+    TokenError::Malformed,
+    TokenError::BadSignature,
+    TokenError::WrongAlgorithm,
+    TokenError::WrongIssuer,
+    TokenError::NotYetValid,
+    TokenError::Expired,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub messages_broadcast: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub expiry_disconnects: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub logins: AtomicU64,
+    pub refreshes: AtomicU64,
+    tokens_rejected: [AtomicU64; TOKEN_REASONS.len()],
+}
+
+/// Adds one.
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n`.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn token_rejected(&self, reason: TokenError) {
+        if let Some(i) = TOKEN_REASONS.iter().position(|r| *r == reason) {
+            inc(&self.tokens_rejected[i]);
+        }
+    }
+
+    /// The exposition text. `connections_open` and `clients` are gauges
+    /// read from their owners at the time of the scrape.
+    pub fn render(&self, connections_open: usize, clients: usize) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        metric(
+            "jwtchat_connections_open",
+            "gauge",
+            "Open TCP connections (HTTP and WebSocket).",
+            connections_open as u64,
+        );
+        metric(
+            "jwtchat_websocket_clients",
+            "gauge",
+            "Connected WebSocket clients.",
+            clients as u64,
+        );
+        metric(
+            "jwtchat_connections_total",
+            "counter",
+            "WebSocket connections accepted since start.",
+            get(&self.connections_total),
+        );
+        metric(
+            "jwtchat_messages_broadcast_total",
+            "counter",
+            "Chat messages broadcast.",
+            get(&self.messages_broadcast),
+        );
+        metric(
+            "jwtchat_deliveries_total",
+            "counter",
+            "Frames handed to clients (a broadcast to N clients is N).",
+            get(&self.deliveries),
+        );
+        metric(
+            "jwtchat_bytes_sent_total",
+            "counter",
+            "WebSocket bytes written to clients.",
+            get(&self.bytes_sent),
+        );
+        metric(
+            "jwtchat_expiry_disconnects_total",
+            "counter",
+            "Clients closed with 4001 because their token expired.",
+            get(&self.expiry_disconnects),
+        );
+        metric(
+            "jwtchat_slow_consumer_disconnects_total",
+            "counter",
+            "Clients closed with 4008 because they read too slowly.",
+            get(&self.slow_consumer_disconnects),
+        );
+        metric(
+            "jwtchat_auth_failures_total",
+            "counter",
+            "Failed logins (wrong username or password).",
+            get(&self.auth_failures),
+        );
+        metric(
+            "jwtchat_logins_total",
+            "counter",
+            "Successful logins.",
+            get(&self.logins),
+        );
+        metric(
+            "jwtchat_token_refreshes_total",
+            "counter",
+            "Tokens renewed at /auth/refresh.",
+            get(&self.refreshes),
+        );
+        out.push_str("# HELP jwtchat_tokens_rejected_total Tokens refused, by reason.\n");
+        out.push_str("# TYPE jwtchat_tokens_rejected_total counter\n");
+        for (reason, count) in TOKEN_REASONS.iter().zip(&self.tokens_rejected) {
+            let _ = writeln!(
+                out,
+                "jwtchat_tokens_rejected_total{{reason=\"{reason}\"}} {}",
+                get(count)
+            );
+        }
+        out.push_str(
+            "# HELP jwtchat_build_info The running version.\n# TYPE jwtchat_build_info gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "jwtchat_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let m = Metrics::default();
+        inc(&m.deliveries);
+        m.token_rejected(TokenError::Expired);
+        let text = m.render(3, 2);
+        assert!(
+            text.contains("# TYPE jwtchat_deliveries_total counter\njwtchat_deliveries_total 1\n")
+        );
+        assert!(text.contains("jwtchat_tokens_rejected_total{reason=\"expired\"} 1\n"));
+        assert!(text.contains("jwtchat_connections_open 3\n"));
+        assert!(text.ends_with(&format!(
+            "jwtchat_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+}
