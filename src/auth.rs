@@ -257,6 +257,18 @@ pub struct Claims {
     /// Not before, Unix seconds: honoured when present, never issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// When the user logged in with a password (OpenID Connect's
+    /// `auth_time`), carried unchanged through refreshes so that a session
+    /// cannot be renewed forever. Absent means `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
+}
+
+impl Claims {
+    /// The login time this session started from.
+    pub fn login_time(&self) -> u64 {
+        self.auth_time.unwrap_or(self.iat)
+    }
 }
 
 /// Why a token was refused. All of them answer `401 invalid_token` (RFC 6750
@@ -299,6 +311,16 @@ pub struct Tokens {
     validation: Validation,
     issuer: String,
     ttl_secs: u64,
+    max_session_secs: u64,
+}
+
+/// A refresh that cannot be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshError {
+    /// The token presented is not valid.
+    Token(TokenError),
+    /// The session is older than the maximum: log in again.
+    SessionOver,
 }
 
 impl Tokens {
@@ -317,7 +339,14 @@ impl Tokens {
             validation,
             issuer: issuer.to_string(),
             ttl_secs,
+            max_session_secs: u64::MAX,
         }
+    }
+
+    /// How long after a password login a session may be renewed.
+    pub fn with_max_session(mut self, secs: u64) -> Tokens {
+        self.max_session_secs = secs;
+        self
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -327,14 +356,38 @@ impl Tokens {
     /// A new token for `user`, valid from now for the configured TTL.
     pub fn issue(&self, user: &User) -> (String, Claims) {
         let iat = now_secs();
-        let claims = Claims {
+        self.sign(Claims {
             sub: user.id.clone(),
             username: user.username.clone(),
             iat,
             exp: iat + self.ttl_secs,
             iss: self.issuer.clone(),
             nbf: None,
-        };
+            auth_time: Some(iat),
+        })
+    }
+
+    /// A new token for the holder of `token`, if it is valid and its
+    /// session younger than the maximum. The new token keeps the original
+    /// login time and never outlives the session.
+    pub fn refresh(&self, token: &str) -> Result<(String, Claims), RefreshError> {
+        let old = self.verify(token).map_err(RefreshError::Token)?;
+        let now = now_secs();
+        let session_end = old.login_time().saturating_add(self.max_session_secs);
+        if now >= session_end {
+            return Err(RefreshError::SessionOver);
+        }
+        Ok(self.sign(Claims {
+            iat: now,
+            exp: now.saturating_add(self.ttl_secs).min(session_end),
+            auth_time: Some(old.login_time()),
+            nbf: None,
+            iss: self.issuer.clone(),
+            ..old
+        }))
+    }
+
+    fn sign(&self, claims: Claims) -> (String, Claims) {
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail");
         (token, claims)

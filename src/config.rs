@@ -69,6 +69,13 @@ pub struct Config {
     pub metrics_bind: Option<String>,
     /// The most verbose log level printed.
     pub log_level: Level,
+    /// How long after a password login `/auth/refresh` keeps renewing a
+    /// session, in seconds.
+    pub max_session_secs: u64,
+    /// Chat messages kept for the `welcome` of late joiners; 0 keeps none.
+    pub history: usize,
+    /// Print every WebSocket handshake, check by check, to stderr.
+    pub trace_handshake: bool,
 }
 
 impl Default for Config {
@@ -93,6 +100,9 @@ impl Default for Config {
             max_login_failures: 10,
             metrics_bind: None,
             log_level: Level::Info,
+            max_session_secs: 12 * 3600,
+            history: 100,
+            trace_handshake: false,
         }
     }
 }
@@ -197,6 +207,11 @@ OPTIONS:
     --max-connections-per-ip N  open connections per client IP [default: 256]
     --max-login-failures N      failed logins per IP per minute before 429,
                                 0 = no limit [default: 10]
+    --max-session SECS          how long after a login tokens can be refreshed
+                                [default: 43200]
+    --history N                 messages a newcomer's welcome carries, 0 = none
+                                [default: 100]
+    --trace-handshake           print every WebSocket handshake step by step
     --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
                                 instead of on the main listener
     --log-level LEVEL           error, warn, info or debug [default: info]
@@ -286,6 +301,14 @@ where
                 )? as u32
             }
             "--echo" if inline.is_none() => config.echo = true,
+            "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
+            "--max-session" => {
+                config.max_session_secs =
+                    number("--max-session", value("--max-session")?, 1, 31_536_000)?
+            }
+            "--history" => {
+                config.history = number("--history", value("--history")?, 0, 100_000)? as usize
+            }
             "--metrics-bind" => {
                 config.metrics_bind = Some(non_empty("--metrics-bind", value("--metrics-bind")?)?)
             }

@@ -36,6 +36,8 @@ pub mod close_code {
 pub enum Incoming {
     /// Chat text to broadcast.
     Chat(String),
+    /// A renewed token for this connection.
+    Reauth(String),
 }
 
 /// The wire shape of client messages; `type` selects the variant.
@@ -43,6 +45,7 @@ pub enum Incoming {
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Wire {
     Message { text: String },
+    Reauth { token: String },
 }
 
 /// Why a client message was refused. The client gets
@@ -87,6 +90,7 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, MessageError
                 Ok(Incoming::Chat(text))
             }
         }
+        Wire::Reauth { token } => Ok(Incoming::Reauth(token)),
     }
 }
 
@@ -105,6 +109,7 @@ fn short_json_error(e: &serde_json::Error) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadMessage,
+    BadToken,
     RateLimited,
     TokenExpired,
 }
@@ -118,6 +123,16 @@ pub enum Outgoing<'a> {
         user: &'a str,
         expires_at: u64,
         online: Vec<&'a str>,
+        /// Recent messages, oldest first (see `--history`).
+        history: Vec<Outgoing<'a>>,
+    },
+    /// The token expires in a minute or less: time to renew it.
+    Expiring {
+        expires_at: u64,
+    },
+    /// A `reauth` was accepted: the connection now lasts until this.
+    Reauthed {
+        expires_at: u64,
     },
     /// A user came online (their first connection).
     Join {
@@ -220,9 +235,10 @@ mod tests {
             json(Outgoing::Welcome {
                 user: "a",
                 expires_at: 9,
-                online: vec!["a"]
+                online: vec!["a"],
+                history: vec![]
             }),
-            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"]})
+            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],"history":[]})
         );
     }
 }

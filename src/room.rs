@@ -14,8 +14,8 @@
 //! client whose queue is full is closed with 4008. Both leave the pool at
 //! once, and their `leave` goes out in the same order as everything else.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,12 +28,52 @@ use crate::protocol::{ErrorCode, Outgoing, TOKEN_EXPIRED_TEXT, close_code};
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
 
+/// A client is warned (`{"type":"expiring"}`) this long before its token
+/// expires, once per token.
+pub const EXPIRY_WARNING_SECS: u64 = 60;
+
 /// One connected client, as the room sees it.
 pub struct Client {
     pub username: Arc<str>,
-    /// Token expiry, Unix seconds.
-    pub exp: u64,
+    /// Token expiry, Unix seconds; a `reauth` moves it.
+    exp: AtomicU64,
+    /// Whether this token's `expiring` warning has gone out.
+    warned: AtomicBool,
     pub outbox: Arc<Outbox>,
+}
+
+impl Client {
+    pub fn new(username: Arc<str>, exp: u64, outbox: Arc<Outbox>) -> Client {
+        Client {
+            username,
+            exp: AtomicU64::new(exp),
+            warned: AtomicBool::new(false),
+            outbox,
+        }
+    }
+
+    fn exp(&self) -> u64 {
+        self.exp.load(Ordering::Relaxed)
+    }
+}
+
+/// A chat message kept for the `welcome` of those who join later.
+struct Stored {
+    seq: u64,
+    from: Arc<str>,
+    text: Box<str>,
+    ts: u64,
+}
+
+impl Stored {
+    fn message(&self) -> Outgoing<'_> {
+        Outgoing::Message {
+            seq: self.seq,
+            from: &self.from,
+            text: &self.text,
+            ts: self.ts,
+        }
+    }
 }
 
 /// Why a client left the room: for the log line.
@@ -58,6 +98,12 @@ struct Timeline {
     pending: Vec<u8>,
     /// A thread is fanning out chat messages, and will take `pending` too.
     flushing: bool,
+    /// The highest `seq` taken out of `pending` for a fan-out: a client
+    /// that joins now has seen, or will see live, nothing up to it.
+    fanned_out: u64,
+    /// The last `history_limit` messages, oldest first.
+    history: VecDeque<Stored>,
+    history_limit: usize,
 }
 
 pub struct Room {
@@ -69,12 +115,13 @@ pub struct Room {
 
 impl Default for Room {
     fn default() -> Self {
-        Room::new()
+        Room::new(0)
     }
 }
 
 impl Room {
-    pub fn new() -> Room {
+    /// A room that keeps the last `history` messages for newcomers.
+    pub fn new(history: usize) -> Room {
         Room {
             clients: RwLock::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
@@ -83,6 +130,9 @@ impl Room {
                 presence: BTreeMap::new(),
                 pending: Vec::new(),
                 flushing: false,
+                fanned_out: 0,
+                history: VecDeque::with_capacity(history.min(1024)),
+                history_limit: history,
             }),
             next_id: AtomicU64::new(1),
         }
@@ -126,10 +176,19 @@ impl Room {
         *count += 1;
         let first = *count == 1;
         let online: Vec<&str> = timeline.presence.keys().map(|u| &**u).collect();
+        // Messages still pending will reach this client live; the history
+        // stops where they begin, so nothing arrives twice.
+        let history = timeline
+            .history
+            .iter()
+            .filter(|m| m.seq <= timeline.fanned_out)
+            .map(Stored::message)
+            .collect();
         let welcome = Outgoing::Welcome {
             user: &username,
-            expires_at: client.exp,
+            expires_at: client.exp(),
             online,
+            history,
         }
         .frame();
         // A fresh queue has room for its first frame.
@@ -163,15 +222,27 @@ impl Room {
         let mut timeline = self.timeline();
         timeline.seq += 1;
         let seq = timeline.seq;
+        let ts = unix_millis();
         let message = Outgoing::Message {
             seq,
             from,
             text,
-            ts: unix_millis(),
+            ts,
         }
         .frame();
         timeline.pending.extend_from_slice(&message);
         metrics::inc(&self.metrics.messages_broadcast);
+        if timeline.history_limit > 0 {
+            if timeline.history.len() == timeline.history_limit {
+                timeline.history.pop_front();
+            }
+            timeline.history.push_back(Stored {
+                seq,
+                from: from.into(),
+                text: text.into(),
+                ts,
+            });
+        }
         if !timeline.flushing {
             timeline.flushing = true;
             self.flush(timeline);
@@ -186,8 +257,14 @@ impl Room {
     fn flush<'a>(&'a self, mut timeline: MutexGuard<'a, Timeline>) {
         while !timeline.pending.is_empty() {
             let batch: Frame = std::mem::take(&mut timeline.pending).into();
+            timeline.fanned_out = timeline.seq;
+            // Take the pool before letting go of the timeline, so that no
+            // client can join between the two and get this batch both in
+            // its welcome's history and live.
+            let pool = self.read();
             drop(timeline);
-            let evictions = self.fan_out(&batch, None);
+            let evictions = self.fan_out_to(&pool, &batch, None);
+            drop(pool);
             timeline = self.timeline();
             self.settle(&mut timeline, evictions);
         }
@@ -199,8 +276,22 @@ impl Room {
     /// its `exp`. Returns how many went.
     pub fn sweep(&self) -> usize {
         let now = now_secs();
-        let expired = |c: &Client| is_expired(c.exp, now);
-        if !self.read().values().any(expired) {
+        let expired = |c: &Client| is_expired(c.exp(), now);
+        let mut any_expired = false;
+        for client in self.read().values() {
+            if expired(client) {
+                any_expired = true;
+            } else if now + EXPIRY_WARNING_SECS >= client.exp()
+                && !client.warned.swap(true, Ordering::Relaxed)
+            {
+                let warning = Outgoing::Expiring {
+                    expires_at: client.exp(),
+                };
+                // A full queue is the broadcast's business, not the sweep's.
+                let _ = client.outbox.push(warning.frame());
+            }
+        }
+        if !any_expired {
             return 0;
         }
         let mut timeline = self.timeline();
@@ -229,18 +320,39 @@ impl Room {
         clients.into_iter().map(|c| c.outbox).collect()
     }
 
-    /// Pushes `frame` to every client but `except`, and returns the clients
-    /// that must go instead: expired ones (they never get the frame) and
-    /// ones whose queue is full.
+    /// A client renewed its token: its expiry moves, and it will be warned
+    /// again before the new one. False if it is no longer in the room.
+    pub fn reauth(&self, id: ClientId, exp: u64) -> bool {
+        let pool = self.read();
+        let Some(client) = pool.get(&id) else {
+            return false;
+        };
+        client.exp.store(exp, Ordering::Relaxed);
+        client.warned.store(false, Ordering::Relaxed);
+        true
+    }
+
     fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
+        self.fan_out_to(&self.read(), frame, except)
+    }
+
+    /// Pushes `frame` to every client in `pool` but `except`, and returns
+    /// the clients that must go instead: expired ones (they never get the
+    /// frame) and ones whose queue is full.
+    fn fan_out_to(
+        &self,
+        pool: &HashMap<ClientId, Client>,
+        frame: &Frame,
+        except: Option<ClientId>,
+    ) -> Vec<(ClientId, Departure)> {
         let now = now_secs();
         let mut evictions = Vec::new();
         let mut delivered = 0;
-        for (&id, client) in self.read().iter() {
+        for (&id, client) in pool {
             if Some(id) == except {
                 continue;
             }
-            if is_expired(client.exp, now) {
+            if is_expired(client.exp(), now) {
                 evictions.push((id, Departure::TokenExpired));
             } else if client.outbox.push(frame.clone()).is_err() {
                 evictions.push((id, Departure::SlowConsumer));
@@ -343,11 +455,7 @@ mod tests {
     /// A client whose queue the test can read directly.
     fn client(room: &Room, name: &str, exp: u64) -> (ClientId, Arc<Outbox>) {
         let outbox = Outbox::new(8);
-        let id = room.join(Client {
-            username: name.into(),
-            exp,
-            outbox: outbox.clone(),
-        });
+        let id = room.join(Client::new(name.into(), exp, outbox.clone()));
         (id, outbox)
     }
 
@@ -370,7 +478,7 @@ mod tests {
 
     #[test]
     fn presence_counts_users_not_connections() {
-        let room = Room::new();
+        let room = Room::new(10);
         let (_, a) = client(&room, "a", later());
         let (b1, _) = client(&room, "b", later());
         let (b2, _) = client(&room, "b", later());
@@ -383,7 +491,7 @@ mod tests {
 
     #[test]
     fn an_expired_client_is_closed_instead_of_served() {
-        let room = Room::new();
+        let room = Room::new(10);
         let (_, a) = client(&room, "a", later());
         let (_, old) = client(&room, "old", now_secs());
         room.broadcast("a", "hi");
@@ -397,7 +505,7 @@ mod tests {
 
     #[test]
     fn the_sweep_finds_idle_expired_clients() {
-        let room = Room::new();
+        let room = Room::new(10);
         let (_, _a) = client(&room, "a", later());
         let (_, old) = client(&room, "old", now_secs());
         assert_eq!(room.sweep(), 1);
@@ -407,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_poisoned_lock_does_not_stop_the_room() {
-        let room = Arc::new(Room::new());
+        let room = Arc::new(Room::new(10));
         let (_, a) = client(&room, "a", later());
         let poisoner = room.clone();
         let _ = std::thread::spawn(move || {

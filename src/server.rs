@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::assets::Assets;
-use crate::auth::{Tokens, Users, UsersError};
+use crate::auth::{Claims, RefreshError, TokenError, Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, Request, RequestError, Response};
 use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
@@ -117,7 +117,9 @@ impl Server {
                  tokens will not survive a restart"
             );
         }
-        let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs);
+        let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
+            .with_max_session(config.max_session_secs);
+        let room = Room::new(config.history);
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -128,7 +130,7 @@ impl Server {
             users,
             tokens,
             assets,
-            room: Room::new(),
+            room,
         };
         Ok(Server {
             listener,
@@ -403,6 +405,8 @@ fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     match (request.path(), method) {
         ("/metrics", _) if !own_metrics_listener => route_metrics_only(shared, request),
         ("/auth", "POST") => login(shared, request, peer),
+        ("/auth/refresh", "POST") => refresh(shared, request, peer),
+        ("/auth/refresh", _) => method_not_allowed("POST"),
         ("/auth", _) => method_not_allowed("POST"),
         ("/ws", _) => method_not_allowed("GET"),
         ("/healthz", "GET" | "HEAD") => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
@@ -476,16 +480,52 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         crate::info!("login failed for {:?} from {peer}", credentials.username);
         return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
     };
-    let (token, _) = shared.tokens.issue(user);
+    let (token, claims) = shared.tokens.issue(user);
     metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {} from {peer}", user.username);
-    // RFC 6749 §5.1: responses carrying tokens must not be cached.
+    token_response(&token, &claims)
+}
+
+/// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
+/// token for the same session, until `--max-session` after the login.
+fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let Some(token) = request
+        .header("Authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        shared.metrics().token_rejected(TokenError::Missing);
+        return handshake::invalid_token();
+    };
+    match shared.tokens.refresh(token) {
+        Ok((token, claims)) => {
+            metrics::inc(&shared.metrics().refreshes);
+            crate::info!("token refreshed: {} from {peer}", claims.username);
+            token_response(&token, &claims)
+        }
+        Err(RefreshError::Token(reason)) => {
+            shared.metrics().token_rejected(reason);
+            handshake::invalid_token()
+        }
+        Err(RefreshError::SessionOver) => Response::error(
+            401,
+            "session_expired",
+            "the session is older than --max-session; log in again",
+        )
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+    }
+}
+
+/// `{"token":..,"token_type":"Bearer","expires_in":..}`, never cached
+/// (RFC 6749 §5.1).
+fn token_response(token: &str, claims: &Claims) -> Response {
     Response::json(
         200,
         &serde_json::json!({
             "token": token,
             "token_type": "Bearer",
-            "expires_in": shared.tokens.ttl_secs(),
+            "expires_in": claims.exp.saturating_sub(claims.iat),
         }),
     )
     .with_header("Cache-Control", "no-store")

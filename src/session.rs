@@ -83,6 +83,14 @@ impl std::fmt::Display for End {
     }
 }
 
+/// Who this connection is.
+struct Me<'a> {
+    id: ClientId,
+    /// The token's subject: a `reauth` must be for the same user.
+    sub: &'a str,
+    username: &'a str,
+}
+
 /// Removes the client from the room when the session ends, however it ends
 /// (a panic included), so nobody stays "online" forever.
 struct Membership<'a> {
@@ -122,16 +130,19 @@ pub fn run(
     );
 
     let username: Arc<str> = claims.username.as_str().into();
-    let id = shared.room.join(Client {
-        username: username.clone(),
-        exp: claims.exp,
-        outbox: outbox.clone(),
-    });
+    let id = shared
+        .room
+        .join(Client::new(username.clone(), claims.exp, outbox.clone()));
     let membership = Membership { shared, id };
     metrics::inc(&shared.metrics().connections_total);
     crate::info!("client {id} connected: {username} from {peer}");
 
-    let end = read_loop(shared, &mut ws, &outbox, &username);
+    let me = Me {
+        id,
+        sub: &claims.sub,
+        username: &username,
+    };
+    let end = read_loop(shared, &mut ws, &outbox, &me);
     drop(membership);
     if matches!(end, End::Refused(_)) {
         drain(&ws.get_ref().read);
@@ -164,7 +175,7 @@ fn read_loop(
     shared: &Shared,
     ws: &mut WebSocket<Duplex>,
     outbox: &Arc<Outbox>,
-    username: &str,
+    me: &Me<'_>,
 ) -> End {
     let config = &shared.config;
     let mut rate = MessageRate::new(config.message_rate, config.message_burst, Instant::now());
@@ -183,7 +194,7 @@ fn read_loop(
             Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
                 Ok(Incoming::Chat(text)) => match rate.as_mut().map(|r| r.judge(Instant::now())) {
                     None | Some(Verdict::Accept) => {
-                        shared.room.broadcast(username, &text);
+                        shared.room.broadcast(me.username, &text);
                     }
                     Some(Verdict::Refuse) => notify(
                         outbox,
@@ -198,6 +209,7 @@ fn read_loop(
                         );
                     }
                 },
+                Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
                 Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
             },
             Message::Binary(_) => {
@@ -231,6 +243,34 @@ fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
         ));
     }
     None
+}
+
+/// `{"type":"reauth","token":..}`: a fresh token for the same user moves
+/// this connection's expiry; anything else leaves it as it was.
+fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
+    let claims = match shared.tokens.verify(token) {
+        Ok(claims) if claims.sub == me.sub => claims,
+        Ok(_) => {
+            return notify(outbox, ErrorCode::BadToken, "the token is for another user");
+        }
+        Err(reason) => {
+            shared.metrics().token_rejected(reason);
+            return notify(
+                outbox,
+                ErrorCode::BadToken,
+                &format!("the token is not valid ({reason})"),
+            );
+        }
+    };
+    if shared.room.reauth(me.id, claims.exp) {
+        crate::info!("client {} renewed its token until {}", me.id, claims.exp);
+        let _ = outbox.push(
+            Outgoing::Reauthed {
+                expires_at: claims.exp,
+            }
+            .frame(),
+        );
+    }
 }
 
 /// Tells this client (only) what was wrong, keeping the connection.
