@@ -129,28 +129,35 @@ pub fn run(
         Some(ws_config(shared.config.frame_limit())),
     );
 
-    let username: Arc<str> = claims.username.as_str().into();
-    let id = shared
-        .room
-        .join(Client::new(username.clone(), claims.exp, outbox.clone()));
-    let membership = Membership { shared, id };
     metrics::inc(&shared.metrics().connections_total);
-    crate::info!("client {id} connected: {username} from {peer}");
-
-    let me = Me {
-        id,
-        sub: &claims.sub,
-        username: &username,
+    let (end, who) = if shared.config.echo {
+        // A conformance suite expects nothing but its own echoes: no room,
+        // no welcome, no presence.
+        crate::info!("echo client connected from {peer}");
+        (echo_loop(&mut ws, &outbox), format!("echo client {peer}"))
+    } else {
+        let username: Arc<str> = claims.username.as_str().into();
+        let id = shared
+            .room
+            .join(Client::new(username.clone(), claims.exp, outbox.clone()));
+        let membership = Membership { shared, id };
+        crate::info!("client {id} connected: {username} from {peer}");
+        let me = Me {
+            id,
+            sub: &claims.sub,
+            username: &username,
+        };
+        let end = read_loop(shared, &mut ws, &outbox, &me);
+        drop(membership);
+        (end, format!("client {id} ({username})"))
     };
-    let end = read_loop(shared, &mut ws, &outbox, &me);
-    drop(membership);
     if matches!(end, End::Refused(_)) {
         drain(&ws.get_ref().read);
     }
     // A close echo tungstenite still holds goes out before the writer stops.
     let _ = ws.flush();
     outbox.finish();
-    crate::info!("client {id} disconnected: {username} ({end})");
+    crate::info!("{who} disconnected: {end}");
 }
 
 /// Every limit set deliberately (tungstenite's defaults allocate 128 KiB per
@@ -184,12 +191,6 @@ fn read_loop(
             Ok(message) => message,
             Err(error) => return refuse_on_error(outbox, error),
         };
-        if shared.config.echo {
-            if let Some(end) = echo(outbox, message) {
-                return end;
-            }
-            continue;
-        }
         match message {
             Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
                 Ok(Incoming::Chat(text)) => match rate.as_mut().map(|r| r.judge(Instant::now())) {
@@ -226,8 +227,22 @@ fn read_loop(
     }
 }
 
-/// Echo mode (a test aid for conformance suites): data messages go back,
-/// unchanged, to their sender only.
+/// Echo mode (a test aid for conformance suites): reads until the
+/// connection ends, sending every data message back to its sender only.
+fn echo_loop(ws: &mut WebSocket<Duplex>, outbox: &Arc<Outbox>) -> End {
+    loop {
+        match ws.read() {
+            Ok(message) => {
+                if let Some(end) = echo(outbox, message) {
+                    return end;
+                }
+            }
+            Err(error) => return refuse_on_error(outbox, error),
+        }
+    }
+}
+
+/// One message in echo mode: data goes back unchanged.
 fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
     let frame = match message {
         Message::Text(text) => frame::text(&text),
