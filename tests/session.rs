@@ -1,0 +1,196 @@
+//! Renewing a session: /auth/refresh, reauth over the open socket, the
+//! --max-session cap and the expiring warning; and history for late joiners.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{Value, json};
+use support::*;
+
+fn refresh(server: &TestServer, token: &str) -> RawResponse {
+    send_raw(
+        server.addr,
+        format!(
+            "POST /auth/refresh HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+}
+
+fn claims(token: &str) -> Value {
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&["jwtchat"]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &DecodingKey::from_secret(SECRET).unwrap(),
+        &validation,
+    )
+    .expect("a valid token")
+    .claims
+}
+
+#[test]
+fn refresh_gives_a_new_token_for_the_same_login() {
+    let server = start_with(|c| c.token_ttl_secs = 60);
+    let token = server.token("userA");
+    let first = claims(&token);
+    std::thread::sleep(Duration::from_millis(1100));
+    let response = refresh(&server, &token);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("Cache-Control"), Some("no-store"));
+    let body = response.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 60);
+    let renewed = claims(body["token"].as_str().unwrap());
+    assert_eq!(renewed["sub"], first["sub"]);
+    assert_eq!(
+        renewed["auth_time"], first["auth_time"],
+        "the login time is kept"
+    );
+    assert_eq!(renewed["auth_time"], first["iat"]);
+    assert!(renewed["iat"].as_u64() > first["iat"].as_u64());
+    assert!(renewed["exp"].as_u64() > first["exp"].as_u64());
+}
+
+#[test]
+fn refresh_refuses_bad_tokens_and_wrong_methods() {
+    let server = start();
+    for token in ["garbage", ""] {
+        let r = refresh(&server, token);
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json(), json!({ "error": "invalid_token" }));
+    }
+    let r = send_raw(
+        server.addr,
+        b"POST /auth/refresh HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "no Authorization header");
+    let r = get(server.addr, "/auth/refresh");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("POST"));
+}
+
+#[test]
+fn an_expired_token_cannot_be_refreshed() {
+    let server = start_with(|c| c.token_ttl_secs = 1);
+    let token = server.token("userA");
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = refresh(&server, &token);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json(), json!({ "error": "invalid_token" }));
+}
+
+#[test]
+fn refresh_stops_at_the_session_cap() {
+    let server = start_with(|c| {
+        c.token_ttl_secs = 60;
+        c.max_session_secs = 2;
+    });
+    let token = server.token("userA");
+    // Within the cap, a refreshed token never outlives the session.
+    let r = refresh(&server, &token);
+    assert_eq!(r.status, 200);
+    let renewed = claims(r.json()["token"].as_str().unwrap());
+    assert!(renewed["exp"].as_u64().unwrap() <= renewed["auth_time"].as_u64().unwrap() + 2);
+    // Past it, the user must log in again.
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = refresh(&server, &token);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "session_expired");
+}
+
+#[test]
+fn reauth_moves_the_expiry_of_an_open_connection() {
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let token = server.token("userA");
+    let mut a = server.connect_token(&token).unwrap();
+    let welcome = a.recv();
+    let old_exp = welcome["expires_at"].as_u64().unwrap();
+    // Inside the last minute: warned once.
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "expiring", "expires_at": old_exp })
+    );
+
+    // Two seconds in, one left: renew (the new token lasts until about
+    // two seconds past the old expiry).
+    std::thread::sleep(Duration::from_millis(2100));
+    let renewed = refresh(&server, &token).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.send_json(&json!({ "type": "reauth", "token": renewed }));
+    let reply = a.recv();
+    assert_eq!(reply["type"], "reauthed");
+    let new_exp = reply["expires_at"].as_u64().unwrap();
+    assert!(new_exp > old_exp);
+    // Warned again for the new token, and still here after the old expiry.
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "expiring", "expires_at": new_exp })
+    );
+    while jwtchat::auth::now_secs() < old_exp {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.say("still connected");
+    assert_eq!(a.recv()["text"], "still connected");
+}
+
+#[test]
+fn reauth_with_a_bad_token_keeps_the_old_expiry() {
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (mut a, welcome) = server.connect("userA");
+    let exp = welcome["expires_at"].as_u64().unwrap();
+    a.recv_type("expiring");
+    let other_user = server.token("userB");
+    for token in ["garbage", other_user.as_str()] {
+        a.send_json(&json!({ "type": "reauth", "token": token }));
+        let error = a.recv();
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], "bad_token");
+    }
+    // The old expiry stands: closed with 4001 at exp.
+    let (code, _) = a.until_close();
+    assert_eq!(code, 4001);
+    assert!(jwtchat::auth::now_secs() >= exp);
+}
+
+#[test]
+fn a_late_joiner_gets_the_recent_history() {
+    let server = start_with(|c| c.history = 3);
+    let (mut a, welcome) = server.connect("userA");
+    assert_eq!(welcome["history"], json!([]));
+    for i in 1..=5 {
+        a.say(&format!("m{i}"));
+        a.recv_type("message");
+    }
+    let (mut b, welcome) = server.connect("userB");
+    let history = welcome["history"].as_array().unwrap();
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m3", "m4", "m5"], "the last three, oldest first");
+    for m in history {
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["from"], "userA");
+        assert!(m["ts"].as_u64().is_some());
+    }
+    assert_eq!(history[0]["seq"], 3);
+    // Live messages continue the sequence.
+    a.say("m6");
+    assert_eq!(b.recv_type("message")["seq"], 6);
+}
+
+#[test]
+fn history_can_be_turned_off() {
+    let server = start_with(|c| c.history = 0);
+    let (mut a, _) = server.connect("userA");
+    a.say("gone");
+    a.recv_type("message");
+    let (_, welcome) = server.connect("userB");
+    assert_eq!(welcome["history"], json!([]));
+}
