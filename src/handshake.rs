@@ -99,53 +99,178 @@ pub struct Accepted {
 }
 
 /// Runs the server's checks of §4.2.1, in order, then the origin's and the
-/// token's. `allowed_origins` are origins besides the server's own.
+/// token's. `allowed_origins` are origins besides the server's own. Each
+/// check is written into `trace` (a no-op unless `--trace-handshake`).
 pub fn check(
     request: &Request,
     tokens: &Tokens,
     allowed_origins: &[String],
+    trace: &mut Trace,
 ) -> Result<Accepted, HandshakeError> {
+    use HandshakeError::*;
     // (1) The method is GET: the router sends anything else a 405.
-    if request.minor_version < 1 {
-        return Err(HandshakeError::OldHttpVersion);
-    }
+    trace.require(
+        request.minor_version >= 1,
+        "RFC 6455 §4.2.1 (1)",
+        "an HTTP/1.1 or later GET request",
+        OldHttpVersion,
+    )?;
     // (2) Host, which the same-origin policy of browsers relies on.
-    if request.header("Host").is_none_or(str::is_empty) {
-        return Err(HandshakeError::MissingHost);
-    }
+    let host = request.header("Host").unwrap_or_default();
+    trace.require(
+        !host.is_empty(),
+        "RFC 6455 §4.2.1 (2)",
+        "a Host header",
+        MissingHost,
+    )?;
     // (3) Upgrade: websocket (the value is case-insensitive).
-    if !request.header_has_token("Upgrade", "websocket") {
-        return Err(HandshakeError::NotAnUpgrade);
-    }
+    trace.require(
+        request.header_has_token("Upgrade", "websocket"),
+        "RFC 6455 §4.2.1 (3)",
+        "Upgrade: websocket",
+        NotAnUpgrade,
+    )?;
     // (4) Connection: Upgrade, possibly among other tokens
     // ("keep-alive, Upgrade" is what Firefox sends).
-    if !request.header_has_token("Connection", "Upgrade") {
-        return Err(HandshakeError::MissingConnectionUpgrade);
-    }
+    trace.require(
+        request.header_has_token("Connection", "Upgrade"),
+        "RFC 6455 §4.2.1 (4)",
+        "Connection includes Upgrade",
+        MissingConnectionUpgrade,
+    )?;
     // (5) Sec-WebSocket-Key: "a base64-encoded value that, when decoded, is
     // 16 bytes in length".
     let key = request.header("Sec-WebSocket-Key").unwrap_or_default();
-    if !is_base64_of_16_bytes(key) {
-        return Err(HandshakeError::BadKey);
-    }
+    trace.require(
+        is_base64_of_16_bytes(key),
+        "RFC 6455 §4.2.1 (5)",
+        "Sec-WebSocket-Key is 16 bytes in base64",
+        BadKey,
+    )?;
     // (6) Sec-WebSocket-Version: 13.
-    if request.header("Sec-WebSocket-Version") != Some("13") {
-        return Err(HandshakeError::UnsupportedVersion);
-    }
+    trace.require(
+        request.header("Sec-WebSocket-Version") == Some("13"),
+        "RFC 6455 §4.2.1 (6)",
+        "Sec-WebSocket-Version: 13",
+        UnsupportedVersion,
+    )?;
     // §4.2.1 (7) and §10.2: browsers send `Origin`; a page from another
     // site must not ride on a user's credentials. Clients without `Origin`
     // are not browsers, and are not at risk.
-    if !origin_allowed(request, allowed_origins) {
-        return Err(HandshakeError::ForbiddenOrigin);
-    }
+    trace.require(
+        origin_allowed(request, allowed_origins),
+        "RFC 6455 §10.2",
+        "no Origin, or the server's own or an allowed one",
+        ForbiddenOrigin,
+    )?;
     // Not in RFC 6455, which leaves authentication to the application
     // (§10.5): the bearer token, checked as RFC 7519 §7.2 says.
-    let token = bearer_token(request).ok_or(HandshakeError::Token(TokenError::Missing))?;
-    let claims = tokens.verify(&token).map_err(HandshakeError::Token)?;
-    Ok(Accepted {
-        claims,
-        accept: accept_key(key),
-    })
+    let token = bearer_token(request);
+    trace.require(
+        token.is_some(),
+        "RFC 6750 §2.1, §2.3",
+        "a bearer token (Authorization header or ?token=)",
+        Token(TokenError::Missing),
+    )?;
+    let verified = tokens.verify(token.as_deref().unwrap_or_default());
+    trace.require(
+        verified.is_ok(),
+        "RFC 7515 §5.2, RFC 7519 §7.2",
+        "HS256 signature, iss, nbf and exp (no leeway)",
+        Token(
+            verified
+                .as_ref()
+                .err()
+                .copied()
+                .unwrap_or(TokenError::Malformed),
+        ),
+    )?;
+    let claims = verified.map_err(Token)?;
+    let accept = accept_key(key);
+    trace.note(|| {
+        format!(
+            "  token: sub={} username={} exp={}\n  \
+             Sec-WebSocket-Accept = base64(SHA-1({key:?} + \"{GUID}\")) = {accept}",
+            claims.sub, claims.username, claims.exp
+        )
+    });
+    Ok(Accepted { claims, accept })
+}
+
+/// The GUID RFC 6455 §1.3 appends to the key before hashing.
+pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// What `--trace-handshake` prints for one upgrade: the request, each check
+/// with the section it enforces, and the response. Off, it records nothing.
+#[derive(Default)]
+pub struct Trace {
+    lines: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn new(on: bool) -> Trace {
+        Trace {
+            lines: on.then(Vec::new),
+        }
+    }
+
+    /// Records a check; `Err(error)` if it failed.
+    fn require(
+        &mut self,
+        passed: bool,
+        section: &str,
+        what: &str,
+        error: HandshakeError,
+    ) -> Result<(), HandshakeError> {
+        let verdict = if passed { "ok  " } else { "FAIL" };
+        self.note(|| format!("  {verdict} {section:<30} {what}"));
+        if passed { Ok(()) } else { Err(error) }
+    }
+
+    /// Adds lines (built only when tracing).
+    pub fn note(&mut self, text: impl FnOnce() -> String) {
+        if let Some(lines) = &mut self.lines {
+            lines.push(text());
+        }
+    }
+
+    /// The request head as received, with any token replaced.
+    pub fn request(&mut self, request: &Request) {
+        self.note(|| {
+            let mut head = format!(
+                "> {} {} HTTP/1.{}",
+                request.method,
+                crate::log::redact_token(&request.target),
+                request.minor_version
+            );
+            for (name, value) in &request.headers {
+                let value = String::from_utf8_lossy(value);
+                let value = if name.eq_ignore_ascii_case("Authorization") {
+                    "Bearer [redacted]".into()
+                } else {
+                    value
+                };
+                head.push_str(&format!("\n> {name}: {value}"));
+            }
+            head
+        });
+    }
+
+    /// The response as sent.
+    pub fn response(&mut self, raw: &str) {
+        self.note(|| {
+            raw.trim_end()
+                .lines()
+                .map(|l| format!("< {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+    }
+
+    /// Everything recorded, one block of text; `None` when off.
+    pub fn finish(self) -> Option<String> {
+        self.lines.map(|lines| lines.join("\n") + "\n")
+    }
 }
 
 /// True if the request has no `Origin`, or its origin is the server's own

@@ -54,6 +54,12 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Writes a block of text to stderr as it is, in one piece (the
+/// `--trace-handshake` transcript).
+pub fn raw(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 #[macro_export]
 macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
 #[macro_export]

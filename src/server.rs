@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::assets::Assets;
 use crate::auth::{Claims, RefreshError, TokenError, Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
+use crate::handshake::Trace;
 use crate::http::{Connection, Request, RequestError, Response};
 use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
 use crate::metrics;
@@ -576,7 +577,16 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
 /// `GET /ws`: check the handshake and token, send the `101`, and become the
 /// client's session.
 fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: SocketAddr) {
-    let accepted = match handshake::check(request, &shared.tokens, &shared.config.allowed_origins) {
+    let mut trace = Trace::new(shared.config.trace_handshake);
+    trace.note(|| format!("== WebSocket handshake from {peer}"));
+    trace.request(request);
+    let checked = handshake::check(
+        request,
+        &shared.tokens,
+        &shared.config.allowed_origins,
+        &mut trace,
+    );
+    let accepted = match checked {
         Ok(accepted) => accepted,
         Err(error) => {
             if let handshake::HandshakeError::Token(reason) = error {
@@ -586,16 +596,25 @@ fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: Socke
                 "upgrade refused for {peer} ({}): {error:?}",
                 crate::log::redact_token(&request.target)
             );
-            let _ = conn.write_response(&error.response(), false, false);
+            let response = error.response();
+            trace.response(&String::from_utf8_lossy(&response.to_bytes(false, false)));
+            print_trace(trace);
+            let _ = conn.write_response(&response, false, false);
             return;
         }
     };
-    if conn
-        .write_raw(handshake::switching_protocols(&accepted.accept).as_bytes())
-        .is_err()
-    {
+    let switching = handshake::switching_protocols(&accepted.accept);
+    trace.response(&switching);
+    print_trace(trace);
+    if conn.write_raw(switching.as_bytes()).is_err() {
         return;
     }
     let (stream, leftover) = conn.into_parts();
     session::run(shared, stream, leftover, accepted.claims, peer);
+}
+
+fn print_trace(trace: Trace) {
+    if let Some(text) = trace.finish() {
+        crate::log::raw(&text);
+    }
 }

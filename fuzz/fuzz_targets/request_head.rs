@@ -30,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = request.keep_alive();
         let _ = request.query_param("token");
         let _ = handshake::bearer_token(&request);
-        let _ = handshake::check(&request, tokens(), &["https://chat.example".to_string()]);
+        let mut trace = handshake::Trace::new(true);
+        trace.request(&request);
+        let _ = handshake::check(&request, tokens(), &["https://chat.example".to_string()], &mut trace);
+        let _ = trace.finish();
         if let Ok(relative) = assets::resolve(request.path()) {
             check_resolved(&relative);
         }
