@@ -36,6 +36,8 @@ const session = {
   retries: 0,          // failed attempts since the last welcome
   reconnectTimer: 0,
   countdownTimer: 0,
+  renewTimer: 0,       // a pending token renewal (see onExpiring)
+  lastActivity: 0,     // Date.now() of the last key or pointer use
   noticeTimer: 0,
 };
 let socketsOpened = 0;
@@ -181,6 +183,7 @@ function startSession({ token, expiresIn }, username) {
 /** Drop everything tied to the current token. */
 function endSession() {
   clearTimeout(session.reconnectTimer);
+  clearTimeout(session.renewTimer);
   clearInterval(session.countdownTimer);
   hideNotice();
   const socket = session.socket;
@@ -252,6 +255,8 @@ function onFrame(data) {
     case 'leave': return onPresence(String(frame.user), false);
     case 'message': return addMessages([frame]);
     case 'error': return showNotice(String(frame.message || frame.code || 'Error'));
+    case 'expiring': return onExpiring(frame);
+    case 'reauthed': return onExpiry(frame.expires_at);
     default: return;               // unknown type from a newer server
   }
 }
@@ -277,6 +282,56 @@ function onPresence(name, joined) {
   else session.online.delete(name);
   renderOnline();
   addSystemLine(`${name} ${joined ? 'joined' : 'left'}`);
+}
+
+// ---- Renewal ----
+
+const IN_USE_MS = 5 * 60 * 1000;   // "in use": visible, or touched recently
+
+function inUse() {
+  return document.visibilityState === 'visible'
+    || Date.now() - session.lastActivity < IN_USE_MS;
+}
+
+/** The server warns a minute before expiry. If the tab is in use, renew
+ *  half-way through what is left (at most 30 s before the end), so a short
+ *  token does not renew in a tight loop. An idle tab lets it lapse. */
+function onExpiring(frame) {
+  onExpiry(frame.expires_at);
+  if (!inUse() || session.renewTimer) return;
+  const left = session.expiresAt - nowSeconds();
+  const wait = Math.max(0, left - Math.min(30, left / 2));
+  session.renewTimer = setTimeout(renew, wait * 1000);
+}
+
+/** POST /auth/refresh with the current token, then hand the new one to the
+ *  open socket ({"type":"reauth"}); reconnects will use it too. */
+async function renew() {
+  session.renewTimer = 0;
+  const old = session.token;
+  let response;
+  try {
+    response = await fetch('/auth/refresh', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${old}` },
+    });
+  } catch {
+    return;                        // offline: the reconnect logic takes over
+  }
+  const body = (await response.json().catch(() => null)) || {};
+  if (session.token !== old) return;   // logged out or in again meanwhile
+  if (!response.ok || typeof body.token !== 'string') {
+    return showNotice('Your session is ending: please log in again soon.');
+  }
+  session.token = body.token;
+  if (session.socket && session.socket.readyState === WebSocket.OPEN) {
+    session.socket.send(JSON.stringify({ type: 'reauth', token: body.token }));
+  }
+}
+
+function onExpiry(expiresAt) {
+  if (Number.isFinite(expiresAt)) session.expiresAt = expiresAt;
+  renderCountdown();
 }
 
 // ---- Rendering ----
@@ -427,6 +482,9 @@ function init() {
   });
   el.newMessages.addEventListener('click', scrollToBottom);
   el.notice.addEventListener('click', hideNotice);
+  for (const type of ['keydown', 'pointerdown']) {
+    window.addEventListener(type, () => { session.lastActivity = Date.now(); });
+  }
   // Network is back: no point waiting out the backoff.
   window.addEventListener('online', () => {
     if (session.state === 'disconnected') reconnect();
@@ -437,6 +495,7 @@ function init() {
     value: Object.freeze({
       get state() { return session.state; },
       get socketsOpened() { return socketsOpened; },
+      get expiresAt() { return session.expiresAt; },
     }),
   });
   setState('login');

@@ -99,7 +99,12 @@ fn an_expired_session_sends_the_user_back_to_log_in() {
     let Some(browser) = Browser::launch() else {
         return;
     };
-    let server = start_with(|c| c.token_ttl_secs = 3);
+    // The page would renew its token while in use; a session cap as short
+    // as the token means renewal cannot take it past the first expiry.
+    let server = start_with(|c| {
+        c.token_ttl_secs = 3;
+        c.max_session_secs = 3;
+    });
     let mut cdp = browser.connect();
     let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
     // Record the close code the page's socket sees.
@@ -125,6 +130,50 @@ fn an_expired_session_sends_the_user_back_to_log_in() {
             .is_some_and(|m| m.to_lowercase().contains("session expired")),
         "expired state says so: {message}"
     );
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn an_active_page_renews_its_token_and_stays_connected() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    // Three-second tokens: without renewal the page would be closed with
+    // 4001 within three seconds.
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    cdp.log_in(&page, "userA", "passwordA");
+    let first_expiry = cdp
+        .eval(&page, "window.jwtchat.expiresAt")
+        .as_f64()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert_eq!(cdp.eval(&page, "window.jwtchat.state"), json!("connected"));
+    assert_eq!(
+        cdp.eval(&page, "window.jwtchat.socketsOpened"),
+        json!(1),
+        "renewed in place, never reconnected"
+    );
+    let expiry = cdp
+        .eval(&page, "window.jwtchat.expiresAt")
+        .as_f64()
+        .unwrap();
+    assert!(
+        expiry >= first_expiry + 5.0,
+        "expiry moved from {first_expiry} to {expiry}"
+    );
+    let refreshes = server
+        .handle
+        .as_ref()
+        .unwrap()
+        .shared()
+        .metrics()
+        .refreshes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refreshes >= 2, "refreshed {refreshes} times");
+    cdp.send_chat(&page, "still here");
+    cdp.wait_for(&page, "texts().includes('still here')");
     cdp.assert_no_page_errors();
 }
 
