@@ -194,23 +194,9 @@ fn a_frame_over_the_limit_is_closed_with_1009() {
 #[test]
 fn invalid_utf8_is_closed_with_1007() {
     let server = start();
-    let token = server.token("userA");
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .write_all(upgrade_request(&format!("/ws?token={token}"), "").as_bytes())
-        .unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    assert_eq!(read_response(&mut stream, false).status, 101);
     // A masked text frame whose payload (0xff) is not UTF-8. Mask 0 keeps
     // the payload readable.
-    stream.write_all(&[0x81, 0x81, 0, 0, 0, 0, 0xff]).unwrap();
-    let mut client = Client {
-        ws: tungstenite::WebSocket::from_raw_socket(
-            stream,
-            tungstenite::protocol::Role::Client,
-            None,
-        ),
-    };
+    let mut client = upgraded_with_raw_frame(&server, &[0x81, 0x81, 0, 0, 0, 0, 0xff]);
     let (code, before) = client.until_close();
     assert_eq!(code, 1007);
     assert_eq!(before[0]["type"], "welcome");
@@ -219,6 +205,13 @@ fn invalid_utf8_is_closed_with_1007() {
 #[test]
 fn an_unmasked_client_frame_is_a_protocol_error() {
     let server = start();
+    let mut client = upgraded_with_raw_frame(&server, b"\x81\x02hi"); // MASK bit clear
+    assert_eq!(client.until_close().0, 1002);
+}
+
+/// Upgrades a raw socket as userA, writes `frame` as it is, and wraps the
+/// socket in a client to read the server's answer.
+fn upgraded_with_raw_frame(server: &TestServer, frame: &[u8]) -> Client {
     let token = server.token("userA");
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
@@ -226,15 +219,14 @@ fn an_unmasked_client_frame_is_a_protocol_error() {
         .unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     assert_eq!(read_response(&mut stream, false).status, 101);
-    stream.write_all(b"\x81\x02hi").unwrap(); // MASK bit clear
-    let mut client = Client {
+    stream.write_all(frame).unwrap();
+    Client {
         ws: tungstenite::WebSocket::from_raw_socket(
             stream,
             tungstenite::protocol::Role::Client,
             None,
         ),
-    };
-    assert_eq!(client.until_close().0, 1002);
+    }
 }
 
 #[test]

@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::time::Instant;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
@@ -88,76 +86,8 @@ impl Drop for TempFile {
     }
 }
 
-/// A server process, killed when dropped. Its stderr is read line by line
-/// on a thread and forwarded over a channel.
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    /// Every stderr line seen so far.
-    seen: Vec<String>,
-}
-
-impl Server {
-    fn spawn(command: &mut Command) -> Server {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the jwtchat binary");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the `listening on` line and returns the address in it.
-    fn wait_listening(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(e) => panic!(
-                    "no `listening on` line ({e}); status {:?}; stderr so far: {:#?}",
-                    self.child.try_wait(),
-                    self.seen
-                ),
-            };
-            self.seen.push(line.clone());
-            if let Some((_, url)) = line.split_once("listening on http://127.0.0.1:") {
-                let port: u16 = url.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
-                assert_ne!(port, 0, "{line:?}");
-                return SocketAddr::from(([127, 0, 0, 1], port));
-            }
-        }
-    }
-
-    fn any_line_contains(&self, needle: &str) -> bool {
-        self.seen.iter().any(|l| l.contains(needle))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> (Server, SocketAddr) {
-    let mut server = Server::spawn(jwtchat().args(args));
+fn serve(args: &[&str]) -> (Binary, SocketAddr) {
+    let mut server = Binary::spawn(jwtchat().args(args));
     let addr = server.wait_listening();
     (server, addr)
 }
@@ -375,7 +305,7 @@ fn serve_command_works_the_same() {
 
 #[test]
 fn env_secret_is_used_and_silences_the_restart_warning() {
-    let mut server = Server::spawn(
+    let mut server = Binary::spawn(
         jwtchat()
             .args(["--bind=127.0.0.1:0"])
             .env("JWTCHAT_SECRET", SECRET_40),
@@ -405,7 +335,7 @@ fn secret_file_drops_its_trailing_newline() {
 #[test]
 fn secret_file_beats_the_environment() {
     let file = TempFile::new("secret-beats-env", SECRET_40.as_bytes());
-    let mut server = Server::spawn(
+    let mut server = Binary::spawn(
         jwtchat()
             .args(["--secret-file", file.arg(), "--bind", "127.0.0.1:0"])
             .env("JWTCHAT_SECRET", "short"),

@@ -3,51 +3,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use support::*;
 
-/// The binary on a free port, killed if the test fails before it exits.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary() -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jwtchat"))
-        .args(["--bind", "127.0.0.1:0"])
-        .env("JWTCHAT_SECRET", std::str::from_utf8(SECRET).unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start jwtchat");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some((_, addr)) = line.split_once("listening on http://") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(PATIENCE)
-        .expect("the server says where it listens")
-        .parse()
-        .expect("an address");
-    Running { child, addr }
+fn start_binary() -> (Binary, SocketAddr) {
+    let mut binary = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+            .args(["--bind", "127.0.0.1:0"])
+            .env("JWTCHAT_SECRET", std::str::from_utf8(SECRET).unwrap()),
+    );
+    let addr = binary.wait_listening();
+    (binary, addr)
 }
 
 fn signal(child: &Child, signal: libc::c_int) {
@@ -70,8 +39,8 @@ fn exits_with_success(child: &mut Child) -> bool {
 }
 
 fn clients_get_1001_and_the_server_exits_0(sig: libc::c_int) {
-    let mut running = start_binary();
-    let server = TestServer::at(running.addr);
+    let (mut running, addr) = start_binary();
+    let server = TestServer::at(addr);
     let (mut a, _) = server.connect("userA");
     let (mut b, _) = server.connect("userB");
     a.recv_type("join");
@@ -82,7 +51,7 @@ fn clients_get_1001_and_the_server_exits_0(sig: libc::c_int) {
     }
     assert!(exits_with_success(&mut running.child));
     // And it no longer accepts.
-    assert!(std::net::TcpStream::connect(running.addr).is_err());
+    assert!(std::net::TcpStream::connect(addr).is_err());
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //! raw HTTP over a real socket, and a WebSocket client.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
 
 use jwtchat::{Config, Server, ServerHandle};
 use serde_json::Value;
@@ -318,4 +320,72 @@ pub fn send_raw_from(source: std::net::Ipv4Addr, addr: SocketAddr, raw: &[u8]) -
     let mut stream = connect_from(source, addr);
     stream.write_all(raw).expect("send request");
     read_response(&mut stream, false)
+}
+
+/// The real `jwtchat` binary as a child process, killed when dropped. Its stderr is read line by line
+/// on a thread and forwarded over a channel.
+pub struct Binary {
+    pub child: Child,
+    pub lines: Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Binary {
+    pub fn spawn(command: &mut Command) -> Binary {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the jwtchat binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Binary {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the `listening on` line and returns the address in it.
+    pub fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "no `listening on` line ({e}); status {:?}; stderr so far: {:#?}",
+                    self.child.try_wait(),
+                    self.seen
+                ),
+            };
+            self.seen.push(line.clone());
+            if let Some((_, url)) = line.split_once("listening on http://127.0.0.1:") {
+                let port: u16 = url.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+                assert_ne!(port, 0, "{line:?}");
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+    }
+
+    pub fn any_line_contains(&self, needle: &str) -> bool {
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
