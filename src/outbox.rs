@@ -22,7 +22,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::frame::Frame;
+use crate::frame::{self, Frame};
 use crate::sys;
 
 /// How long one socket write may block before the client is given up on.
@@ -53,6 +53,8 @@ struct Queue {
     frames: VecDeque<Frame>,
     state: State,
     writer: Writer,
+    /// The status code of the close frame the server sent, for the log.
+    close_code: Option<u16>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -94,6 +96,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 state: State::Open,
                 writer: Writer::None,
+                close_code: None,
             }),
             wake: Condvar::new(),
             limit: limit.max(1),
@@ -134,6 +137,7 @@ impl Outbox {
             queue.frames.clear();
         }
         queue.frames.extend(last.iter().cloned());
+        queue.close_code = last.last().and_then(|f| frame::close_code(f));
         queue.state = State::Closing;
         self.deliver(queue);
         true
@@ -147,6 +151,11 @@ impl Outbox {
             queue.state = State::Finished;
         }
         self.deliver(queue);
+    }
+
+    /// The code of the close frame the server sent, if it sent one.
+    pub fn close_code(&self) -> Option<u16> {
+        self.lock().close_code
     }
 
     /// True once everything is sent and the socket shut down (or failed).

@@ -154,6 +154,12 @@ pub fn run(
     if matches!(end, End::Refused(_)) {
         drain(&ws.get_ref().read);
     }
+    // The room may have closed the connection (expiry, slow consumer)
+    // while this thread was reading: say so, with the code it sent.
+    let end = match (end, outbox.close_code()) {
+        (End::Dropped | End::ClientClosed(_), Some(code)) => End::Refused(code),
+        (end, _) => end,
+    };
     // A close echo tungstenite still holds goes out before the writer stops.
     let _ = ws.flush();
     outbox.finish();
