@@ -231,10 +231,23 @@ impl PasswordGate {
             }
             *running += 1;
         }
-        let result = work();
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
-        self.freed.notify_one();
-        result
+        // Released on the way out, a panic included.
+        let _slot = Slot(self);
+        work()
+    }
+}
+
+/// One running check of a [`PasswordGate`]; dropping it frees the place.
+struct Slot<'a>(&'a PasswordGate);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.0.freed.notify_one();
     }
 }
 

@@ -39,6 +39,13 @@ impl Request {
         self.headers_named(name).next()
     }
 
+    /// True if the header is present, whatever its value.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
     /// Every value of a header (a field may be sent more than once).
     pub fn headers_named<'a, 'n>(
         &'a self,
@@ -153,6 +160,9 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream, timeout: Duration) -> Connection {
+        // A client that stops reading must not hold this thread in a write
+        // forever either.
+        let _ = stream.set_write_timeout(Some(timeout));
         Connection {
             stream,
             buf: Vec::new(),
@@ -195,7 +205,9 @@ impl Connection {
     }
 
     fn read_body(&mut self, mut request: Request) -> Result<Request, RequestError> {
-        if request.header("Transfer-Encoding").is_some() {
+        // Looked up by name on the raw headers: a value that is not UTF-8
+        // must not make the header invisible (a smuggling vector).
+        if request.has_header("Transfer-Encoding") {
             return Err(RequestError::TransferEncoding);
         }
         let length = content_length(&request)?;
@@ -205,7 +217,12 @@ impl Connection {
         let deadline = Instant::now() + self.timeout;
         while self.buf.len() < length {
             let missing = length - self.buf.len();
-            if self.fill(missing, deadline)? == 0 {
+            // The head has arrived, so silence now is a stalled request.
+            let got = self.fill(missing, deadline).map_err(|e| match e {
+                RequestError::Idle => RequestError::TimedOut,
+                other => other,
+            })?;
+            if got == 0 {
                 return Err(RequestError::Malformed("connection closed mid-body".into()));
             }
         }
@@ -307,7 +324,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> 
 /// (repeated fields must agree, RFC 9110 §8.6).
 pub fn content_length(request: &Request) -> Result<usize, RequestError> {
     let mut length = None;
-    for value in request.headers_named("Content-Length") {
+    let raw = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"));
+    for (_, value) in raw {
+        let value = std::str::from_utf8(value).unwrap_or("(not UTF-8)").trim();
         // RFC 9110 §8.6: `1*DIGIT`. `str::parse` would also take "+2", and
         // a proxy that reads the length differently is how requests get
         // smuggled.

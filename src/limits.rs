@@ -113,31 +113,14 @@ impl LoginThrottle {
         }
     }
 
-    /// `Err(wait)` if `ip` must wait before trying again.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Starts a login attempt from `ip`: `Err(wait)` if it must wait, else
+    /// the attempt is counted as a failure straight away, under the same
+    /// lock, so that a hundred attempts sent at once cannot all get past
+    /// the check before any is recorded. [`LoginThrottle::forgive`] takes
+    /// it back when the password matched.
+    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.max_failures == 0 {
             return Ok(());
-        }
-        let mut failures = lock(&self.failures);
-        let Some(recent) = failures.get_mut(&ip) else {
-            return Ok(());
-        };
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            recent.pop_front();
-        }
-        if recent.len() < self.max_failures as usize {
-            return Ok(());
-        }
-        let oldest = recent.front().copied().unwrap_or(now);
-        Err(self.window.saturating_sub(now.duration_since(oldest)))
-    }
-
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        if self.max_failures == 0 {
-            return;
         }
         let mut failures = lock(&self.failures);
         if failures.len() >= MAX_TRACKED_IPS {
@@ -149,10 +132,30 @@ impl LoginThrottle {
             });
         }
         let recent = failures.entry(ip).or_default();
-        recent.push_back(now);
-        // Only the newest `max_failures` matter.
-        while recent.len() > self.max_failures as usize {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             recent.pop_front();
+        }
+        if recent.len() >= self.max_failures as usize {
+            let oldest = recent.front().copied().unwrap_or(now);
+            return Err(self.window.saturating_sub(now.duration_since(oldest)));
+        }
+        recent.push_back(now);
+        Ok(())
+    }
+
+    /// The attempt begun at `at` succeeded: it was not a failure.
+    pub fn forgive(&self, ip: IpAddr, at: Instant) {
+        let mut failures = lock(&self.failures);
+        if let Some(recent) = failures.get_mut(&ip) {
+            if let Some(i) = recent.iter().rposition(|t| *t == at) {
+                recent.remove(i);
+            }
+            if recent.is_empty() {
+                failures.remove(&ip);
+            }
         }
     }
 }
@@ -259,14 +262,24 @@ mod tests {
         let throttle = LoginThrottle::new(3);
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(throttle.check(A, t0), Ok(()));
-            throttle.record_failure(A, t0 + Duration::from_secs(i));
+            assert_eq!(throttle.begin(A, t0 + Duration::from_secs(i)), Ok(()));
         }
-        let wait = throttle.check(A, t0 + Duration::from_secs(10)).unwrap_err();
+        let wait = throttle.begin(A, t0 + Duration::from_secs(10)).unwrap_err();
         assert_eq!(wait, Duration::from_secs(50));
-        assert_eq!(throttle.check(B, t0), Ok(()), "other IPs are unaffected");
-        assert_eq!(throttle.check(A, t0 + Duration::from_secs(60)), Ok(()));
-        assert_eq!(LoginThrottle::new(0).check(A, t0), Ok(()));
+        assert_eq!(throttle.begin(B, t0), Ok(()), "other IPs are unaffected");
+        assert_eq!(throttle.begin(A, t0 + Duration::from_secs(60)), Ok(()));
+        assert_eq!(LoginThrottle::new(0).begin(A, t0), Ok(()));
+    }
+
+    #[test]
+    fn successful_logins_are_forgiven() {
+        let throttle = LoginThrottle::new(2);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let at = t0 + Duration::from_millis(i);
+            assert_eq!(throttle.begin(A, at), Ok(()));
+            throttle.forgive(A, at);
+        }
     }
 
     #[test]

@@ -105,11 +105,18 @@ pub fn redact_token(target: &str) -> String {
     let Some((path, query)) = target.split_once('?') else {
         return target.to_string();
     };
+    // Compare decoded keys: `%74oken=` is `token=` to the server.
     let pairs: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some(("token", _)) => "token=[redacted]".to_string(),
-            _ => pair.to_string(),
+        .map(|pair| {
+            let key = url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned());
+            if key.as_deref() == Some("token") {
+                "token=[redacted]".to_string()
+            } else {
+                pair.to_string()
+            }
         })
         .collect();
     format!("{path}?{}", pairs.join("&"))
@@ -140,5 +147,7 @@ mod tests {
             "/ws?a=1&token=[redacted]&b=2"
         );
         assert_eq!(redact_token("/healthz"), "/healthz");
+        assert_eq!(redact_token("/ws?%74oken=abc"), "/ws?token=[redacted]");
+        assert_eq!(redact_token("/ws?t%6Fken=abc&x"), "/ws?token=[redacted]&x");
     }
 }

@@ -19,8 +19,8 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, Frame};
 use crate::sys;
@@ -32,6 +32,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written with one vectored write, at most.
 const MAX_BATCH: usize = 64;
+/// Bytes one client's queue may hold (besides its frame limit): a client
+/// that falls this far behind is a slow consumer.
+const MAX_QUEUED_BYTES: usize = 1 << 20;
 /// How long an idle writer thread waits for more work before it exits.
 const WRITER_LINGER: Duration = Duration::from_secs(1);
 /// Stack for a writer thread: it only moves bytes.
@@ -51,6 +54,11 @@ pub struct Outbox {
 
 struct Queue {
     frames: VecDeque<Frame>,
+    /// Bytes in `frames`.
+    bytes: usize,
+    /// The front frame is the rest of one already partly sent: it must go
+    /// out whole before anything else, even when the queue is discarded.
+    front_partial: bool,
     state: State,
     writer: Writer,
     /// The status code of the close frame the server sent, for the log.
@@ -94,6 +102,8 @@ impl Outbox {
         Arc::new(Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
+                bytes: 0,
+                front_partial: false,
                 state: State::Open,
                 writer: Writer::None,
                 close_code: None,
@@ -115,10 +125,14 @@ impl Outbox {
         if queue.state != State::Open {
             return Ok(());
         }
-        if queue.frames.len() >= self.limit {
+        // Bounded in frames and in bytes (a batch is one frame of many
+        // messages); a single frame always fits an empty queue.
+        let too_many = queue.frames.len() >= self.limit;
+        let too_big = !queue.frames.is_empty() && queue.bytes + frame.len() > MAX_QUEUED_BYTES;
+        if too_many || too_big {
             return Err(Full);
         }
-        queue.frames.push_back(frame);
+        queue.push(frame);
         self.deliver(queue);
         Ok(())
     }
@@ -134,9 +148,11 @@ impl Outbox {
             return false;
         }
         if discard_queued {
-            queue.frames.clear();
+            queue.discard();
         }
-        queue.frames.extend(last.iter().cloned());
+        for frame in last {
+            queue.push(frame.clone());
+        }
         queue.close_code = last.last().and_then(|f| frame::close_code(f));
         queue.state = State::Closing;
         self.deliver(queue);
@@ -176,7 +192,7 @@ impl Outbox {
         };
         if queue.writer != Writer::Writing {
             // Nobody else can write while we hold the lock.
-            send_what_fits(socket, &mut queue.frames);
+            queue.send_what_fits(socket);
         }
         if queue.frames.is_empty() {
             if queue.writer == Writer::Asleep && queue.state != State::Open {
@@ -196,7 +212,7 @@ impl Outbox {
                     crate::warn!("cannot start a writer thread: {e}");
                     queue.writer = Writer::None;
                     queue.state = State::Done;
-                    queue.frames.clear();
+                    queue.discard();
                     let _ = socket.shutdown(Shutdown::Both);
                 }
             }
@@ -234,6 +250,7 @@ impl Outbox {
                     queue = woken;
                     if timeout.timed_out()
                         && queue.frames.is_empty()
+                        && queue.state == State::Open
                         && queue.writer == Writer::Asleep
                     {
                         queue.writer = Writer::None;
@@ -248,13 +265,12 @@ impl Outbox {
                     return;
                 }
                 queue.writer = Writer::Writing;
-                let n = queue.frames.len().min(MAX_BATCH);
-                batch.extend(queue.frames.drain(..n));
+                queue.take_batch(&mut batch);
             }
             if write_all(socket, &batch).is_err() {
                 let mut queue = self.lock();
                 queue.state = State::Done;
-                queue.frames.clear();
+                queue.discard();
                 queue.writer = Writer::None;
                 // Wake the reader, which is blocked on this same socket.
                 let _ = socket.shutdown(Shutdown::Both);
@@ -271,22 +287,63 @@ impl Outbox {
     }
 }
 
-/// Sends queued frames from the front with non-blocking sends while they
-/// fit; a frame sent in part stays at the front as its remainder.
-fn send_what_fits(socket: &TcpStream, frames: &mut VecDeque<Frame>) {
-    while let Some(front) = frames.front() {
-        match sys::send_nonblocking(socket, front) {
-            Ok(sent) if sent == front.len() => {
-                frames.pop_front();
+impl Queue {
+    fn push(&mut self, frame: Frame) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(frame) = self.frames.pop_front() {
+            self.bytes -= frame.len();
+        }
+        self.front_partial = false;
+    }
+
+    /// Drops what has not started to go out; a frame already partly sent
+    /// stays, or the stream would be corrupt.
+    fn discard(&mut self) {
+        let partial = self
+            .front_partial
+            .then(|| self.frames.pop_front())
+            .flatten();
+        self.frames.clear();
+        self.bytes = 0;
+        self.front_partial = false;
+        if let Some(rest) = partial {
+            self.push(rest);
+            self.front_partial = true;
+        }
+    }
+
+    /// Moves up to [`MAX_BATCH`] frames into `batch` for the writer.
+    fn take_batch(&mut self, batch: &mut Vec<Frame>) {
+        let n = self.frames.len().min(MAX_BATCH);
+        for _ in 0..n {
+            if let Some(frame) = self.frames.front() {
+                batch.push(frame.clone());
             }
-            Ok(sent) => {
-                let rest: Frame = front[sent..].into();
-                frames[0] = rest;
-                return;
+            self.pop_front();
+        }
+    }
+
+    /// Sends queued frames from the front with non-blocking sends while
+    /// they fit; a frame sent in part stays at the front as its remainder.
+    fn send_what_fits(&mut self, socket: &TcpStream) {
+        while let Some(front) = self.frames.front() {
+            match sys::send_nonblocking(socket, front) {
+                Ok(sent) if sent == front.len() => self.pop_front(),
+                Ok(sent) => {
+                    let rest: Frame = front[sent..].into();
+                    self.bytes -= sent;
+                    self.frames[0] = rest;
+                    self.front_partial = true;
+                    return;
+                }
+                // A full buffer, or a failed socket (the writer will find
+                // out for itself): leave the rest for the writer.
+                Err(_) => return,
             }
-            // A full buffer, or a failed socket (the writer will find out
-            // for itself): leave the rest for the writer.
-            Err(_) => return,
         }
     }
 }
@@ -295,17 +352,45 @@ fn send_what_fits(socket: &TcpStream, frames: &mut VecDeque<Frame>) {
 /// and give the client [`CLOSE_GRACE`] to answer before the reader gives up
 /// (the server closes the TCP connection first, §7.1.1). When the reader is
 /// done, close both ways.
-fn end(socket: &TcpStream, state: State) {
+fn end(socket: &Arc<TcpStream>, state: State) {
     match state {
         State::Closing => {
-            let _ = socket.set_read_timeout(Some(CLOSE_GRACE));
             let _ = socket.shutdown(Shutdown::Write);
+            // The reader may be blocked in a read that no timeout set now
+            // would end; the sweep shuts the socket if the client has not
+            // closed by then.
+            lock_lingering().push((Instant::now() + CLOSE_GRACE, Arc::downgrade(socket)));
         }
         State::Finished => {
             let _ = socket.shutdown(Shutdown::Both);
         }
         State::Open | State::Done => {}
     }
+}
+
+/// Sockets the server has sent a close frame on, with the time after which
+/// the client has had its chance to answer.
+static LINGERING: Mutex<Vec<(Instant, Weak<TcpStream>)>> = Mutex::new(Vec::new());
+
+fn lock_lingering() -> MutexGuard<'static, Vec<(Instant, Weak<TcpStream>)>> {
+    LINGERING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Shuts down every socket whose close handshake is past [`CLOSE_GRACE`]
+/// (RFC 6455 §7.1.1: the server may then drop the connection), which wakes
+/// its reader. Called by the expiry sweep.
+pub fn reap_lingering() {
+    let now = Instant::now();
+    lock_lingering().retain(|(deadline, socket)| {
+        let Some(socket) = socket.upgrade() else {
+            return false; // already gone
+        };
+        if now < *deadline {
+            return true;
+        }
+        let _ = socket.shutdown(Shutdown::Both);
+        false
+    });
 }
 
 /// Writes every frame, in order, with as few system calls as the kernel

@@ -178,12 +178,7 @@ impl Room {
         let online: Vec<&str> = timeline.presence.keys().map(|u| &**u).collect();
         // Messages still pending will reach this client live; the history
         // stops where they begin, so nothing arrives twice.
-        let history = timeline
-            .history
-            .iter()
-            .filter(|m| m.seq <= timeline.fanned_out)
-            .map(Stored::message)
-            .collect();
+        let history = recent_history(&timeline);
         let welcome = Outgoing::Welcome {
             user: &username,
             expires_at: client.exp(),
@@ -218,8 +213,20 @@ impl Room {
     /// message with its next batch. Under load, then, several messages
     /// leave in one system call per client, and when it is quiet a batch is
     /// one message sent at once.
-    pub fn broadcast(&self, from: &str, text: &str) -> u64 {
+    ///
+    /// `None` if the sender may not speak any more: it has left the room,
+    /// or its token has expired (then it is evicted like on any broadcast).
+    pub fn broadcast(&self, sender: ClientId, from: &str, text: &str) -> Option<u64> {
         let mut timeline = self.timeline();
+        let sender_exp = self.read().get(&sender).map(Client::exp);
+        match sender_exp {
+            None => return None,
+            Some(exp) if is_expired(exp, now_secs()) => {
+                self.settle(&mut timeline, vec![(sender, Departure::TokenExpired)]);
+                return None;
+            }
+            Some(_) => {}
+        }
         timeline.seq += 1;
         let seq = timeline.seq;
         let ts = unix_millis();
@@ -247,7 +254,7 @@ impl Room {
             timeline.flushing = true;
             self.flush(timeline);
         }
-        seq
+        Some(seq)
     }
 
     /// Fans out pending chat messages until none are left. The timeline
@@ -417,6 +424,30 @@ impl Timeline {
     }
 }
 
+/// Text a `welcome`'s history carries at most: each welcome is its own
+/// frame, so this bounds what a thousand clients joining at once cost.
+const WELCOME_HISTORY_BYTES: usize = 64 * 1024;
+
+/// The newest stored messages (oldest first) that were already fanned out
+/// and fit in [`WELCOME_HISTORY_BYTES`].
+fn recent_history(timeline: &Timeline) -> Vec<Outgoing<'_>> {
+    let mut budget = WELCOME_HISTORY_BYTES;
+    let mut newest_first: Vec<Outgoing<'_>> = timeline
+        .history
+        .iter()
+        .rev()
+        .filter(|m| m.seq <= timeline.fanned_out)
+        .take_while(|m| {
+            let fits = m.text.len() <= budget;
+            budget = budget.saturating_sub(m.text.len());
+            fits
+        })
+        .map(Stored::message)
+        .collect();
+    newest_first.reverse();
+    newest_first
+}
+
 /// The last words to an evicted client: for an expired token, the
 /// `token_expired` error then close 4001; for a slow consumer, close 4008
 /// ahead of the backlog it will never read.
@@ -492,9 +523,9 @@ mod tests {
     #[test]
     fn an_expired_client_is_closed_instead_of_served() {
         let room = Room::new(10);
-        let (_, a) = client(&room, "a", later());
+        let (a_id, a) = client(&room, "a", later());
         let (_, old) = client(&room, "old", now_secs());
-        room.broadcast("a", "hi");
+        room.broadcast(a_id, "a", "hi");
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
         let batch = old.take_queued();
@@ -516,7 +547,7 @@ mod tests {
     #[test]
     fn a_poisoned_lock_does_not_stop_the_room() {
         let room = Arc::new(Room::new(10));
-        let (_, a) = client(&room, "a", later());
+        let (a_id, a) = client(&room, "a", later());
         let poisoner = room.clone();
         let _ = std::thread::spawn(move || {
             let _timeline = poisoner.timeline();
@@ -525,7 +556,7 @@ mod tests {
         })
         .join();
         assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
-        assert_eq!(room.broadcast("a", "still works"), 1);
+        assert_eq!(room.broadcast(a_id, "a", "still works"), Some(1));
         assert_eq!(types(&a), ["welcome", "message"]);
     }
 }

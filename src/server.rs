@@ -304,6 +304,7 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             while !stop.load(Ordering::Acquire) {
                 thread::sleep(interval);
                 shared.room.sweep();
+                crate::outbox::reap_lingering();
             }
         });
     if let Err(e) = spawned {
@@ -458,8 +459,12 @@ struct Credentials {
 }
 
 fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let credentials = match parse_credentials(request) {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
     let now = Instant::now();
-    if let Err(wait) = shared.logins.check(peer.ip(), now) {
+    if let Err(wait) = shared.logins.begin(peer.ip(), now) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Response::error(
             429,
@@ -468,19 +473,15 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         )
         .with_header("Retry-After", secs.max(1).to_string());
     }
-    let credentials = match parse_credentials(request) {
-        Ok(credentials) => credentials,
-        Err(response) => return response,
-    };
     let Some(user) = shared
         .users
         .check_password(&credentials.username, &credentials.password)
     else {
-        shared.logins.record_failure(peer.ip(), now);
         metrics::inc(&shared.metrics().auth_failures);
         crate::info!("login failed for {:?} from {peer}", credentials.username);
         return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
     };
+    shared.logins.forgive(peer.ip(), now);
     let (token, claims) = shared.tokens.issue(user);
     metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {} from {peer}", user.username);

@@ -155,7 +155,7 @@ pub fn run(
         drain(&ws.get_ref().read);
     }
     // The room may have closed the connection (expiry, slow consumer)
-    // while this thread was reading: say so, with the code it sent.
+    // while this thread was reading: say so in the log, with its code.
     let end = match (end, outbox.close_code()) {
         (End::Dropped | End::ClientClosed(_), Some(code)) => End::Refused(code),
         (end, _) => end,
@@ -197,17 +197,26 @@ fn read_loop(
             Ok(message) => message,
             Err(error) => return refuse_on_error(outbox, error),
         };
+        // The room may have closed this connection (expiry, slow consumer)
+        // while we waited: after its close frame, the client's data counts
+        // for nothing (§5.5.1).
+        if outbox.is_closing() {
+            return closed_by_room(outbox);
+        }
         match message {
-            Message::Text(text) => match protocol::decode(&text, shared.config.max_message_bytes) {
-                Ok(Incoming::Chat(text)) => match rate.as_mut().map(|r| r.judge(Instant::now())) {
-                    None | Some(Verdict::Accept) => {
-                        shared.room.broadcast(me.username, &text);
+            Message::Text(text) => {
+                // Every text frame counts against the rate, whatever it
+                // holds: a flood of bad messages or reauths is a flood too.
+                match rate.as_mut().map(|r| r.judge(Instant::now())) {
+                    None | Some(Verdict::Accept) => {}
+                    Some(Verdict::Refuse) => {
+                        notify(
+                            outbox,
+                            ErrorCode::RateLimited,
+                            "too many messages: slow down",
+                        );
+                        continue;
                     }
-                    Some(Verdict::Refuse) => notify(
-                        outbox,
-                        ErrorCode::RateLimited,
-                        "too many messages: slow down",
-                    ),
                     Some(Verdict::Disconnect) => {
                         return refuse(
                             outbox,
@@ -215,10 +224,18 @@ fn read_loop(
                             "message rate exceeded",
                         );
                     }
-                },
-                Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
-                Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
-            },
+                }
+                match protocol::decode(&text, shared.config.max_message_bytes) {
+                    Ok(Incoming::Chat(text)) => {
+                        if shared.room.broadcast(me.id, me.username, &text).is_none() {
+                            // Evicted (expired) meanwhile: nothing more from it.
+                            return closed_by_room(outbox);
+                        }
+                    }
+                    Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
+                    Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
+                }
+            }
             Message::Binary(_) => {
                 return refuse(
                     outbox,
@@ -341,6 +358,11 @@ fn drain(mut stream: &TcpStream) {
             Ok(_) => {}
         }
     }
+}
+
+/// The room has sent this client its close frame: end as if we had.
+fn closed_by_room(outbox: &Outbox) -> End {
+    End::Refused(outbox.close_code().unwrap_or(close_code::NORMAL))
 }
 
 /// Closes the connection from the server side with `code`.

@@ -182,3 +182,26 @@ fn half_open_connections_do_not_stop_new_clients() {
     assert_eq!(b.recv_type("message")["text"], "hello through the crowd");
     assert_eq!(a.recv_type("message")["text"], "hello through the crowd");
 }
+
+#[test]
+fn parallel_login_guesses_cannot_outrun_the_throttle() {
+    let server = start_with(|c| c.max_login_failures = 3);
+    let addr = server.addr;
+    let guesses: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                send_raw_from(
+                    OTHER_HOST,
+                    addr,
+                    &login_request("userA", &format!("guess{i}")),
+                )
+                .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked, 3, "only three guesses were checked: {statuses:?}");
+    assert_eq!(refused, 21);
+}

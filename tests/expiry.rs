@@ -92,3 +92,67 @@ fn long_token(sub: &str, username: &str) -> String {
     )
     .unwrap()
 }
+
+/// A raw client socket, upgraded with `token`, that the test drives by hand.
+fn raw_session(server: &TestServer, token: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(upgrade_request(&format!("/ws?token={token}"), "").as_bytes())
+        .unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(read_response(&mut stream, false).status, 101);
+    stream
+}
+
+#[test]
+fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
+    use std::io::Write;
+    let server = start_with(|c| c.token_ttl_secs = 3);
+    let token = server.token("userA");
+    let mut rogue = raw_session(&server, &token);
+    let mut b = server.connect_token(&long_token("2", "userB")).unwrap();
+    assert_eq!(b.recv()["type"], "welcome");
+    assert_eq!(
+        b.recv(),
+        json!({ "type": "leave", "user": "userA" }),
+        "userA expires"
+    );
+
+    // userA ignores its 4001 and keeps talking.
+    let payload = br#"{"type":"message","text":"ghost"}"#;
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    for _ in 0..3 {
+        let _ = rogue.write_all(&frame);
+    }
+    // Nothing of it reaches the room: the next message B sees is its own.
+    b.say("marker");
+    let next = b.recv();
+    assert_eq!(next["text"], "marker", "got {next}");
+    assert_eq!(next["seq"], 1);
+    // And the server drops the connection, though the client never
+    // answered the close (within the 5 s grace, plus the sweep).
+    assert!(closed_by_server(&mut rogue));
+}
+
+#[test]
+fn a_silent_expired_client_is_disconnected_after_the_close_grace() {
+    let server = start_with(|c| c.token_ttl_secs = 2);
+    let token = server.token("userA");
+    let mut silent = raw_session(&server, &token);
+    // It reads (the close frame included) but never answers it.
+    assert!(
+        closed_by_server(&mut silent),
+        "the server must not wait forever"
+    );
+    let shared = server.handle.as_ref().unwrap().shared().clone();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while shared.connections.open() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection thread ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -535,3 +535,28 @@ fn connection_closed_mid_head_is_400_and_closed() {
     assert_error(&response, 400, "bad_request");
     assert!(closed_by_server(&mut stream));
 }
+
+#[test]
+fn a_body_that_never_comes_gets_408() {
+    let server = start_with(|c| c.request_timeout = Duration::from_secs(1));
+    let r = send_raw(
+        server.addr,
+        b"POST /auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n",
+    );
+    assert_eq!(r.status, 408);
+}
+
+#[test]
+fn framing_headers_that_are_not_utf8_are_not_ignored() {
+    let server = start();
+    let r = send_raw(
+        server.addr,
+        b"POST /auth HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \xffchunked\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 501);
+    let r = send_raw(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: \xff\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+}
