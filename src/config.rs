@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::Level;
+use crate::proxy::Cidr;
 
 /// A secret shorter than this is refused: HS256 keys should be at least as
 /// long as the hash output (RFC 7518 §3.2: "a key of the same size as the
@@ -76,6 +77,8 @@ pub struct Config {
     pub history: usize,
     /// Print every WebSocket handshake, check by check, to stderr.
     pub trace_handshake: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             max_session_secs: 12 * 3600,
             history: 100,
             trace_handshake: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -212,6 +216,8 @@ OPTIONS:
     --history N                 messages a newcomer's welcome carries, 0 = none
                                 [default: 100]
     --trace-handshake           print every WebSocket handshake step by step
+    --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
+                                X-Forwarded-For names the client; repeatable
     --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
                                 instead of on the main listener
     --log-level LEVEL           error, warn, info or debug [default: info]
@@ -302,6 +308,15 @@ where
             }
             "--echo" if inline.is_none() => config.echo = true,
             "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
+            "--trust-proxy" => {
+                let value = value("--trust-proxy")?;
+                let cidr = value.parse().map_err(|_| CliError::BadValue {
+                    flag: "--trust-proxy",
+                    value,
+                    why: "expected an IP address or network, e.g. 10.0.0.0/8",
+                })?;
+                config.trusted_proxies.push(cidr);
+            }
             "--max-session" => {
                 config.max_session_secs =
                     number("--max-session", value("--max-session")?, 1, 31_536_000)?

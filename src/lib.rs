@@ -18,6 +18,7 @@
 //! | the pool, broadcast and expiry | [`room`] |
 //! | connection, login and message limits | [`limits`] |
 //! | counters for `GET /metrics` | [`metrics`] |
+//! | the client's address behind a reverse proxy | [`proxy`] |
 //! | the JSON messages and close codes | [`protocol`], [`frame`] |
 //! | flags and defaults | [`config`] |
 //!
@@ -48,6 +49,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod proxy;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -31,7 +31,9 @@ struct OpenConnections {
 /// One admitted connection; dropping it frees its place.
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// The IP it counts against; `None` for a trusted proxy's connection
+    /// until [`ConnectionPermit::rebind`] names the client behind it.
+    ip: Option<IpAddr>,
 }
 
 /// Why a connection was turned away (answered `503`).
@@ -50,17 +52,16 @@ impl ConnectionLimits {
         })
     }
 
-    /// Admits a connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    /// Admits a connection from `ip` (`None`: a trusted proxy, counted per
+    /// client later), or says why not.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionPermit, Refusal> {
         let mut open = lock(&self.open);
         if open.total >= self.max_total {
             return Err(Refusal::ServerFull);
         }
-        let from_ip = open.per_ip.entry(ip).or_insert(0);
-        if *from_ip >= self.max_per_ip {
-            return Err(Refusal::TooManyFromIp);
+        if let Some(ip) = ip {
+            open.take_ip_place(ip, self.max_per_ip)?;
         }
-        *from_ip += 1;
         open.total += 1;
         Ok(ConnectionPermit {
             limits: self.clone(),
@@ -74,15 +75,51 @@ impl ConnectionLimits {
     }
 }
 
+impl OpenConnections {
+    fn take_ip_place(&mut self, ip: IpAddr, max: usize) -> Result<(), Refusal> {
+        let from_ip = self.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= max {
+            if *from_ip == 0 {
+                self.per_ip.remove(&ip);
+            }
+            return Err(Refusal::TooManyFromIp);
+        }
+        *from_ip += 1;
+        Ok(())
+    }
+
+    fn free_ip_place(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl ConnectionPermit {
+    /// Counts this connection against `ip` from now on: the client a
+    /// trusted proxy named. Refused if that client has too many already.
+    pub fn rebind(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip == Some(ip) {
+            return Ok(());
+        }
+        let mut open = lock(&self.limits.open);
+        open.take_ip_place(ip, self.limits.max_per_ip)?;
+        if let Some(old) = self.ip.replace(ip) {
+            open.free_ip_place(old);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut open = lock(&self.limits.open);
         open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_ip.remove(&self.ip);
-            }
+        if let Some(ip) = self.ip {
+            open.free_ip_place(ip);
         }
     }
 }
@@ -245,16 +282,28 @@ mod tests {
     #[test]
     fn connections_are_capped_in_all_and_per_ip() {
         let limits = ConnectionLimits::new(3, 2);
-        let a1 = limits.admit(A).unwrap();
-        let _a2 = limits.admit(A).unwrap();
-        assert_eq!(limits.admit(A).err(), Some(Refusal::TooManyFromIp));
-        let _b1 = limits.admit(B).unwrap();
-        assert_eq!(limits.admit(B).err(), Some(Refusal::ServerFull));
+        let a1 = limits.admit(Some(A)).unwrap();
+        let _a2 = limits.admit(Some(A)).unwrap();
+        assert_eq!(limits.admit(Some(A)).err(), Some(Refusal::TooManyFromIp));
+        let _b1 = limits.admit(Some(B)).unwrap();
+        assert_eq!(limits.admit(Some(B)).err(), Some(Refusal::ServerFull));
         drop(a1);
         assert!(
-            limits.admit(A).is_ok(),
+            limits.admit(Some(A)).is_ok(),
             "a closed connection frees its place"
         );
+    }
+
+    #[test]
+    fn proxied_connections_count_against_the_client_they_name() {
+        let limits = ConnectionLimits::new(10, 1);
+        let mut via_proxy = limits.admit(None).unwrap();
+        let mut again = limits.admit(None).unwrap();
+        via_proxy.rebind(A).unwrap();
+        assert_eq!(again.rebind(A), Err(Refusal::TooManyFromIp));
+        again.rebind(B).unwrap();
+        drop(via_proxy);
+        assert!(limits.admit(Some(A)).is_ok());
     }
 
     #[test]

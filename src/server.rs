@@ -27,7 +27,7 @@ use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
 use crate::metrics;
 use crate::protocol::close_code;
 use crate::room::Room;
-use crate::{Shared, handshake, session};
+use crate::{Shared, handshake, proxy, session};
 
 /// Stack for a connection thread, which becomes the client's reader after
 /// an upgrade. Small, so thousands of clients fit in little memory; JSON
@@ -318,16 +318,18 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let permit = match shared.connections.admit(peer.ip()) {
+    // A trusted proxy's connections are counted per client once the first
+    // request says who the client is (see `handle_connection`).
+    let trusted = shared
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(peer.ip()));
+    let permit = match shared.connections.admit((!trusted).then_some(peer.ip())) {
         Ok(permit) => permit,
         Err(refusal) => {
             crate::warn!("refused a connection from {peer}: {refusal:?}");
-            let response = Response::error(
-                503,
-                "service_unavailable",
-                "too many connections; try again later",
-            )
-            .with_header("Retry-After", "1");
+            let response = too_busy();
             // A fresh socket's buffer has room for this; never wait here.
             let _ = crate::sys::send_nonblocking(&stream, &response.to_bytes(false, false));
             return;
@@ -344,6 +346,16 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     }
 }
 
+/// `503`: over a connection cap.
+fn too_busy() -> Response {
+    Response::error(
+        503,
+        "service_unavailable",
+        "too many connections; try again later",
+    )
+    .with_header("Retry-After", "1")
+}
+
 /// A connection thread's body. A panic here is a bug, but it must cost one
 /// connection, not the server: it is caught and logged, and the client's
 /// room membership and connection permit are released as the stack unwinds.
@@ -351,11 +363,11 @@ fn serve_connection(
     shared: &Shared,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: ConnectionPermit,
+    mut permit: ConnectionPermit,
     role: Role,
 ) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle_connection(shared, stream, peer, role)
+        handle_connection(shared, stream, peer, &mut permit, role)
     }));
     if outcome.is_err() {
         crate::error!("the connection from {peer} ended in a panic (see above); still serving");
@@ -364,7 +376,13 @@ fn serve_connection(
 }
 
 /// Serves requests on one connection until it closes or upgrades.
-fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr, role: Role) {
+fn handle_connection(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: &mut ConnectionPermit,
+    role: Role,
+) {
     let mut conn = Connection::new(stream, shared.config.request_timeout);
     loop {
         let request = match conn.read_request() {
@@ -374,6 +392,13 @@ fn handle_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr, role:
                 return;
             }
         };
+        // Behind a trusted proxy, the client is who X-Forwarded-For says;
+        // from here on limits and logs use that address.
+        let peer = proxy::client_addr(&shared.config.trusted_proxies, peer, &request);
+        if permit.rebind(peer.ip()).is_err() {
+            let _ = conn.write_response(&too_busy(), false, false);
+            return;
+        }
         if role == Role::Main && request.path() == "/ws" && request.method == "GET" {
             return upgrade(shared, conn, &request, peer);
         }
