@@ -10,7 +10,8 @@
 //! | step | module |
 //! |---|---|
 //! | read an HTTP request with limits, write a response | [`http`] |
-//! | route it | [`server`] |
+//! | accept, admit, one thread per connection | [`server`] |
+//! | route it to its handler | [`routes`] |
 //! | log in: users, passwords, tokens | [`auth`] |
 //! | serve the front end | [`assets`] |
 //! | upgrade to WebSocket (RFC 6455 §4.2) | [`handshake`] |
@@ -51,6 +52,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod proxy;
 pub mod room;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod sys;

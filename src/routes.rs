@@ -1,0 +1,246 @@
+//! The router and the handlers behind it: what each request gets.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /auth` | a token, or `401`/`400`/`413`/`415`/`429` ([`crate::auth`]) |
+//! | `POST /auth/refresh` | a renewed token, or `401` |
+//! | `GET /ws` | the WebSocket upgrade ([`crate::handshake`], then [`crate::session`]) |
+//! | `GET /healthz` | `200 ok` |
+//! | `GET /metrics` | the counters ([`crate::metrics`]) |
+//! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use crate::auth::{Claims, RefreshError, TokenError};
+use crate::handshake::Trace;
+use crate::http::{Connection, Request, Response};
+use crate::{Shared, handshake, metrics, session};
+
+/// Headers on every front-end file: a strict Content-Security-Policy (the
+/// page has no inline script or style) and no MIME sniffing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+     img-src 'self' data:; style-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Every request but a WebSocket upgrade.
+pub fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let method = request.method.as_str();
+    let own_metrics_listener = shared.config.metrics_bind.is_some();
+    match (request.path(), method) {
+        ("/metrics", _) if !own_metrics_listener => route_metrics_only(shared, request),
+        ("/auth", "POST") => login(shared, request, peer),
+        ("/auth/refresh", "POST") => refresh(shared, request, peer),
+        ("/auth/refresh", _) => method_not_allowed("POST"),
+        ("/auth", _) => method_not_allowed("POST"),
+        ("/ws", _) => method_not_allowed("GET"),
+        ("/healthz", "GET" | "HEAD") => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
+        ("/healthz", _) => method_not_allowed("GET, HEAD"),
+        (path, "GET" | "HEAD") => static_file(shared, path),
+        _ => method_not_allowed("GET, HEAD"),
+    }
+}
+
+/// The `--metrics-bind` listener: `/metrics` and nothing else.
+pub fn route_metrics_only(shared: &Shared, request: &Request) -> Response {
+    match (request.path(), request.method.as_str()) {
+        ("/metrics", "GET" | "HEAD") => {
+            let text = shared
+                .metrics()
+                .render(shared.connections.open(), shared.room.len());
+            Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.into_bytes(),
+            )
+        }
+        ("/metrics", _) => method_not_allowed("GET, HEAD"),
+        _ => Response::error(404, "not_found", "only /metrics is served here"),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    Response::error(405, "method_not_allowed", &format!("allowed: {allow}"))
+        .with_header("Allow", allow)
+}
+
+fn static_file(shared: &Shared, path: &str) -> Response {
+    match shared.assets.get(path) {
+        Ok((content_type, body)) => Response::new(200, content_type, body)
+            .with_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            .with_header("X-Content-Type-Options", "nosniff")
+            .with_header("Cache-Control", "no-cache"),
+        Err(error) => error.response(),
+    }
+}
+
+/// `POST /auth` login form: JSON, or a URL-encoded form.
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let credentials = match parse_credentials(request) {
+        Ok(credentials) => credentials,
+        Err(response) => return response,
+    };
+    let now = Instant::now();
+    if let Err(wait) = shared.logins.begin(peer.ip(), now) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Response::error(
+            429,
+            "rate_limited",
+            &format!("too many failed logins; try again in {secs} s"),
+        )
+        .with_header("Retry-After", secs.max(1).to_string());
+    }
+    let Some(user) = shared
+        .users
+        .check_password(&credentials.username, &credentials.password)
+    else {
+        metrics::inc(&shared.metrics().auth_failures);
+        crate::info!("login failed for {:?} from {peer}", credentials.username);
+        return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
+    };
+    shared.logins.forgive(peer.ip(), now);
+    let (token, claims) = shared.tokens.issue(user);
+    metrics::inc(&shared.metrics().logins);
+    crate::info!("login ok: {} from {peer}", user.username);
+    token_response(&token, &claims)
+}
+
+/// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
+/// token for the same session, until `--max-session` after the login.
+fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+    let Some(token) = request
+        .header("Authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        shared.metrics().token_rejected(TokenError::Missing);
+        return handshake::invalid_token();
+    };
+    match shared.tokens.refresh(token) {
+        Ok((token, claims)) => {
+            metrics::inc(&shared.metrics().refreshes);
+            crate::info!("token refreshed: {} from {peer}", claims.username);
+            token_response(&token, &claims)
+        }
+        Err(RefreshError::Token(reason)) => {
+            shared.metrics().token_rejected(reason);
+            handshake::invalid_token()
+        }
+        Err(RefreshError::SessionOver) => Response::error(
+            401,
+            "session_expired",
+            "the session is older than --max-session; log in again",
+        )
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+    }
+}
+
+/// `{"token":..,"token_type":"Bearer","expires_in":..}`, never cached
+/// (RFC 6749 §5.1).
+fn token_response(token: &str, claims: &Claims) -> Response {
+    Response::json(
+        200,
+        &serde_json::json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": claims.exp.saturating_sub(claims.iat),
+        }),
+    )
+    .with_header("Cache-Control", "no-store")
+}
+
+fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
+    let content_type = request
+        .header("Content-Type")
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let bad = |message: String| Response::error(400, "bad_request", &message);
+    match content_type.as_str() {
+        "application/json" => {
+            // An object, not just anything serde could map onto the struct
+            // (it would also take `["user","password"]`).
+            let shape = "body must be {\"username\":..,\"password\":..}";
+            let value: serde_json::Value =
+                serde_json::from_slice(&request.body).map_err(|e| bad(format!("{shape}: {e}")))?;
+            if !value.is_object() {
+                return Err(bad(shape.to_string()));
+            }
+            serde_json::from_value(value).map_err(|e| bad(format!("{shape}: {e}")))
+        }
+        "application/x-www-form-urlencoded" => {
+            let field = |name: &str| {
+                url::form_urlencoded::parse(&request.body)
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+                    .ok_or_else(|| bad(format!("form field {name:?} is missing")))
+            };
+            Ok(Credentials {
+                username: field("username")?,
+                password: field("password")?,
+            })
+        }
+        other => Err(Response::error(
+            415,
+            "unsupported_media_type",
+            &format!("Content-Type {other:?}: send application/json"),
+        )),
+    }
+}
+
+/// `GET /ws`: check the handshake and token, send the `101`, and become the
+/// client's session.
+pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: SocketAddr) {
+    let mut trace = Trace::new(shared.config.trace_handshake);
+    trace.note(|| format!("== WebSocket handshake from {peer}"));
+    trace.request(request);
+    let checked = handshake::check(
+        request,
+        &shared.tokens,
+        &shared.config.allowed_origins,
+        &mut trace,
+    );
+    let accepted = match checked {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            if let handshake::HandshakeError::Token(reason) = error {
+                shared.metrics().token_rejected(reason);
+            }
+            crate::info!(
+                "upgrade refused for {peer} ({}): {error:?}",
+                crate::log::redact_token(&request.target)
+            );
+            let response = error.response();
+            trace.response(&String::from_utf8_lossy(&response.to_bytes(false, false)));
+            print_trace(trace);
+            let _ = conn.write_response(&response, false, false);
+            return;
+        }
+    };
+    let switching = handshake::switching_protocols(&accepted.accept);
+    trace.response(&switching);
+    print_trace(trace);
+    if conn.write_raw(switching.as_bytes()).is_err() {
+        return;
+    }
+    let (stream, leftover) = conn.into_parts();
+    session::run(shared, stream, leftover, accepted.claims, peer);
+}
+
+fn print_trace(trace: Trace) {
+    if let Some(text) = trace.finish() {
+        crate::log::raw(&text);
+    }
+}
