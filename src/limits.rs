@@ -12,6 +12,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The unit a per-IP limit counts: an IPv4 address, or an IPv6 /64 (one
+/// host or home network is routinely given a whole /64, so counting single
+/// IPv6 addresses would let it choose a fresh one per attempt).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Connections
 
@@ -77,6 +89,7 @@ impl ConnectionLimits {
 
 impl OpenConnections {
     fn take_ip_place(&mut self, ip: IpAddr, max: usize) -> Result<(), Refusal> {
+        let ip = limit_key(ip);
         let from_ip = self.per_ip.entry(ip).or_insert(0);
         if *from_ip >= max {
             if *from_ip == 0 {
@@ -89,6 +102,7 @@ impl OpenConnections {
     }
 
     fn free_ip_place(&mut self, ip: IpAddr) {
+        let ip = limit_key(ip);
         if let Some(count) = self.per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
@@ -159,6 +173,7 @@ impl LoginThrottle {
         if self.max_failures == 0 {
             return Ok(());
         }
+        let ip = limit_key(ip);
         let mut failures = lock(&self.failures);
         if failures.len() >= MAX_TRACKED_IPS {
             let window = self.window;
@@ -185,6 +200,7 @@ impl LoginThrottle {
 
     /// The attempt begun at `at` succeeded: it was not a failure.
     pub fn forgive(&self, ip: IpAddr, at: Instant) {
+        let ip = limit_key(ip);
         let mut failures = lock(&self.failures);
         if let Some(recent) = failures.get_mut(&ip) {
             if let Some(i) = recent.iter().rposition(|t| *t == at) {
@@ -318,6 +334,20 @@ mod tests {
         assert_eq!(throttle.begin(B, t0), Ok(()), "other IPs are unaffected");
         assert_eq!(throttle.begin(A, t0 + Duration::from_secs(60)), Ok(()));
         assert_eq!(LoginThrottle::new(0).begin(A, t0), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_limited_per_64() {
+        let limits = ConnectionLimits::new(10, 1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = limits.admit(Some(one)).unwrap();
+        assert_eq!(
+            limits.admit(Some(same_64)).err(),
+            Some(Refusal::TooManyFromIp)
+        );
+        assert!(limits.admit(Some(other_64)).is_ok());
     }
 
     #[test]

@@ -96,8 +96,6 @@ struct Timeline {
     /// Chat frames accepted but not yet fanned out, in `seq` order, encoded
     /// back to back.
     pending: Vec<u8>,
-    /// A thread is fanning out chat messages, and will take `pending` too.
-    flushing: bool,
     /// The highest `seq` taken out of `pending` for a fan-out: a client
     /// that joins now has seen, or will see live, nothing up to it.
     fanned_out: u64,
@@ -108,6 +106,10 @@ struct Timeline {
 
 pub struct Room {
     clients: RwLock<HashMap<ClientId, Client>>,
+    /// A thread is fanning out chat messages, and will take `pending` too.
+    /// Set and cleared under the timeline lock; an atomic only so that a
+    /// panicking flusher can clear it on its way out without that lock.
+    flushing: AtomicBool,
     metrics: Arc<Metrics>,
     timeline: Mutex<Timeline>,
     next_id: AtomicU64,
@@ -124,12 +126,12 @@ impl Room {
     pub fn new(history: usize) -> Room {
         Room {
             clients: RwLock::new(HashMap::new()),
+            flushing: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),
             timeline: Mutex::new(Timeline {
                 seq: 0,
                 presence: BTreeMap::new(),
                 pending: Vec::new(),
-                flushing: false,
                 fanned_out: 0,
                 history: VecDeque::with_capacity(history.min(1024)),
                 history_limit: history,
@@ -250,8 +252,7 @@ impl Room {
                 ts,
             });
         }
-        if !timeline.flushing {
-            timeline.flushing = true;
+        if !self.flushing.swap(true, Ordering::AcqRel) {
             self.flush(timeline);
         }
         Some(seq)
@@ -262,6 +263,17 @@ impl Room {
     /// to the next batch meanwhile; only one thread flushes at a time, so
     /// every client still gets the batches in `seq` order.
     fn flush<'a>(&'a self, mut timeline: MutexGuard<'a, Timeline>) {
+        // Should a fan-out panic, the next broadcast must flush instead of
+        // finding the flag stuck and leaving every message pending.
+        struct Unstick<'f>(&'f AtomicBool);
+        impl Drop for Unstick<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _unstick = Unstick(&self.flushing);
         while !timeline.pending.is_empty() {
             let batch: Frame = std::mem::take(&mut timeline.pending).into();
             timeline.fanned_out = timeline.seq;
@@ -275,7 +287,7 @@ impl Room {
             timeline = self.timeline();
             self.settle(&mut timeline, evictions);
         }
-        timeline.flushing = false;
+        self.flushing.store(false, Ordering::Release);
     }
 
     /// Closes every client whose token has expired. Run by the sweeper at
