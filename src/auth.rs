@@ -142,14 +142,6 @@ impl Users {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     /// The user, if the username exists and the password matches. Unknown
     /// users still pay for one hash check, so timing does not reveal which
     /// usernames exist.

@@ -298,14 +298,18 @@ fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
 /// the `token` query parameter (§2.3), which is all a browser's WebSocket
 /// API can send.
 pub fn bearer_token(request: &Request) -> Option<String> {
-    if let Some(value) = request.header("Authorization") {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("Bearer")
-            .then(|| token.trim().to_string())
-            .filter(|t| !t.is_empty());
+    if request.header("Authorization").is_some() {
+        return authorization_bearer(request).map(str::to_string);
     }
     request.query_param("token").filter(|t| !t.is_empty())
+}
+
+/// The token in an `Authorization: Bearer <token>` header (RFC 6750 §2.1;
+/// the scheme is case-insensitive), if there is one.
+pub fn authorization_bearer(request: &Request) -> Option<&str> {
+    let (scheme, token) = request.header("Authorization")?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
 }
 
 /// §4.2.2 (5.4): the base64 of the SHA-1 of the key followed by the GUID

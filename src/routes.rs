@@ -116,12 +116,7 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
 /// token for the same session, until `--max-session` after the login.
 fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
-    let Some(token) = request
-        .header("Authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-        .map(|(_, token)| token.trim())
-    else {
+    let Some(token) = handshake::authorization_bearer(request) else {
         shared.metrics().token_rejected(TokenError::Missing);
         return handshake::invalid_token();
     };

@@ -131,17 +131,6 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Shared state, for tests that look inside.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Serves until the process ends.
-    pub fn run(self) {
-        let stop = Arc::new(AtomicBool::new(false));
-        self.serve(&stop);
-    }
-
     /// Serves on a background thread; the handle stops it.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addr = self.local_addr();
