@@ -79,6 +79,11 @@ pub struct Config {
     pub trace_handshake: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// `redis://HOST:PORT/DB`: share one room with every instance using
+    /// this Redis (needs a build with `--features redis`).
+    pub redis: Option<String>,
+    /// Prefix of every Redis key, so several rooms can share one Redis.
+    pub redis_prefix: String,
 }
 
 impl Default for Config {
@@ -107,6 +112,8 @@ impl Default for Config {
             history: 100,
             trace_handshake: false,
             trusted_proxies: Vec::new(),
+            redis: None,
+            redis_prefix: "jwtchat".to_string(),
         }
     }
 }
@@ -221,6 +228,10 @@ OPTIONS:
     --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
                                 instead of on the main listener
     --log-level LEVEL           error, warn, info or debug [default: info]
+    --redis URL                 share one room with every instance using this
+                                Redis, e.g. redis://127.0.0.1:6379/0 (builds
+                                with --features redis only)
+    --redis-prefix NAME         prefix of jwtchat's Redis keys [default: jwtchat]
     --echo                      test aid: echo each message back to its sender
                                 only, instead of chatting (for Autobahn)
     -h, --help                  print this help
@@ -326,6 +337,10 @@ where
             }
             "--metrics-bind" => {
                 config.metrics_bind = Some(non_empty("--metrics-bind", value("--metrics-bind")?)?)
+            }
+            "--redis" => config.redis = Some(non_empty("--redis", value("--redis")?)?),
+            "--redis-prefix" => {
+                config.redis_prefix = non_empty("--redis-prefix", value("--redis-prefix")?)?
             }
             "--log-level" => {
                 let level = value("--log-level")?;

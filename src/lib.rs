@@ -42,6 +42,8 @@ pub mod log;
 
 pub mod assets;
 pub mod auth;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod handshake;
@@ -70,6 +72,9 @@ pub struct Shared {
     pub room: room::Room,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     pub logins: limits::LoginThrottle,
+    /// The relay to the other instances, with `--redis`.
+    #[cfg(feature = "redis")]
+    pub cluster: Option<std::sync::Arc<cluster::Cluster>>,
 }
 
 impl Shared {

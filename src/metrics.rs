@@ -5,6 +5,7 @@
 //! as an uncontended add, so the broadcast path can count every delivery.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::TokenError;
@@ -32,6 +33,22 @@ pub struct Metrics {
     pub logins: AtomicU64,
     pub refreshes: AtomicU64,
     tokens_rejected: [AtomicU64; TOKEN_REASONS.len()],
+    /// With `--redis` only.
+    pub redis: Option<Arc<RedisCounters>>,
+}
+
+/// What the Redis relay counts (`--redis`).
+#[derive(Default)]
+pub struct RedisCounters {
+    /// 1 while the relay follows the stream, 0 while Redis is unreachable.
+    pub up: AtomicU64,
+    /// Redis operations that failed.
+    pub errors: AtomicU64,
+    /// Times the stream reader got its connection back after losing it.
+    pub reconnects: AtomicU64,
+    /// Messages the stream no longer held when this instance came to read
+    /// them.
+    pub missed: AtomicU64,
 }
 
 /// Adds one.
@@ -45,6 +62,14 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    /// Counters for a server; with `redis`, the relay's too.
+    pub fn new(redis: bool) -> Metrics {
+        Metrics {
+            redis: redis.then(Arc::default),
+            ..Metrics::default()
+        }
+    }
+
     pub fn token_rejected(&self, reason: TokenError) {
         if let Some(i) = TOKEN_REASONS.iter().position(|r| *r == reason) {
             inc(&self.tokens_rejected[i]);
@@ -128,6 +153,32 @@ impl Metrics {
             "Tokens renewed at /auth/refresh.",
             get(&self.refreshes),
         );
+        if let Some(redis) = &self.redis {
+            metric(
+                "jwtchat_redis_up",
+                "gauge",
+                "1 while the room is shared over Redis, 0 while Redis is unreachable.",
+                get(&redis.up),
+            );
+            metric(
+                "jwtchat_redis_errors_total",
+                "counter",
+                "Redis operations that failed.",
+                get(&redis.errors),
+            );
+            metric(
+                "jwtchat_redis_reconnects_total",
+                "counter",
+                "Times the connection to Redis came back after it was lost.",
+                get(&redis.reconnects),
+            );
+            metric(
+                "jwtchat_redis_messages_missed_total",
+                "counter",
+                "Messages trimmed from the Redis stream before this instance read them.",
+                get(&redis.missed),
+            );
+        }
         out.push_str("# HELP jwtchat_tokens_rejected_total Tokens refused, by reason.\n");
         out.push_str("# TYPE jwtchat_tokens_rejected_total counter\n");
         for (reason, count) in TOKEN_REASONS.iter().zip(&self.tokens_rejected) {

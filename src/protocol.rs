@@ -112,6 +112,9 @@ pub enum ErrorCode {
     BadToken,
     RateLimited,
     TokenExpired,
+    /// The chat cannot take messages now (with `--redis`: Redis is
+    /// unreachable); the message was not sent.
+    Unavailable,
 }
 
 /// Everything the server sends.

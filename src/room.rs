@@ -13,8 +13,14 @@
 //! `token_expired` and closed with 4001 instead of receiving the message; a
 //! client whose queue is full is closed with 4008. Both leave the pool at
 //! once, and their `leave` goes out in the same order as everything else.
+//!
+//! With a [`Relay`] (`--redis`, see `crate::cluster`) the room is one of
+//! several instances of one chat: a message is numbered and stored by the
+//! relay, and comes back to every instance, this one included, through
+//! [`Room::deliver`], which feeds the same fan-out. Presence then counts
+//! users on the other instances too.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +37,50 @@ pub type ClientId = u64;
 /// A client is warned (`{"type":"expiring"}`) this long before its token
 /// expires, once per token.
 pub const EXPIRY_WARNING_SECS: u64 = 60;
+
+/// What the room needs from a relay: the way to the other instances.
+pub trait Relay: Send + Sync {
+    /// Stores a chat message for every instance and returns its `seq`. The
+    /// message is not fanned out here: it comes back through
+    /// [`Room::deliver`] like everyone else's. An error means it was not
+    /// taken, so the sender must be told.
+    fn publish(&self, from: &str, text: &str) -> Result<u64, Unavailable>;
+    /// `user` came online or went offline on this instance
+    /// ([`Room::is_here`] says which, when the relay gets to it). Called
+    /// under the room's lock: it must only take note, never wait.
+    fn presence_changed(&self, user: &Arc<str>);
+    /// Whether messages can be taken now, and if not, why.
+    fn health(&self) -> Result<(), Unavailable>;
+}
+
+/// The relay cannot take messages now; the text says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why [`Room::broadcast`] did not take a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The sender has left the room, or was just evicted (expired token).
+    Gone,
+    /// The relay cannot take messages now (Redis unreachable).
+    Unavailable(Unavailable),
+}
+
+/// A chat message numbered by the relay, on its way to this instance's
+/// clients.
+pub struct Delivery {
+    pub seq: u64,
+    pub from: String,
+    pub text: String,
+    /// Unix milliseconds, when the relay stored it.
+    pub ts: u64,
+}
 
 /// One connected client, as the room sees it.
 pub struct Client {
@@ -89,10 +139,11 @@ pub enum Departure {
 
 /// State that changes in broadcast order.
 struct Timeline {
-    /// The `seq` of the last chat message.
+    /// The `seq` of the last chat message (numbered here, or delivered by
+    /// the relay).
     seq: u64,
-    /// Connections per username: `join` when it becomes 1, `leave` at 0.
-    presence: BTreeMap<Arc<str>, usize>,
+    /// Who is online, here and (with a relay) on other instances.
+    presence: Presence,
     /// Chat frames accepted but not yet fanned out, in `seq` order, encoded
     /// back to back.
     pending: Vec<u8>,
@@ -106,6 +157,8 @@ struct Timeline {
 
 pub struct Room {
     clients: RwLock<HashMap<ClientId, Client>>,
+    /// The other instances, with `--redis`.
+    relay: Option<Arc<dyn Relay>>,
     /// A thread is fanning out chat messages, and will take `pending` too.
     /// Set and cleared under the timeline lock; an atomic only so that a
     /// panicking flusher can clear it on its way out without that lock.
@@ -124,13 +177,24 @@ impl Default for Room {
 impl Room {
     /// A room that keeps the last `history` messages for newcomers.
     pub fn new(history: usize) -> Room {
+        Room::with_relay(history, None, Arc::default())
+    }
+
+    /// A room that is one instance of several, joined by `relay`, and
+    /// counts into `metrics`.
+    pub fn with_relay(
+        history: usize,
+        relay: Option<Arc<dyn Relay>>,
+        metrics: Arc<Metrics>,
+    ) -> Room {
         Room {
             clients: RwLock::new(HashMap::new()),
+            relay,
+            metrics,
             flushing: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::default()),
             timeline: Mutex::new(Timeline {
                 seq: 0,
-                presence: BTreeMap::new(),
+                presence: Presence::default(),
                 pending: Vec::new(),
                 fanned_out: 0,
                 history: VecDeque::with_capacity(history.min(1024)),
@@ -167,6 +231,11 @@ impl Room {
         self.len() == 0
     }
 
+    /// Whether new messages can be taken: always, without a relay.
+    pub fn health(&self) -> Result<(), Unavailable> {
+        self.relay.as_ref().map_or(Ok(()), |relay| relay.health())
+    }
+
     /// Adds a client: it gets `welcome` (with everyone online, itself
     /// included) as its first frame, and everyone else gets `join` if this
     /// is the user's first connection.
@@ -174,10 +243,11 @@ impl Room {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut timeline = self.timeline();
         let username = client.username.clone();
-        let count = timeline.presence.entry(username.clone()).or_insert(0);
-        *count += 1;
-        let first = *count == 1;
-        let online: Vec<&str> = timeline.presence.keys().map(|u| &**u).collect();
+        let change = timeline.presence.connect(&username);
+        if change.here {
+            self.tell_relay(&username);
+        }
+        let online: Vec<&str> = timeline.presence.online().collect();
         // Messages still pending will reach this client live; the history
         // stops where they begin, so nothing arrives twice.
         let history = recent_history(&timeline);
@@ -191,12 +261,18 @@ impl Room {
         // A fresh queue has room for its first frame.
         let _ = client.outbox.push(welcome);
         self.write().insert(id, client);
-        if first {
+        if change.everywhere {
             let join = Outgoing::Join { user: &username }.frame();
             let evictions = self.fan_out(&join, Some(id));
             self.settle(&mut timeline, evictions);
         }
         id
+    }
+
+    fn tell_relay(&self, user: &Arc<str>) {
+        if let Some(relay) = &self.relay {
+            relay.presence_changed(user);
+        }
     }
 
     /// Removes a client whose connection ended. Idempotent: whoever removes
@@ -216,22 +292,72 @@ impl Room {
     /// leave in one system call per client, and when it is quiet a batch is
     /// one message sent at once.
     ///
-    /// `None` if the sender may not speak any more: it has left the room,
-    /// or its token has expired (then it is evicted like on any broadcast).
-    pub fn broadcast(&self, sender: ClientId, from: &str, text: &str) -> Option<u64> {
+    /// With a relay, the relay numbers and stores the message instead, and
+    /// the fan-out happens when it comes back through [`Room::deliver`].
+    ///
+    /// Refused if the sender may not speak any more (it has left the room,
+    /// or its token has expired: then it is evicted like on any broadcast),
+    /// or if the relay cannot take the message.
+    pub fn broadcast(&self, sender: ClientId, from: &str, text: &str) -> Result<u64, Refused> {
         let mut timeline = self.timeline();
         let sender_exp = self.read().get(&sender).map(Client::exp);
         match sender_exp {
-            None => return None,
+            None => return Err(Refused::Gone),
             Some(exp) if is_expired(exp, now_secs()) => {
                 self.settle(&mut timeline, vec![(sender, Departure::TokenExpired)]);
-                return None;
+                return Err(Refused::Gone);
             }
             Some(_) => {}
         }
-        timeline.seq += 1;
-        let seq = timeline.seq;
-        let ts = unix_millis();
+        if let Some(relay) = &self.relay {
+            // Never wait on Redis while holding the room.
+            drop(timeline);
+            return relay.publish(from, text).map_err(Refused::Unavailable);
+        }
+        let seq = timeline.seq + 1;
+        self.enqueue(&mut timeline, seq, from, text, unix_millis());
+        self.flush_unless_flushing(timeline);
+        Ok(seq)
+    }
+
+    /// Messages the relay numbered (from any instance), in `seq` order, for
+    /// this instance's clients. One already delivered is skipped, so a relay
+    /// that reads a message twice cannot send it twice.
+    pub fn deliver(&self, messages: &[Delivery]) {
+        let mut timeline = self.timeline();
+        for m in messages {
+            if m.seq > timeline.seq {
+                self.enqueue(&mut timeline, m.seq, &m.from, &m.text, m.ts);
+            }
+        }
+        self.flush_unless_flushing(timeline);
+    }
+
+    /// The relay's recent messages, oldest first, as the history of a room
+    /// that has seen none yet (an instance starting up). Ignored otherwise.
+    pub fn seed_history(&self, messages: Vec<Delivery>) {
+        let mut timeline = self.timeline();
+        let Some(last) = messages.last().map(|m| m.seq) else {
+            return;
+        };
+        if timeline.seq != 0 {
+            return;
+        }
+        for m in messages {
+            timeline.remember(m.seq, m.from.into(), m.text.into(), m.ts);
+        }
+        timeline.seq = last;
+        timeline.fanned_out = last;
+    }
+
+    /// The `seq` of the last message numbered or delivered here.
+    pub fn last_seq(&self) -> u64 {
+        self.timeline().seq
+    }
+
+    /// Adds one numbered message to the pending batch and the history.
+    fn enqueue(&self, timeline: &mut Timeline, seq: u64, from: &str, text: &str, ts: u64) {
+        timeline.seq = seq;
         let message = Outgoing::Message {
             seq,
             from,
@@ -241,21 +367,13 @@ impl Room {
         .frame();
         timeline.pending.extend_from_slice(&message);
         metrics::inc(&self.metrics.messages_broadcast);
-        if timeline.history_limit > 0 {
-            if timeline.history.len() == timeline.history_limit {
-                timeline.history.pop_front();
-            }
-            timeline.history.push_back(Stored {
-                seq,
-                from: from.into(),
-                text: text.into(),
-                ts,
-            });
-        }
-        if !self.flushing.swap(true, Ordering::AcqRel) {
+        timeline.remember(seq, from.into(), text.into(), ts);
+    }
+
+    fn flush_unless_flushing<'a>(&'a self, timeline: MutexGuard<'a, Timeline>) {
+        if !timeline.pending.is_empty() && !self.flushing.swap(true, Ordering::AcqRel) {
             self.flush(timeline);
         }
-        Some(seq)
     }
 
     /// Fans out pending chat messages until none are left. The timeline
@@ -330,7 +448,7 @@ impl Room {
     /// Returns the outboxes, so the caller can wait for them to drain.
     pub fn close_all(&self, code: u16, reason: &str) -> Vec<Arc<Outbox>> {
         let mut timeline = self.timeline();
-        timeline.presence.clear();
+        timeline.presence = Presence::default();
         let close = frame::close(code, reason);
         let clients: Vec<Client> = self.write().drain().map(|(_, c)| c).collect();
         for client in &clients {
@@ -349,6 +467,51 @@ impl Room {
         client.exp.store(exp, Ordering::Relaxed);
         client.warned.store(false, Ordering::Relaxed);
         true
+    }
+
+    /// Whether `user` has a connection on this instance.
+    pub fn is_here(&self, user: &str) -> bool {
+        self.timeline().presence.local.contains_key(user)
+    }
+
+    /// Every user with a connection on this instance.
+    pub fn local_users(&self) -> Vec<Arc<str>> {
+        self.timeline().presence.local.keys().cloned().collect()
+    }
+
+    /// Another instance says `user` came online (or went offline) there.
+    pub fn remote_presence(&self, instance: &str, user: &str, online: bool) {
+        let mut timeline = self.timeline();
+        if let Some(user) = timeline.presence.set_remote(instance, user, online) {
+            self.announce(&mut timeline, &user, online);
+        }
+    }
+
+    /// Who is online on each other live instance, read at once from the
+    /// relay. An instance missing from it has stopped (its heartbeat ran
+    /// out) and its users go offline, unless `keep_missing` (just after a
+    /// reconnect, when live instances may not have written theirs yet).
+    pub fn remote_snapshot(&self, snapshot: RemotePresence, keep_missing: bool) {
+        let mut timeline = self.timeline();
+        let (came, went) = timeline.presence.replace_remote(snapshot, keep_missing);
+        for user in came {
+            self.announce(&mut timeline, &user, true);
+        }
+        for user in went {
+            self.announce(&mut timeline, &user, false);
+        }
+    }
+
+    /// Fans out `join` or `leave` for a user of another instance.
+    fn announce(&self, timeline: &mut Timeline, user: &str, online: bool) {
+        let frame = if online {
+            Outgoing::Join { user }
+        } else {
+            Outgoing::Leave { user }
+        }
+        .frame();
+        let evictions = self.fan_out(&frame, None);
+        self.settle(timeline, evictions);
     }
 
     fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
@@ -408,7 +571,11 @@ impl Room {
                     metrics::inc(counter);
                     send_farewell(&client.outbox, why);
                 }
-                if timeline.release(&client.username) {
+                let change = timeline.presence.disconnect(&client.username);
+                if change.here {
+                    self.tell_relay(&client.username);
+                }
+                if change.everywhere {
                     let leave = Outgoing::Leave {
                         user: &client.username,
                     }
@@ -421,18 +588,157 @@ impl Room {
 }
 
 impl Timeline {
-    /// One connection of `username` is gone; true if it was the last.
-    fn release(&mut self, username: &str) -> bool {
-        match self.presence.get_mut(username) {
+    /// Keeps a message for the welcome of those who join later.
+    fn remember(&mut self, seq: u64, from: Arc<str>, text: Box<str>, ts: u64) {
+        if self.history_limit == 0 {
+            return;
+        }
+        if self.history.len() == self.history_limit {
+            self.history.pop_front();
+        }
+        self.history.push_back(Stored {
+            seq,
+            from,
+            text,
+            ts,
+        });
+    }
+}
+
+/// Users on each other instance, by instance id.
+pub type RemotePresence = HashMap<Box<str>, BTreeSet<Arc<str>>>;
+
+/// Who is online. Presence is per username: `join` goes out when a user
+/// comes online in the first place (a connection here, or another instance
+/// reporting them), `leave` when they are gone from the last.
+#[derive(Default)]
+struct Presence {
+    /// Connections on this instance, per username.
+    local: BTreeMap<Arc<str>, usize>,
+    /// Users on the other instances, as the relay last reported them.
+    remote: RemotePresence,
+    /// In how many places (this instance, each other one) each user is.
+    places: BTreeMap<Arc<str>, usize>,
+}
+
+/// What one connection coming or going changed.
+struct Change {
+    /// The user's first connection here, or their last one went.
+    here: bool,
+    /// The user came online, or went offline, everywhere: `join`/`leave`.
+    everywhere: bool,
+}
+
+impl Presence {
+    fn online(&self) -> impl Iterator<Item = &str> {
+        self.places.keys().map(|u| &**u)
+    }
+
+    fn connect(&mut self, user: &Arc<str>) -> Change {
+        let count = self.local.entry(user.clone()).or_insert(0);
+        *count += 1;
+        let here = *count == 1;
+        Change {
+            here,
+            everywhere: here && self.arrive(user),
+        }
+    }
+
+    fn disconnect(&mut self, user: &str) -> Change {
+        let here = match self.local.get_mut(user) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 false
             }
-            _ => {
-                self.presence.remove(username);
+            Some(_) => {
+                self.local.remove(user);
                 true
             }
+            None => false,
+        };
+        Change {
+            here,
+            everywhere: here && self.depart(user),
         }
+    }
+
+    /// `user` is in one more place; true if it is their first.
+    fn arrive(&mut self, user: &Arc<str>) -> bool {
+        let count = self.places.entry(user.clone()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// `user` is in one place fewer; true if that was their last.
+    fn depart(&mut self, user: &str) -> bool {
+        match self.places.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.places.remove(user);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Another instance reports `user` there or not; the user, if that
+    /// makes them come online or go offline.
+    fn set_remote(&mut self, instance: &str, user: &str, online: bool) -> Option<Arc<str>> {
+        let user: Arc<str> = user.into();
+        let changed = if online {
+            let users = self.remote.entry(instance.into()).or_default();
+            users.insert(user.clone()) && self.arrive(&user)
+        } else {
+            let users = self.remote.get_mut(instance)?;
+            let removed = users.remove(&user);
+            if users.is_empty() {
+                self.remote.remove(instance);
+            }
+            removed && self.depart(&user)
+        };
+        changed.then_some(user)
+    }
+
+    /// Replaces what other instances report with `snapshot`; returns who
+    /// came online and who went offline.
+    fn replace_remote(
+        &mut self,
+        mut snapshot: RemotePresence,
+        keep_missing: bool,
+    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        snapshot.retain(|_, users| !users.is_empty());
+        let old = std::mem::take(&mut self.remote);
+        if keep_missing {
+            for (instance, users) in &old {
+                snapshot
+                    .entry(instance.clone())
+                    .or_insert_with(|| users.clone());
+            }
+        }
+        // Arrivals first, so a user moving between instances does not flap.
+        let mut came = Vec::new();
+        for (instance, users) in &snapshot {
+            let before = old.get(instance);
+            for user in users {
+                if before.is_none_or(|b| !b.contains(user)) && self.arrive(user) {
+                    came.push(user.clone());
+                }
+            }
+        }
+        let mut went = Vec::new();
+        for (instance, users) in &old {
+            let after = snapshot.get(instance);
+            for user in users {
+                if after.is_none_or(|a| !a.contains(user)) && self.depart(user) {
+                    went.push(user.clone());
+                }
+            }
+        }
+        self.remote = snapshot;
+        (came, went)
     }
 }
 
@@ -537,7 +843,7 @@ mod tests {
         let room = Room::new(10);
         let (a_id, a) = client(&room, "a", later());
         let (_, old) = client(&room, "old", now_secs());
-        room.broadcast(a_id, "a", "hi");
+        assert_eq!(room.broadcast(a_id, "a", "hi"), Ok(1));
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
         let batch = old.take_queued();
@@ -568,7 +874,87 @@ mod tests {
         })
         .join();
         assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
-        assert_eq!(room.broadcast(a_id, "a", "still works"), Some(1));
+        assert_eq!(room.broadcast(a_id, "a", "still works"), Ok(1));
         assert_eq!(types(&a), ["welcome", "message"]);
+    }
+
+    fn users(names: &[&str]) -> BTreeSet<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn presence_spans_instances_per_username() {
+        let mut p = Presence::default();
+        let a: Arc<str> = "a".into();
+        assert!(p.connect(&a).everywhere, "first connection anywhere");
+        // Another instance reports `a` too: no second join, and `a` leaving
+        // here is no leave while it is still there.
+        assert_eq!(p.set_remote("i2", "a", true), None);
+        let gone_here = p.disconnect(&a);
+        assert!(gone_here.here && !gone_here.everywhere);
+        assert_eq!(p.set_remote("i2", "b", true).as_deref(), Some("b"));
+        assert_eq!(p.online().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(p.set_remote("i2", "a", false).as_deref(), Some("a"));
+        assert_eq!(p.online().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn a_snapshot_drops_dead_instances_unless_told_to_keep_them() {
+        let mut p = Presence::default();
+        p.set_remote("i2", "b", true);
+        p.set_remote("i3", "c", true);
+        // Just after a reconnect: i3 is missing, but kept; i4 is new.
+        let snapshot =
+            RemotePresence::from([("i2".into(), users(&["b"])), ("i4".into(), users(&["d"]))]);
+        let (came, went) = p.replace_remote(snapshot.clone(), true);
+        assert_eq!((came, went), (vec!["d".into()], vec![]));
+        // Later: i3's heartbeat has run out.
+        let (came, went) = p.replace_remote(snapshot, false);
+        assert_eq!((came, went), (vec![], vec!["c".into()]));
+        // A user moving between instances does not flap.
+        let moved = RemotePresence::from([("i2".into(), users(&["b", "d"]))]);
+        assert_eq!(p.replace_remote(moved, false), (vec![], vec![]));
+    }
+
+    /// A relay that numbers messages but, like Redis, delivers them only
+    /// when told.
+    #[derive(Default)]
+    struct Numbering(std::sync::atomic::AtomicU64);
+
+    impl Relay for Numbering {
+        fn publish(&self, _from: &str, _text: &str) -> Result<u64, Unavailable> {
+            Ok(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+        }
+        fn presence_changed(&self, _user: &Arc<str>) {}
+        fn health(&self) -> Result<(), Unavailable> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn with_a_relay_messages_go_out_when_delivered_and_only_once() {
+        let room = Room::with_relay(10, Some(Arc::new(Numbering::default())), Arc::default());
+        let (a_id, a) = client(&room, "a", later());
+        assert_eq!(room.broadcast(a_id, "a", "hi"), Ok(1));
+        assert_eq!(types(&a), ["welcome"], "nothing before the relay delivers");
+        let hi = |seq| Delivery {
+            seq,
+            from: "a".into(),
+            text: "hi".into(),
+            ts: 0,
+        };
+        room.deliver(&[hi(1)]);
+        room.deliver(&[hi(1), hi(2)]);
+        let seqs: Vec<u64> = a
+            .take_queued()
+            .iter()
+            .map(|f| {
+                serde_json::from_slice::<serde_json::Value>(&f[2..]).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(room.last_seq(), 2);
     }
 }

@@ -5,7 +5,7 @@
 //! | `POST /auth` | a token, or `401`/`400`/`413`/`415`/`429` ([`crate::auth`]) |
 //! | `POST /auth/refresh` | a renewed token, or `401` |
 //! | `GET /ws` | the WebSocket upgrade ([`crate::handshake`], then [`crate::session`]) |
-//! | `GET /healthz` | `200 ok` |
+//! | `GET /healthz` | `200 ok`, or `503` while Redis is unreachable |
 //! | `GET /metrics` | the counters ([`crate::metrics`]) |
 //! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
 
@@ -36,10 +36,20 @@ pub fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         ("/auth/refresh", _) => method_not_allowed("POST"),
         ("/auth", _) => method_not_allowed("POST"),
         ("/ws", _) => method_not_allowed("GET"),
-        ("/healthz", "GET" | "HEAD") => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
+        ("/healthz", "GET" | "HEAD") => health(shared),
         ("/healthz", _) => method_not_allowed("GET, HEAD"),
         (path, "GET" | "HEAD") => static_file(shared, path),
         _ => method_not_allowed("GET, HEAD"),
+    }
+}
+
+/// `200 ok`, or `503` with the reason when the room cannot take messages
+/// (with `--redis`: Redis is unreachable), so a load balancer can steer
+/// new clients elsewhere.
+fn health(shared: &Shared) -> Response {
+    match shared.room.health() {
+        Ok(()) => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
+        Err(why) => Response::error(503, "unavailable", &why.0),
     }
 }
 

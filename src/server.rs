@@ -15,6 +15,7 @@ use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, RequestError, Response};
 use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
+use crate::metrics::Metrics;
 use crate::protocol::close_code;
 use crate::room::Room;
 use crate::{Shared, proxy, routes};
@@ -32,6 +33,10 @@ pub enum StartError {
     Static(io::Error),
     SecretTooShort(usize),
     Bind(String, io::Error),
+    /// `--redis` given to a build without the `redis` feature.
+    RedisNotBuilt,
+    /// `--redis` with a URL the Redis client cannot use.
+    RedisUrl(String),
 }
 
 impl fmt::Display for StartError {
@@ -44,6 +49,12 @@ impl fmt::Display for StartError {
                 "the secret is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
             ),
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::RedisNotBuilt => write!(
+                f,
+                "--redis needs a jwtchat built with Redis support: \
+                 cargo build --release --features redis"
+            ),
+            StartError::RedisUrl(why) => write!(f, "invalid --redis URL: {why}"),
         }
     }
 }
@@ -104,7 +115,17 @@ impl Server {
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
             .with_max_session(config.max_session_secs);
-        let room = Room::new(config.history);
+        let metrics = Arc::new(Metrics::new(config.redis.is_some()));
+        #[cfg(feature = "redis")]
+        let cluster = cluster(&config, &metrics)?;
+        #[cfg(feature = "redis")]
+        let relay = cluster.clone().map(|c| c as Arc<dyn crate::room::Relay>);
+        #[cfg(not(feature = "redis"))]
+        let relay = match config.redis {
+            Some(_) => return Err(StartError::RedisNotBuilt),
+            None => None,
+        };
+        let room = Room::with_relay(config.history, relay, metrics);
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -116,6 +137,8 @@ impl Server {
             tokens,
             assets,
             room,
+            #[cfg(feature = "redis")]
+            cluster,
         };
         Ok(Server {
             listener,
@@ -160,6 +183,10 @@ impl Server {
     fn serve(self, stop: &Arc<AtomicBool>) {
         crate::info!("listening on http://{}", self.local_addr());
         spawn_sweeper(self.shared.clone(), stop.clone());
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.start(&self.shared);
+        }
         if let Some(listener) = self.metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 crate::info!("metrics on http://{addr}/metrics");
@@ -246,6 +273,10 @@ impl ServerHandle {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.stop();
+        }
     }
 }
 
@@ -259,6 +290,27 @@ fn bind(addr: &str) -> Result<TcpListener, StartError> {
     let fail = |e| StartError::Bind(addr.to_string(), e);
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(fail)?.collect();
     TcpListener::bind(&addrs[..]).map_err(fail)
+}
+
+/// The relay to the other instances, with `--redis`.
+#[cfg(feature = "redis")]
+fn cluster(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::cluster::Cluster>>, StartError> {
+    let Some(url) = &config.redis else {
+        return Ok(None);
+    };
+    let counters = metrics.redis.clone().unwrap_or_default();
+    let cluster = crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
+        .map_err(|e| StartError::RedisUrl(e.0))?;
+    crate::info!(
+        "sharing the room over Redis at {} (key prefix {}, instance {})",
+        crate::cluster::without_password(url),
+        config.redis_prefix,
+        cluster.id()
+    );
+    Ok(Some(Arc::new(cluster)))
 }
 
 fn random_secret() -> Vec<u8> {

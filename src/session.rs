@@ -32,7 +32,7 @@ use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
-use crate::room::{Client, ClientId};
+use crate::room::{Client, ClientId, Refused};
 
 /// `tungstenite`'s read buffer per connection. Chat frames are small; a
 /// larger frame simply takes more reads.
@@ -227,9 +227,17 @@ fn read_loop(
                 }
                 match protocol::decode(&text, shared.config.max_message_bytes) {
                     Ok(Incoming::Chat(text)) => {
-                        if shared.room.broadcast(me.id, me.username, &text).is_none() {
+                        match shared.room.broadcast(me.id, me.username, &text) {
+                            Ok(_) => {}
                             // Evicted (expired) meanwhile: nothing more from it.
-                            return closed_by_room(outbox);
+                            Err(Refused::Gone) => return closed_by_room(outbox),
+                            // Redis is away: the message was not taken, and
+                            // the client should know it, not wait for it.
+                            Err(Refused::Unavailable(why)) => notify(
+                                outbox,
+                                ErrorCode::Unavailable,
+                                &format!("message not sent: {why}; try again shortly"),
+                            ),
                         }
                     }
                     Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),

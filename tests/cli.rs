@@ -204,6 +204,22 @@ fn unusable_bind_address_is_exit_2() {
     assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
 }
 
+/// The default build has no Redis client in it: `--redis` says how to get
+/// one instead of being ignored.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_without_the_feature_is_exit_2() {
+    let line = assert_start_error(&run(&["--redis", "redis://127.0.0.1:6379/0"]));
+    assert!(line.contains("--features redis"), "{line}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn unusable_redis_url_is_exit_2() {
+    let line = assert_start_error(&run(&["--redis", "http://127.0.0.1:6379/0"]));
+    assert!(line.contains("invalid --redis URL"), "{line}");
+}
+
 #[test]
 fn missing_static_dir_is_exit_2() {
     let path = std::env::temp_dir().join(format!(
