@@ -265,7 +265,11 @@ pub struct Cluster {
     stream_len: usize,
     /// `--history`: how many messages a starting instance reads back.
     history: usize,
-    publishers: Vec<Mutex<Option<Connection>>>,
+    /// Each with the outage count it was opened in.
+    publishers: Vec<Mutex<Option<(u64, Connection)>>>,
+    /// How many times Redis has been lost: a publishing connection opened
+    /// before the latest loss is dead even if nobody has used it since.
+    outages: AtomicU64,
     next_publisher: AtomicUsize,
     /// `None` while the consumer follows the stream; otherwise why not.
     down: RwLock<Option<String>>,
@@ -303,6 +307,7 @@ impl Cluster {
             stream_len: history.max(STREAM_MIN_LEN),
             history,
             publishers: (0..PUBLISHERS).map(|_| Mutex::new(None)).collect(),
+            outages: AtomicU64::new(0),
             next_publisher: AtomicUsize::new(0),
             down: RwLock::new(Some("not connected to Redis yet".to_string())),
             tried: AtomicBool::new(false),
@@ -402,6 +407,7 @@ impl Cluster {
             crate::info!("redis: connected; following the room's stream");
         } else if down.is_none() && !up {
             crate::warn!("redis: unavailable; chat messages are refused until it is back");
+            self.outages.fetch_add(1, Ordering::Release);
         }
         *down = why;
         self.counters.up.store(u64::from(up), Ordering::Relaxed);
@@ -696,9 +702,14 @@ impl Cluster {
     ) -> RedisResult<T> {
         let turn = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
         let mut slot = lock(&self.publishers[turn]);
-        let con = match slot.as_mut() {
-            Some(con) => con,
-            None => slot.insert(self.connect(IO_TIMEOUT)?),
+        let outages = self.outages.load(Ordering::Acquire);
+        if slot.as_ref().is_some_and(|(opened, _)| *opened != outages) {
+            // Its first command would fail: a message refused for nothing.
+            *slot = None;
+        }
+        let (_, con) = match slot.as_mut() {
+            Some(open) => open,
+            None => slot.insert((outages, self.connect(IO_TIMEOUT)?)),
         };
         let result = f(con);
         if result.is_err() {

@@ -1,0 +1,753 @@
+//! Several instances, one room, over Redis (`--features redis`): one
+//! message order and one history for everyone, presence across instances,
+//! an instance killed without cleanup, a Redis outage and its recovery, and
+//! rooms kept apart by `--redis-prefix`.
+//!
+//! Every test starts its own `redis-server` (Debian's package) on a free
+//! loopback port, so they run in parallel. Without `redis-server` they are
+//! skipped with a loud message, unless `JWTCHAT_REQUIRE_REDIS=1` (as CI
+//! sets), where they fail.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jwtchat::Config;
+use redis_server::{RedisServer, redis_or_skip};
+use serde_json::{Value, json};
+use support::*;
+use tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jwtchat");
+
+/// An in-process instance on `redis`, with no message rate limit (the
+/// tests measure order, not limits), and `tweak` applied.
+fn instance(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    start_with(|c| {
+        c.redis = Some(redis.url());
+        c.message_rate = 0;
+        tweak(c);
+    })
+}
+
+/// The next JSON message within `timeout`, or `None` after that much
+/// silence. A close or a socket error fails the test: in these tests no
+/// client is ever meant to be disconnected by the server.
+fn recv_within(client: &mut Client, timeout: Duration) -> Option<Value> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    client
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(timeout))
+        .expect("set read timeout");
+    let result = loop {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => {
+                break Some(serde_json::from_str(&text).expect("server sends JSON"));
+            }
+            Ok(Message::Close(frame)) => panic!("the server closed the connection: {frame:?}"),
+            Ok(Message::Binary(_)) => panic!("server sent a binary frame"),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None;
+            }
+            Err(e) => panic!("the connection failed: {e}"),
+        }
+    };
+    client
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(PATIENCE))
+        .expect("set read timeout");
+    result
+}
+
+/// Reads until a message matching `wanted` arrives (within [`PATIENCE`]);
+/// returns the messages skipped before it and the match.
+fn wait_for(
+    client: &mut Client,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> (Vec<Value>, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match recv_within(client, left) {
+            Some(value) if wanted(&value) => return (skipped, value),
+            Some(value) => skipped.push(value),
+            None => panic!("waited {PATIENCE:?} for {what}; got only {skipped:#?}"),
+        }
+    }
+}
+
+fn is_event(value: &Value, kind: &str, user: &str) -> bool {
+    value["type"] == kind && value["user"] == user
+}
+
+/// Waits for `{"type":kind,"user":user}` and returns what came before it.
+fn wait_event(client: &mut Client, kind: &str, user: &str) -> Vec<Value> {
+    let (skipped, _) = wait_for(client, &format!("`{kind} {user}`"), |v| {
+        is_event(v, kind, user)
+    });
+    skipped
+}
+
+/// The next `count` chat messages; presence events are skipped and any
+/// `error` fails the test.
+fn collect_messages(client: &mut Client, count: usize, who: &str) -> Vec<Value> {
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let Some(value) = recv_within(client, PATIENCE) else {
+            panic!(
+                "{who}: silence after {} of {count} messages; last: {:?}",
+                messages.len(),
+                messages.last()
+            );
+        };
+        match value["type"].as_str() {
+            Some("message") => messages.push(value),
+            Some("error") => panic!("{who}: unexpected error {value} after {messages:?}"),
+            _ => {}
+        }
+    }
+    messages
+}
+
+/// The message whose text is `text`, skipping others (kept in `log`, with
+/// the match, when given). Any `error` fails the test.
+fn wait_message(client: &mut Client, text: &str, log: &mut Vec<Value>) -> Value {
+    let (skipped, found) = wait_for(client, &format!("the message {text:?}"), |v| {
+        assert_ne!(
+            v["type"], "error",
+            "an error instead of (or before) the message {text:?}: {v}"
+        );
+        v["type"] == "message" && v["text"] == text
+    });
+    log.extend(skipped.into_iter().filter(|v| v["type"] == "message"));
+    log.push(found.clone());
+    found
+}
+
+fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {m}")))
+        .collect()
+}
+
+/// Seqs run 1, 2, 3, ... with no gap and no duplicate.
+fn assert_gapless(who: &str, messages: &[Value]) {
+    let seqs = seqs(messages);
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "{who}: seqs must start at 1 and rise by exactly 1; messages: {messages:#?}"
+    );
+}
+
+/// `/healthz` answers `status` within [`PATIENCE`]; returns the response.
+fn wait_health(addr: SocketAddr, status: u16, name: &str) -> RawResponse {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = get(addr, "/healthz");
+        if response.status == status {
+            return response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: /healthz still {} {:?} after {PATIENCE:?}, expected {status}",
+            response.status,
+            response.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One sample from `/metrics` (a series without labels).
+fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let response = get(addr, "/metrics");
+    assert_eq!(response.status, 200, "/metrics: {}", response.text());
+    response
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| *series == name)
+        .map(|(_, value)| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {value:?}"))
+        })
+}
+
+fn required_metric(addr: SocketAddr, name: &str, server: &str) -> f64 {
+    metric(addr, name).unwrap_or_else(|| {
+        panic!(
+            "{server}: no {name} in /metrics:\n{}",
+            get(addr, "/metrics").text()
+        )
+    })
+}
+
+/// Connects `probe` to `server` until its welcome's `online` is
+/// `expected` (presence travels between instances asynchronously);
+/// returns that connection and its welcome.
+fn wait_online(server: &TestServer, probe: &str, expected: &[&str], name: &str) -> (Client, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (client, welcome) = server.connect(probe);
+        if welcome["online"] == json!(expected) {
+            return (client, welcome);
+        }
+        drop(client);
+        assert!(
+            Instant::now() < deadline,
+            "{name}: welcome.online still {} after {PATIENCE:?}, expected {expected:?}",
+            welcome["online"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn history(welcome: &Value) -> Vec<Value> {
+    welcome["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("welcome without a history array: {welcome}"))
+        .clone()
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_instances_agree_on_order_and_history() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let two = instance(&redis, |_| {});
+    let (a, _) = one.connect("userA");
+    let (b, _) = two.connect("userB");
+    let (c1, _) = one.connect("userC");
+    let (c2, _) = two.connect("userC");
+
+    // userA (instance 1) and userB (instance 2) talk at once; everyone,
+    // the senders included, must see all of it in one order.
+    const PER_SENDER: usize = 30;
+    const TOTAL: usize = 2 * PER_SENDER;
+    let senders = [(a, "userA@1"), (b, "userB@2")].map(|(mut client, who)| {
+        std::thread::spawn(move || {
+            for i in 0..PER_SENDER {
+                client.say(&format!("{who} says {i}"));
+            }
+            (who, collect_messages(&mut client, TOTAL, who), client)
+        })
+    });
+    let watchers = [(c1, "userC@1"), (c2, "userC@2")].map(|(mut client, who)| {
+        std::thread::spawn(move || (who, collect_messages(&mut client, TOTAL, who), client))
+    });
+    let mut seen = Vec::new();
+    let mut clients = Vec::new();
+    for handle in senders.into_iter().chain(watchers) {
+        let (who, messages, client) = handle.join().expect("client thread");
+        seen.push((who, messages));
+        clients.push(client);
+    }
+
+    let (_, reference) = &seen[0];
+    for (who, messages) in &seen {
+        assert_gapless(who, messages);
+        assert_eq!(
+            messages, reference,
+            "{who} and {} saw different messages",
+            seen[0].0
+        );
+    }
+    for m in reference {
+        let from = m["from"].as_str().expect("from");
+        let text = m["text"].as_str().expect("text");
+        assert!(
+            text.starts_with(&format!("{from}@")),
+            "a message carries its sender: {m}"
+        );
+        assert!(
+            m["ts"].as_u64().is_some_and(|ts| ts > 1_700_000_000_000),
+            "ts: {m}"
+        );
+    }
+    // Each sender's messages stay in the order it sent them.
+    for who in ["userA@1", "userB@2"] {
+        let texts: Vec<&str> = reference
+            .iter()
+            .filter_map(|m| m["text"].as_str())
+            .filter(|t| t.starts_with(who))
+            .collect();
+        let sent: Vec<String> = (0..PER_SENDER).map(|i| format!("{who} says {i}")).collect();
+        assert_eq!(texts, sent, "{who}'s messages, in the order they were sent");
+    }
+
+    // Newcomers on either instance, and on an instance started only now,
+    // get the same conversation as history.
+    let three = instance(&redis, |_| {});
+    for (server, name) in [
+        (&one, "instance 1"),
+        (&two, "instance 2"),
+        (&three, "instance 3 (new)"),
+    ] {
+        let (_client, welcome) = server.connect("userA");
+        assert_eq!(
+            &history(&welcome),
+            reference,
+            "{name}: welcome.history is the whole conversation, oldest first"
+        );
+    }
+    // With --history 10, the last 10.
+    let ten = instance(&redis, |c| c.history = 10);
+    let (_client, welcome) = ten.connect("userB");
+    assert_eq!(
+        history(&welcome),
+        reference[TOTAL - 10..],
+        "history 10: the last 10 messages, oldest first"
+    );
+    drop(clients);
+}
+
+#[test]
+fn presence_spans_instances() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let two = instance(&redis, |_| {});
+
+    // userB on instance 2 hears of userA and userC joining on instance 1.
+    let (mut b, welcome) = two.connect("userB");
+    assert_eq!(welcome["online"], json!(["userB"]), "{welcome}");
+    let (mut a, _) = one.connect("userA");
+    let before = wait_event(&mut b, "join", "userA");
+    assert!(before.is_empty(), "before `join userA`: {before:?}");
+    let (mut c1, _) = one.connect("userC");
+    let before = wait_event(&mut b, "join", "userC");
+    assert!(before.is_empty(), "before `join userC`: {before:?}");
+
+    // userC opens a second connection, on instance 2: the same presence,
+    // no new join, and instance 2 (which announced both joins) lists all.
+    let (c2, welcome) = two.connect("userC");
+    assert_eq!(
+        welcome["online"],
+        json!(["userA", "userB", "userC"]),
+        "instance 2 knows users on both instances: {welcome}"
+    );
+
+    // Closing userC's instance-1 connection is no leave: it is still
+    // connected on instance 2.
+    c1.ws.close(None).expect("close");
+    let deadline = Instant::now() + PATIENCE;
+    while required_metric(one.addr, "jwtchat_websocket_clients", "instance 1") > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 still counts userC's closed connection after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Give a spurious leave more than a reconcile period (1 s) to show
+    // up, between two markers.
+    a.say("marker 1");
+    let (mut during, _) = wait_for(&mut b, "the message \"marker 1\"", |v| {
+        v["type"] == "message" && v["text"] == "marker 1"
+    });
+    let quiet_until = Instant::now() + Duration::from_millis(2500);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        during.extend(recv_within(&mut b, left));
+    }
+    a.say("marker 2");
+    let (skipped, _) = wait_for(&mut b, "the message \"marker 2\"", |v| {
+        v["type"] == "message" && v["text"] == "marker 2"
+    });
+    during.extend(skipped);
+    assert!(
+        !during.iter().any(|v| v["user"] == "userC"),
+        "userC is still connected on instance 2: no leave (or join) for it, got {during:#?}"
+    );
+
+    // Its last connection closes: now userC leaves.
+    drop(c2);
+    let before = wait_event(&mut b, "leave", "userC");
+    assert!(
+        !before.iter().any(|v| v["user"] == "userC"),
+        "one leave for userC: {before:?}"
+    );
+
+    // A later welcome on either instance lists everyone online anywhere.
+    for (server, name) in [(&one, "instance 1"), (&two, "instance 2")] {
+        drop(wait_online(
+            server,
+            "userC",
+            &["userA", "userB", "userC"],
+            name,
+        ));
+    }
+
+    // userA leaves: userB, on the other instance, hears of it.
+    a.ws.close(None).expect("close");
+    let before = wait_event(&mut b, "leave", "userA");
+    assert!(
+        !before.iter().any(|v| v["user"] == "userA"),
+        "nothing else about userA before its leave: {before:?}"
+    );
+    for (server, name) in [(&one, "instance 1"), (&two, "instance 2")] {
+        drop(wait_online(server, "userC", &["userB", "userC"], name));
+    }
+}
+
+#[test]
+fn redis_outage_refuses_then_recovers_without_gaps() {
+    let Some(mut redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let two = instance(&redis, |_| {});
+    let servers = [(one.addr, "instance 1"), (two.addr, "instance 2")];
+    let (mut a, _) = one.connect("userA");
+    let (mut b, _) = two.connect("userB");
+    // Every chat message each client receives, for the gapless check.
+    let mut log_a = Vec::new();
+    let mut log_b = Vec::new();
+
+    for (i, text) in ["before 1", "before 2", "before 3"].into_iter().enumerate() {
+        if i % 2 == 0 {
+            a.say(text);
+        } else {
+            b.say(text);
+        }
+        wait_message(&mut a, text, &mut log_a);
+        wait_message(&mut b, text, &mut log_b);
+    }
+    assert_gapless("userA before the outage", &log_a);
+    assert_eq!(log_a, log_b, "both saw the same messages before the outage");
+    for (addr, name) in servers {
+        assert_eq!(
+            required_metric(addr, "jwtchat_redis_up", name),
+            1.0,
+            "{name}: jwtchat_redis_up before the outage"
+        );
+    }
+
+    redis.kill();
+
+    // Each client sends until refused. Every send must end in its own
+    // message or an `unavailable` error: never silently accepted and lost.
+    let mut sent = [Vec::new(), Vec::new()];
+    let mut errors = [0usize, 0usize];
+    for (k, (client, log, who)) in [
+        (&mut a, &mut log_a, "userA@1"),
+        (&mut b, &mut log_b, "userB@2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let deadline = Instant::now() + PATIENCE;
+        'sending: for i in 0.. {
+            assert!(
+                Instant::now() < deadline,
+                "{who}: no `unavailable` error within {PATIENCE:?} of killing Redis; \
+                 sent {:?}, received {log:#?}",
+                sent[k]
+            );
+            let text = format!("{who} during the outage {i}");
+            client.say(&text);
+            sent[k].push(text.clone());
+            // A reply normally comes at once; a little silence is allowed
+            // (the send is then accounted for at the end).
+            let quiet_until = Instant::now() + Duration::from_secs(2);
+            while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+                let Some(value) = recv_within(client, left) else {
+                    break;
+                };
+                match value["type"].as_str() {
+                    Some("error") => {
+                        assert_eq!(value["code"], "unavailable", "{who}: {value}");
+                        assert!(
+                            value["message"].as_str().is_some_and(|m| !m.is_empty()),
+                            "{who}: error without a message: {value}"
+                        );
+                        errors[k] += 1;
+                        break 'sending;
+                    }
+                    Some("message") => {
+                        let own = value["text"] == text.as_str();
+                        log.push(value);
+                        if own {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Once refused, refused again.
+        let text = format!("{who} refused again");
+        client.say(&text);
+        sent[k].push(text.clone());
+        let (skipped, error) = wait_for(client, "a second `unavailable` error", |v| {
+            v["type"] == "error"
+        });
+        assert_eq!(error["code"], "unavailable", "{who}: {error}");
+        errors[k] += 1;
+        log.extend(skipped.into_iter().filter(|v| v["type"] == "message"));
+    }
+
+    for (addr, name) in servers {
+        let response = wait_health(addr, 503, name);
+        let body = response.json();
+        assert_eq!(body["error"], "unavailable", "{name}: /healthz body {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: /healthz body {body}"
+        );
+        assert_eq!(
+            required_metric(addr, "jwtchat_redis_up", name),
+            0.0,
+            "{name}: jwtchat_redis_up while Redis is down"
+        );
+    }
+
+    redis.restart();
+
+    for (addr, name) in servers {
+        let response = wait_health(addr, 200, name);
+        assert_eq!(response.text(), "ok", "{name}: /healthz after recovery");
+    }
+    // Accepted again on both instances, every time (more messages than an
+    // instance keeps connections to Redis), and numbered right after the
+    // last one delivered, although Redis came back empty.
+    let last_before = seqs(&log_b).into_iter().max().unwrap_or(0);
+    for i in 0..10 {
+        let text = format!("after the outage {i}");
+        // The sender first: a refusal comes to it alone.
+        let (on_a, on_b) = if i % 2 == 0 {
+            b.say(&text);
+            let on_b = wait_message(&mut b, &text, &mut log_b);
+            (wait_message(&mut a, &text, &mut log_a), on_b)
+        } else {
+            a.say(&text);
+            let on_a = wait_message(&mut a, &text, &mut log_a);
+            (on_a, wait_message(&mut b, &text, &mut log_b))
+        };
+        assert_eq!(on_a, on_b, "both instances deliver the same message");
+        if i == 0 {
+            assert_eq!(
+                on_b["seq"],
+                last_before + 1,
+                "the first message after the outage continues the sequence: {on_b}"
+            );
+        }
+    }
+
+    assert_gapless("userA@1 over the whole run", &log_a);
+    assert_gapless("userB@2 over the whole run", &log_b);
+    assert_eq!(log_a, log_b, "both clients saw the same messages");
+    // Nothing sent during the outage was both refused and delivered, or
+    // neither.
+    let texts: Vec<&str> = log_a.iter().filter_map(|m| m["text"].as_str()).collect();
+    for k in 0..2 {
+        let delivered = sent[k]
+            .iter()
+            .filter(|t| texts.contains(&t.as_str()))
+            .count();
+        assert_eq!(
+            delivered + errors[k],
+            sent[k].len(),
+            "each send during the outage is delivered or refused, exactly one of the two: \
+             sent {:?}, {} refused, delivered {texts:?}",
+            sent[k],
+            errors[k]
+        );
+    }
+    let unique: HashSet<&str> = texts.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        texts.len(),
+        "no message delivered twice: {texts:?}"
+    );
+
+    for (addr, name) in servers {
+        assert_eq!(
+            required_metric(addr, "jwtchat_redis_up", name),
+            1.0,
+            "{name}: redis_up"
+        );
+        let errors = required_metric(addr, "jwtchat_redis_errors_total", name);
+        assert!(errors > 0.0, "{name}: jwtchat_redis_errors_total {errors}");
+        let reconnects = required_metric(addr, "jwtchat_redis_reconnects_total", name);
+        assert!(
+            reconnects > 0.0,
+            "{name}: jwtchat_redis_reconnects_total {reconnects}"
+        );
+        required_metric(addr, "jwtchat_redis_messages_missed_total", name);
+    }
+}
+
+#[test]
+fn a_killed_instance_leaves_the_room() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let secret = std::str::from_utf8(SECRET).expect("an ASCII test secret");
+    let mut binary = Binary::spawn(
+        Command::new(BIN)
+            .args(["--bind", "127.0.0.1:0", "--redis", &redis.url()])
+            .env("JWTCHAT_SECRET", secret),
+    );
+    let binary_addr = binary.wait_listening();
+    let two = instance(&redis, |_| {});
+
+    let (mut b, _) = two.connect("userB");
+    let (mut a, welcome) = TestServer::at(binary_addr).connect("userA");
+    assert_eq!(welcome["user"], "userA");
+    wait_event(&mut b, "join", "userA");
+    // The default prefix names every key.
+    let keys = redis.keys();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with("jwtchat")),
+        "every Redis key starts with the default prefix `jwtchat`: {keys:?}"
+    );
+
+    // While the binary lives, its heartbeat keeps userA online well past
+    // the 5 s TTL.
+    let alive_until = Instant::now() + Duration::from_secs(8);
+    let mut during = Vec::new();
+    let mut i = 0;
+    while Instant::now() < alive_until {
+        let text = format!("still here {i}");
+        i += 1;
+        a.say(&text);
+        let (skipped, _) = wait_for(&mut b, &format!("the message {text:?}"), |v| {
+            v["type"] == "message" && v["text"] == text.as_str()
+        });
+        during.extend(skipped);
+        let pause_until = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = pause_until.checked_duration_since(Instant::now()) {
+            during.extend(recv_within(&mut b, left));
+        }
+    }
+    assert!(
+        !during.iter().any(|v| is_event(v, "leave", "userA")),
+        "userA left while its instance was alive: {during:#?}"
+    );
+
+    // SIGKILL: no cleanup. The other instance notices the missing
+    // heartbeat and announces the leave.
+    binary.child.kill().expect("kill the binary");
+    binary.child.wait().expect("reap the binary");
+    let killed_at = Instant::now();
+    let deadline = killed_at + PATIENCE;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match recv_within(&mut b, left) {
+            Some(v) if is_event(&v, "leave", "userA") => break,
+            Some(v) => skipped.push(v),
+            None => {
+                let stderr: Vec<String> = binary
+                    .seen
+                    .drain(..)
+                    .chain(binary.lines.try_iter())
+                    .collect();
+                panic!(
+                    "no `leave userA` on instance 2 within {PATIENCE:?} of killing userA's \
+                     instance; got {skipped:#?}; the killed binary's stderr: {stderr:#?}"
+                );
+            }
+        }
+    }
+    drop(a);
+    let (_c, welcome) = two.connect("userC");
+    assert_eq!(
+        welcome["online"],
+        json!(["userB", "userC"]),
+        "the killed instance's user is gone: {welcome}"
+    );
+}
+
+#[test]
+fn rooms_with_different_prefixes_stay_apart() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |c| c.redis_prefix = "roomone".into());
+    let two = instance(&redis, |c| c.redis_prefix = "roomtwo".into());
+
+    let (mut b, welcome) = two.connect("userB");
+    assert_eq!(welcome["online"], json!(["userB"]));
+    let (mut a, welcome) = one.connect("userA");
+    assert_eq!(welcome["online"], json!(["userA"]), "room one: {welcome}");
+
+    let mut log_a = Vec::new();
+    let mut log_b = Vec::new();
+    a.say("in room one");
+    let m = wait_message(&mut a, "in room one", &mut log_a);
+    assert_eq!(m["seq"], 1);
+    // Sent after room one's message was delivered: had it reached room
+    // two, it would come first.
+    b.say("in room two");
+    let (skipped, m) = wait_for(&mut b, "the message \"in room two\"", |v| {
+        v["type"] == "message" && v["text"] == "in room two"
+    });
+    assert_eq!(m["seq"], 1, "room two has its own numbering: {m}");
+    assert!(
+        skipped.is_empty(),
+        "room two heard nothing of room one: {skipped:#?}"
+    );
+    log_b.push(m);
+    // Nor did room one hear room two; its own next message is seq 2.
+    a.say("room one again");
+    let (skipped, m) = wait_for(&mut a, "the message \"room one again\"", |v| {
+        v["type"] == "message" && v["text"] == "room one again"
+    });
+    assert_eq!(m["seq"], 2, "{m}");
+    assert!(
+        skipped.is_empty(),
+        "room one heard nothing of room two: {skipped:#?}"
+    );
+    log_a.push(m);
+
+    // A newcomer on another instance of room two gets room two's history.
+    let three = instance(&redis, |c| c.redis_prefix = "roomtwo".into());
+    let (_c, welcome) = three.connect("userC");
+    assert_eq!(history(&welcome), log_b, "room two's history");
+    assert_eq!(welcome["online"], json!(["userB", "userC"]), "{welcome}");
+    // The default prefix is a third, empty room.
+    let default = instance(&redis, |_| {});
+    let (_c, welcome) = default.connect("userC");
+    assert_eq!(
+        history(&welcome),
+        Vec::<Value>::new(),
+        "the default room: {welcome}"
+    );
+    assert_eq!(welcome["online"], json!(["userC"]), "{welcome}");
+
+    let keys = redis.keys();
+    for prefix in ["roomone", "roomtwo"] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(prefix)),
+            "some key of {prefix}: {keys:?}"
+        );
+    }
+    assert!(
+        keys.iter().all(|k| ["roomone", "roomtwo", "jwtchat"]
+            .iter()
+            .any(|p| k.starts_with(p))),
+        "every key starts with its room's prefix: {keys:?}"
+    );
+}
