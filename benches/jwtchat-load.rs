@@ -13,6 +13,12 @@
 //! resident memory per connection). Note that a server's default message
 //! rate limit, if it has one, throttles senders: start it without one to
 //! measure the server rather than the limit.
+//!
+//! `--url` may be given more than once, for instances that share one room
+//! (jwtchat's `--redis`): client `i` connects to the `i % U`th URL, the
+//! senders are all on the first, and the report adds the latencies of the
+//! clients on the senders' instance ("local") and on the others ("remote",
+//! the cross-instance path).
 
 #[path = "loadgen/mod.rs"]
 mod loadgen;
@@ -24,7 +30,12 @@ use std::time::{Duration, Instant};
 use loadgen::Plan;
 
 const USAGE: &str = "\
-usage: jwtchat-load --url http://HOST:PORT [options]
+usage: jwtchat-load --url http://HOST:PORT [--url http://HOST2:PORT2 ...] [options]
+  --url URL          a server to connect to; repeat it for several instances
+                     of one room (jwtchat --redis): client i connects to URL
+                     number i mod U, the senders to the first, and the report
+                     adds \"local\" (the senders' instance) and \"remote\" (the
+                     others) latencies
   --clients N        WebSocket clients to open [100]
   --senders K        how many of them send [1]
   --messages M       messages per sender [1000]
@@ -40,7 +51,8 @@ usage: jwtchat-load --url http://HOST:PORT [options]
   --server-pid PID   report the server's resident memory (Linux /proc)";
 
 struct Args {
-    addr: SocketAddr,
+    /// One per `--url`; the senders are on the first.
+    addrs: Vec<SocketAddr>,
     plan: Plan,
     credentials: Vec<(String, String)>,
     idle: Option<Duration>,
@@ -75,20 +87,28 @@ fn run(args: &Args) -> std::io::Result<()> {
     }
     let rss_before = args.server_pid.and_then(loadgen::rss_kib);
 
+    // Log in on every instance: each issues its own tokens (and they need
+    // not share a secret).
     let tokens = args
-        .credentials
+        .addrs
         .iter()
-        .map(|(user, password)| loadgen::login(args.addr, user, password))
+        .map(|&addr| {
+            args.credentials
+                .iter()
+                .map(|(user, password)| loadgen::login(addr, user, password))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
         .collect::<std::io::Result<Vec<_>>>()?;
     let opening = Instant::now();
     let mut conns = Vec::with_capacity(args.plan.clients);
     for i in 0..args.plan.clients {
+        let instance = i % args.addrs.len();
         let source = loadgen::loopback_source(i, args.source_ips);
-        conns.push(loadgen::connect(
-            args.addr,
-            &tokens[i % tokens.len()],
-            source,
-        )?);
+        let tokens = &tokens[instance];
+        conns.push(
+            loadgen::connect(args.addrs[instance], &tokens[i % tokens.len()], source)?
+                .on_instance(instance),
+        );
     }
     println!(
         "opened {} clients in {:.2} s",
@@ -129,7 +149,7 @@ fn report_memory(clients: usize, before: Option<u64>, after: Option<u64>) {
 }
 
 fn parse(list: Vec<String>) -> Result<Args, String> {
-    let mut url = None;
+    let mut urls = Vec::new();
     let mut plan = Plan {
         clients: 100,
         senders: 1,
@@ -148,7 +168,7 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| v.parse::<u64>().map_err(|_| format!("bad number {v:?}"));
         match flag.as_str() {
-            "--url" => url = Some(value()?),
+            "--url" => urls.push(value()?),
             "--clients" => plan.clients = number(value()?)? as usize,
             "--senders" => plan.senders = number(value()?)? as usize,
             "--messages" => plan.messages = number(value()?)? as usize,
@@ -165,18 +185,33 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    let url = url.ok_or("--url is required")?;
-    let host = url
-        .strip_prefix("http://")
-        .ok_or("--url must start with http://")?
-        .trim_end_matches('/');
-    let addr = host
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or(format!("{host}: no address"))?;
+    if urls.is_empty() {
+        return Err("--url is required".into());
+    }
+    let addrs = urls
+        .iter()
+        .map(|url| {
+            let host = url
+                .strip_prefix("http://")
+                .ok_or("--url must start with http://")?
+                .trim_end_matches('/');
+            host.to_socket_addrs()
+                .map_err(|e| format!("{host}: {e}"))?
+                .next()
+                .ok_or(format!("{host}: no address"))
+        })
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
+    let addr = addrs[0];
     if plan.senders > plan.clients || plan.clients == 0 {
         return Err("need 1 <= --senders <= --clients".into());
+    }
+    // The senders are on the first instance, which gets every U-th client.
+    if plan.senders > plan.clients.div_ceil(addrs.len()) {
+        return Err(format!(
+            "--senders {} is more than the {} clients on the first --url",
+            plan.senders,
+            plan.clients.div_ceil(addrs.len())
+        ));
     }
     if plan.payload < 20 {
         return Err("--payload must be at least 20 bytes (the send time)".into());
@@ -198,7 +233,7 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
         1
     });
     Ok(Args {
-        addr,
+        addrs,
         plan,
         credentials,
         idle,

@@ -8,6 +8,12 @@
 //! measure the load generator's scheduler, not the server), and parses the
 //! server's frames by hand: server frames are unmasked text frames, and the
 //! generator only needs the `seq` and the timestamp out of each.
+//!
+//! The clients may be spread over several server instances that share one
+//! room (jwtchat's `--redis`): each [`Conn`] knows its instance
+//! ([`Conn::on_instance`]), the senders are all on instance 0, and the
+//! report then splits the latencies into the senders' instance ("local")
+//! and the others ("remote": the cross-instance path).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -104,6 +110,59 @@ pub struct Report {
     pub elapsed: Duration,
     /// Clients the server closed during the run (with the close codes).
     pub closed: Vec<u16>,
+    /// With clients on more than one instance: the latencies of the
+    /// senders' instance and of the others.
+    pub split: Option<Split>,
+    /// `{"type":"error"}` frames the server sent (e.g. a message it could
+    /// not take), and the first of them.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// Latencies by where the receiving client is, for a run over several
+/// instances.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// How many instances the clients were spread over.
+    pub instances: usize,
+    /// On the senders' instance (instance 0).
+    pub local: Group,
+    /// On every other instance.
+    pub remote: Group,
+}
+
+/// One group of clients' latencies.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub clients: usize,
+    /// Send to each of the group's clients' receipt, every delivery.
+    pub each: Percentiles,
+    /// Send to the group's last client's receipt, per message (only the
+    /// messages every client of the group received).
+    pub last: Percentiles,
+    pub deliveries: u64,
+}
+
+impl Group {
+    fn human(&self, name: &str) -> String {
+        format!(
+            "  {name} ({} clients, {} deliveries):\n    each client:  {}\n    last client:  {}",
+            self.clients,
+            self.deliveries,
+            self.each.human(),
+            self.last.human()
+        )
+    }
+
+    fn json(&self) -> String {
+        format!(
+            r#"{{"clients":{},"deliveries":{},"each":{},"last":{}}}"#,
+            self.clients,
+            self.deliveries,
+            self.each.json(),
+            self.last.json()
+        )
+    }
 }
 
 impl Report {
@@ -117,7 +176,7 @@ impl Report {
 
     pub fn human(&self) -> String {
         let p = &self.plan;
-        format!(
+        let mut out = format!(
             "N={} senders={} messages={} payload={}B window={} rate={}\n  \
              each client:  {}\n  last client:  {}\n  \
              {} deliveries in {:.3} s = {:.0} deliveries/s; lost {}, out of order {}, closed {}",
@@ -135,13 +194,39 @@ impl Report {
             self.lost(),
             self.out_of_order,
             self.closed.len()
-        )
+        );
+        if let Some(first) = &self.first_error {
+            out.push_str(&format!(
+                "\n  {} error frames from the server, the first: {first}",
+                self.errors
+            ));
+        }
+        if let Some(split) = &self.split {
+            out.push_str(&format!(
+                "\n  over {} instances, the senders on the first:\n{}\n{}",
+                split.instances,
+                split.local.human("local, the senders' instance"),
+                split.remote.human("remote, the other instance(s)")
+            ));
+        }
+        out
     }
 
     pub fn json(&self) -> String {
         let p = &self.plan;
+        let mut split = self.split.as_ref().map_or(String::new(), |s| {
+            format!(
+                r#","instances":{},"local":{},"remote":{}"#,
+                s.instances,
+                s.local.json(),
+                s.remote.json()
+            )
+        });
+        if self.errors > 0 {
+            split.push_str(&format!(r#","errors":{}"#, self.errors));
+        }
         format!(
-            r#"{{"clients":{},"senders":{},"messages":{},"payload":{},"window":{},"rate":{},"each":{},"last":{},"deliveries":{},"expected":{},"lost":{},"out_of_order":{},"closed":{},"elapsed_s":{:.4},"deliveries_per_s":{:.0}}}"#,
+            r#"{{"clients":{},"senders":{},"messages":{},"payload":{},"window":{},"rate":{},"each":{},"last":{},"deliveries":{},"expected":{},"lost":{},"out_of_order":{},"closed":{},"elapsed_s":{:.4},"deliveries_per_s":{:.0}{}}}"#,
             p.clients,
             p.senders,
             p.messages,
@@ -156,7 +241,8 @@ impl Report {
             self.out_of_order,
             self.closed.len(),
             self.elapsed.as_secs_f64(),
-            self.deliveries_per_sec()
+            self.deliveries_per_sec(),
+            split
         )
     }
 }
@@ -192,6 +278,17 @@ pub struct Conn {
     stream: TcpStream,
     /// Bytes read past the 101 (the start of the first frames).
     pending: Vec<u8>,
+    /// Which server instance it is connected to (0 unless told).
+    instance: usize,
+}
+
+impl Conn {
+    /// Marks the client as connected to instance `instance` (an index into
+    /// the caller's list of server addresses; the senders are on 0).
+    pub fn on_instance(mut self, instance: usize) -> Conn {
+        self.instance = instance;
+        self
+    }
 }
 
 /// Opens a TCP connection, from `source` if given (another loopback
@@ -252,6 +349,7 @@ pub fn connect(addr: SocketAddr, token: &str, source: Option<IpAddr>) -> io::Res
     Ok(Conn {
         stream,
         pending: head[end..].to_vec(),
+        instance: 0,
     })
 }
 
@@ -355,19 +453,31 @@ impl Shared {
     }
 }
 
-/// What one reader thread saw.
+/// Receiving clients on the senders' instance, and on the others.
+const LOCAL: usize = 0;
+const REMOTE: usize = 1;
+
+/// One message's deliveries (to some group of clients) and the latest
+/// delivery's latency.
+type Tally = (u32, u64);
+
+/// What one reader thread saw, by group ([`LOCAL`], [`REMOTE`]).
 #[derive(Default)]
 struct Seen {
-    latencies: Vec<u64>,
-    /// Per seq: (deliveries, latest delivery's latency).
-    per_seq: HashMap<u64, (u32, u64)>,
+    latencies: [Vec<u64>; 2],
+    /// Per seq and group.
+    per_seq: HashMap<u64, [Tally; 2]>,
     out_of_order: u64,
     closed: Vec<u16>,
+    errors: u64,
+    first_error: Option<String>,
 }
 
 struct Reader {
     stream: MioStream,
     index: usize,
+    /// [`LOCAL`] or [`REMOTE`].
+    group: usize,
     buf: Vec<u8>,
     last_seq: Option<u64>,
     open: bool,
@@ -430,6 +540,13 @@ fn consume(shared: &Shared, r: &mut Reader, seen: &mut Seen) {
         used += len;
         match frame {
             Parsed::Text(text) => {
+                if text.starts_with(br#"{"type":"error""#) {
+                    seen.errors += 1;
+                    if seen.first_error.is_none() {
+                        seen.first_error = Some(String::from_utf8_lossy(text).into_owned());
+                    }
+                    continue;
+                }
                 if !text.starts_with(br#"{"type":"message""#) {
                     continue;
                 }
@@ -444,8 +561,8 @@ fn consume(shared: &Shared, r: &mut Reader, seen: &mut Seen) {
                 }
                 r.last_seq = Some(seq);
                 let latency = now.saturating_sub(sent);
-                seen.latencies.push(latency);
-                let entry = seen.per_seq.entry(seq).or_insert((0, 0));
+                seen.latencies[r.group].push(latency);
+                let entry = &mut seen.per_seq.entry(seq).or_default()[r.group];
                 entry.0 += 1;
                 entry.1 = entry.1.max(latency);
                 shared.received[r.index].fetch_add(1, Ordering::Release);
@@ -463,23 +580,35 @@ fn consume(shared: &Shared, r: &mut Reader, seen: &mut Seen) {
 // ---------------------------------------------------------------------------
 // A run
 
-/// Runs `plan` over already-open clients (the first `plan.senders` send).
+/// Runs `plan` over already-open clients: the first `plan.senders` of the
+/// clients on instance 0 send (with one instance, simply the first
+/// `plan.senders`).
 pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
     let shared = Arc::new(Shared {
         start: Instant::now(),
         received: (0..conns.len()).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
     });
+    let instances = conns.iter().map(|c| c.instance + 1).max().unwrap_or(1);
+    let local_clients = conns.iter().filter(|c| c.instance == 0).count();
+    let remote_clients = conns.len() - local_clients;
+    if local_clients < plan.senders {
+        return Err(io::Error::other(format!(
+            "{} senders but only {local_clients} clients on the first instance",
+            plan.senders
+        )));
+    }
     let mut senders = Vec::new();
     let mut shards: Vec<Vec<Reader>> = (0..plan.readers.max(1)).map(|_| Vec::new()).collect();
     for (index, conn) in conns.into_iter().enumerate() {
         conn.stream.set_nonblocking(true)?;
-        if index < plan.senders {
+        if conn.instance == 0 && senders.len() < plan.senders {
             senders.push((index, conn.stream.try_clone()?));
         }
         shards[index % plan.readers.max(1)].push(Reader {
             stream: MioStream::from_std(conn.stream),
             index,
+            group: if conn.instance == 0 { LOCAL } else { REMOTE },
             buf: conn.pending,
             last_seq: None,
             open: true,
@@ -502,9 +631,14 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
             thread::spawn(move || send_loop(&shared, &plan, index, &stream))
         })
         .collect();
+    let mut failed = None;
     for s in sending {
-        s.join()
-            .map_err(|_| io::Error::other("sender panicked"))??;
+        let result = s
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("sender panicked")));
+        if let Err(e) = result {
+            failed.get_or_insert(e);
+        }
     }
 
     // Wait for the deliveries to settle: everything arrived, or nothing
@@ -512,7 +646,10 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
     let expected = (plan.senders * plan.messages * plan.clients) as u64;
     let mut last_total = shared.total();
     let mut quiet_since = Instant::now();
-    while shared.total() < expected && quiet_since.elapsed() < Duration::from_secs(2) {
+    while failed.is_none()
+        && shared.total() < expected
+        && quiet_since.elapsed() < Duration::from_secs(2)
+    {
         thread::sleep(Duration::from_millis(1));
         let now_total = shared.total();
         if now_total != last_total {
@@ -526,32 +663,86 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
     let mut merged = Seen::default();
     for r in readers {
         let seen = r.join().map_err(|_| io::Error::other("reader panicked"))?;
-        merged.latencies.extend(seen.latencies);
-        for (seq, (count, max)) in seen.per_seq {
-            let e = merged.per_seq.entry(seq).or_insert((0, 0));
-            e.0 += count;
-            e.1 = e.1.max(max);
+        for (all, some) in merged.latencies.iter_mut().zip(seen.latencies) {
+            all.extend(some);
+        }
+        for (seq, groups) in seen.per_seq {
+            let e = merged.per_seq.entry(seq).or_default();
+            for (e, (count, max)) in e.iter_mut().zip(groups) {
+                e.0 += count;
+                e.1 = e.1.max(max);
+            }
         }
         merged.out_of_order += seen.out_of_order;
         merged.closed.extend(seen.closed);
+        merged.errors += seen.errors;
+        merged.first_error = merged.first_error.or(seen.first_error);
     }
-    let deliveries = merged.latencies.len() as u64;
-    // "Last client" only for messages that reached everyone.
-    let last = merged
-        .per_seq
-        .values()
-        .filter(|(count, _)| *count as usize == plan.clients)
-        .map(|(_, max)| *max)
-        .collect();
+    if let Some(e) = failed {
+        // Say what had arrived by then, and where.
+        let [local, remote] = &merged.latencies;
+        let mut what = format!(
+            "{e}; by then {} deliveries ({} on the senders' instance, {} on others; \
+             {local_clients} + {remote_clients} clients), {} out of order, {} clients closed {:?}",
+            local.len() + remote.len(),
+            local.len(),
+            remote.len(),
+            merged.out_of_order,
+            merged.closed.len(),
+            merged.closed
+        );
+        if let Some(first) = &merged.first_error {
+            what.push_str(&format!(
+                ", {} error frames, the first: {first}",
+                merged.errors
+            ));
+        }
+        return Err(io::Error::new(e.kind(), what));
+    }
+    let [local, remote] = merged.latencies;
+    let deliveries = (local.len() + remote.len()) as u64;
+    // "Last client" only for messages that reached everyone (in the group).
+    let last_of = |clients: usize, pick: &dyn Fn(&[Tally; 2]) -> Tally| {
+        Percentiles::of(
+            merged
+                .per_seq
+                .values()
+                .map(pick)
+                .filter(|(count, _)| *count as usize == clients)
+                .map(|(_, max)| max)
+                .collect(),
+        )
+    };
+    let last = last_of(plan.clients, &|[l, r]| (l.0 + r.0, l.1.max(r.1)));
+    let split = (instances > 1).then(|| Split {
+        instances,
+        local: Group {
+            clients: local_clients,
+            last: last_of(local_clients, &|g| g[LOCAL]),
+            deliveries: local.len() as u64,
+            each: Percentiles::of(local.clone()),
+        },
+        remote: Group {
+            clients: remote_clients,
+            last: last_of(remote_clients, &|g| g[REMOTE]),
+            deliveries: remote.len() as u64,
+            each: Percentiles::of(remote.clone()),
+        },
+    });
+    let mut all = local;
+    all.extend(remote);
     Ok(Report {
         plan: plan.clone(),
-        each: Percentiles::of(merged.latencies),
-        last: Percentiles::of(last),
+        each: Percentiles::of(all),
+        last,
         deliveries,
         expected_deliveries: expected,
         out_of_order: merged.out_of_order,
         elapsed: finished.saturating_sub(began),
         closed: merged.closed,
+        split,
+        errors: merged.errors,
+        first_error: merged.first_error,
     })
 }
 
