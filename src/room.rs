@@ -43,7 +43,8 @@ pub trait Relay: Send + Sync {
     /// Stores a chat message for every instance and returns its `seq`. The
     /// message is not fanned out here: it comes back through
     /// [`Room::deliver`] like everyone else's. An error means it was not
-    /// taken, so the sender must be told.
+    /// stored, or (if Redis's reply was lost) that it is not known whether
+    /// it was: the sender must be told either way.
     fn publish(&self, from: &str, text: &str) -> Result<u64, Unavailable>;
     /// `user` came online or went offline on this instance
     /// ([`Room::is_here`] says which, when the relay gets to it). Called

@@ -253,11 +253,14 @@ impl ServerHandle {
     /// RFC 6455 §7.4.1), and waits up to `grace` for those frames to be
     /// written.
     pub fn shutdown_gracefully(mut self, grace: Duration) {
-        self.shutdown();
+        self.stop_accepting();
         let outboxes = self
             .shared
             .room
             .close_all(close_code::GOING_AWAY, "server shutting down");
+        // After the close frames are on their way: saying goodbye to Redis
+        // can take a while if it is unwell.
+        self.stop_relay();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && outboxes.iter().any(|o| !o.is_done()) {
             thread::sleep(Duration::from_millis(10));
@@ -265,6 +268,11 @@ impl ServerHandle {
     }
 
     fn shutdown(&mut self) {
+        self.stop_accepting();
+        self.stop_relay();
+    }
+
+    fn stop_accepting(&mut self) {
         self.stop.store(true, Ordering::Release);
         // The accept loops are blocked in accept(): a connection wakes each.
         for addr in std::iter::once(self.addr).chain(self.metrics_addr) {
@@ -273,6 +281,11 @@ impl ServerHandle {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    /// With `--redis`: stops following Redis and tells the other instances
+    /// this one is gone (once; later calls do nothing).
+    fn stop_relay(&self) {
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.shared.cluster {
             cluster.stop();

@@ -231,12 +231,12 @@ fn read_loop(
                             Ok(_) => {}
                             // Evicted (expired) meanwhile: nothing more from it.
                             Err(Refused::Gone) => return closed_by_room(outbox),
-                            // Redis is away: the message was not taken, and
-                            // the client should know it, not wait for it.
+                            // Redis is away: the client should know, not
+                            // wait for a message that is not coming.
                             Err(Refused::Unavailable(why)) => notify(
                                 outbox,
                                 ErrorCode::Unavailable,
-                                &format!("message not sent: {why}; try again shortly"),
+                                &format!("could not send the message: {why}"),
                             ),
                         }
                     }

@@ -751,3 +751,100 @@ fn rooms_with_different_prefixes_stay_apart() {
         "every key starts with its room's prefix: {keys:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Regressions from review: data loss, idle connections, a forgotten instance.
+
+/// Redis restarts empty while instance 1 has delivered seq 1..3, and a
+/// brand-new instance's user is the first to speak afterwards: the message
+/// must still be seq 4 and reach instance 1's clients. (The new instance
+/// has seen nothing; only instance 1 knows where the sequence was.)
+#[test]
+fn a_new_instance_after_redis_lost_its_data_goes_on_from_the_last_seq() {
+    let Some(mut redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let (mut a, _) = one.connect("userA");
+    let mut seen = Vec::new();
+    for i in 1..=3 {
+        a.say(&format!("before {i}"));
+        wait_message(&mut a, &format!("before {i}"), &mut seen);
+    }
+    redis.restart();
+    // Instance 1 reconnects by itself; the new one starts on the empty
+    // Redis meanwhile and must not number anything before instance 1 has
+    // raised the counter.
+    let fresh = instance(&redis, |_| {});
+    wait_health(fresh.addr, 200, "new instance");
+    let (mut c, welcome) = fresh.connect("userC");
+    assert_eq!(
+        history(&welcome),
+        Vec::<Value>::new(),
+        "Redis lost the history"
+    );
+    c.say("first after the loss");
+    let on_fresh = wait_message(&mut c, "first after the loss", &mut Vec::new());
+    let on_one = wait_message(&mut a, "first after the loss", &mut seen);
+    assert_eq!(on_fresh["seq"], 4, "the sequence goes on: {on_fresh}");
+    assert_eq!(on_one, on_fresh, "both instances deliver the same message");
+    assert_gapless("instance 1", &seen);
+}
+
+/// Redis closes idle clients (`timeout`, as managed Redis services often
+/// do): the publishing connections die quietly, and the next messages must
+/// still be accepted, not refused with `unavailable`.
+#[test]
+fn connections_closed_while_idle_do_not_refuse_messages() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let server = instance(&redis, |_| {});
+    let (mut a, _) = server.connect("userA");
+    let mut seen = Vec::new();
+    // Use every pooled publishing connection once.
+    for i in 1..=8 {
+        a.say(&format!("warm {i}"));
+        wait_message(&mut a, &format!("warm {i}"), &mut seen);
+    }
+    redis.command(&["CONFIG", "SET", "timeout", "1"]);
+    // Redis checks idle clients about ten times a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    for i in 1..=8 {
+        a.say(&format!("after idle {i}"));
+        wait_message(&mut a, &format!("after idle {i}"), &mut seen);
+    }
+    assert_gapless("userA", &seen);
+}
+
+/// Redis forgets a live instance (it stalled past its heartbeat, or its
+/// keys were evicted): on its next heartbeat it notices and writes its
+/// users again, so they are not left offline for good, on the instances
+/// that were there and on ones that start later. (A heartbeat merely
+/// re-registering the instance would leave its user set missing.)
+#[test]
+fn a_forgotten_instance_announces_its_users_again() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let two = instance(&redis, |_| {});
+    let (mut b, _) = two.connect("userB");
+    let (_a, _) = one.connect("userA");
+    wait_event(&mut b, "join", "userA");
+    // What a stall or an eviction leaves behind: no trace of instance 1.
+    let online: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("jwtchat:online:") || k.starts_with("jwtchat:version:"))
+        .collect();
+    assert!(!online.is_empty(), "instances keep their users in Redis");
+    for key in &online {
+        redis.command(&["DEL", key]);
+    }
+    redis.command(&["DEL", "jwtchat:instances"]);
+    let three = instance(&redis, |_| {});
+    let everyone = ["userA", "userB", "userC"];
+    wait_online(&three, "userC", &everyone, "an instance started afterwards");
+    wait_online(&two, "userC", &everyone, "the instance that was there");
+}

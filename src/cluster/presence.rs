@@ -1,0 +1,155 @@
+//! The presence thread: keeps this instance's entry in Redis true. It
+//! writes each change of who is connected here (the room tells it through
+//! [`Relay::presence_changed`](crate::room::Relay::presence_changed)), and
+//! renews the heartbeat every [`HEARTBEAT`]. On a new connection, or when
+//! Redis has forgotten this instance (it stalled past its TTL, or its set
+//! was evicted), it writes the whole set again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use redis::{Connection, RedisResult};
+
+use super::{BACKOFF_MAX, BACKOFF_MIN, Cluster, HEARTBEAT, INSTANCE_TTL, IO_TIMEOUT};
+use super::{PRESENCE_EVENTS, lock, millis};
+use crate::room::Room;
+
+impl Cluster {
+    /// The presence thread's body.
+    pub(super) fn keep_present(&self, room: &Room) {
+        let mut con: Option<Connection> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut next_beat = Instant::now();
+        while !self.stopping() {
+            let changed = self.wait_for_changes(next_beat);
+            if self.stopping() {
+                break;
+            }
+            let beat = Instant::now() >= next_beat;
+            if beat {
+                next_beat = Instant::now() + HEARTBEAT;
+            }
+            let written = self.guarded(|| self.write_presence(&mut con, room, changed, beat));
+            match written {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(error) => {
+                    self.failed("writing presence", &error, backoff > BACKOFF_MIN);
+                    // Reconnect and write the whole set, which covers the
+                    // changes that were not written.
+                    con = None;
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One round: connect and write everything if need be, else the
+    /// changes; then the heartbeat if it is due.
+    fn write_presence(
+        &self,
+        con: &mut Option<Connection>,
+        room: &Room,
+        changed: BTreeSet<Arc<str>>,
+        beat: bool,
+    ) -> RedisResult<()> {
+        let con = match con {
+            Some(con) => {
+                self.write_changes(con, room, changed)?;
+                con
+            }
+            // A new connection may be to a Redis that lost everything.
+            None => {
+                let mut fresh = self.connect(IO_TIMEOUT)?;
+                self.sync(&mut fresh, room)?;
+                con.insert(fresh)
+            }
+        };
+        if beat && self.beat(con, room)? {
+            crate::warn!(
+                "redis: this instance had been forgotten (stalled past its {} s heartbeat?); \
+                 announcing its users again",
+                INSTANCE_TTL.as_secs()
+            );
+            self.sync(con, room)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a user's presence changes here or `until`, and takes
+    /// the changed users.
+    fn wait_for_changes(&self, until: Instant) -> BTreeSet<Arc<str>> {
+        let mut changed = lock(&self.changed);
+        while changed.is_empty() && !self.stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            changed = self
+                .wake
+                .wait_timeout(changed, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        std::mem::take(&mut *changed)
+    }
+
+    fn write_changes(
+        &self,
+        con: &mut Connection,
+        room: &Room,
+        changed: BTreeSet<Arc<str>>,
+    ) -> RedisResult<()> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.scripts.change.prepare_invoke();
+        call.key(&self.keys.online)
+            .key(&self.keys.version)
+            .key(&self.keys.presence)
+            .arg(&self.id)
+            .arg(millis(INSTANCE_TTL))
+            .arg(PRESENCE_EVENTS);
+        for user in &changed {
+            // Whatever happened in between, write how it is now.
+            call.arg(&**user)
+                .arg(if room.is_here(user) { "1" } else { "0" });
+        }
+        call.invoke(con)
+    }
+
+    /// Writes this instance's whole set and heartbeat.
+    fn sync(&self, con: &mut Connection, room: &Room) -> RedisResult<()> {
+        lock(&self.changed).clear();
+        let users = room.local_users();
+        let mut call = self.scripts.sync.prepare_invoke();
+        call.key(&self.keys.online)
+            .key(&self.keys.version)
+            .key(&self.keys.presence)
+            .key(&self.keys.instances)
+            .arg(&self.id)
+            .arg(millis(INSTANCE_TTL))
+            .arg(PRESENCE_EVENTS);
+        for user in &users {
+            call.arg(&**user);
+        }
+        call.invoke(con)
+    }
+
+    /// Renews the heartbeat; true if Redis had forgotten this instance.
+    fn beat(&self, con: &mut Connection, room: &Room) -> RedisResult<bool> {
+        let forgotten: u8 = self
+            .scripts
+            .beat
+            .key(&self.keys.online)
+            .key(&self.keys.version)
+            .key(&self.keys.instances)
+            .arg(&self.id)
+            .arg(millis(INSTANCE_TTL))
+            .arg(if room.is_empty() { "0" } else { "1" })
+            .invoke(con)?;
+        Ok(forgotten == 1)
+    }
+}
