@@ -40,28 +40,42 @@ fn main() {
 
     let mut json = Vec::new();
     // The ping-pong reports, for the cross-instance comparison.
-    let mut pingpong = Vec::new();
+    let mut pingpongs = Vec::new();
     for clients in [1, 10, 100, 1000] {
-        let messages = match (quick, clients) {
+        let report = measure(pingpong(quick, clients));
+        println!("\nping-pong, one sender\n{}", report.human());
+        json.push(report.json());
+        pingpongs.push(report);
+    }
+    let report = measure(sustained(quick));
+    println!("\nsustained, 4 senders flat out\n{}", report.human());
+    json.push(report.json());
+    #[cfg(feature = "redis")]
+    cluster::section(quick, &pingpongs, &report, &mut json);
+    println!("\n[{}]", json.join(","));
+}
+
+/// One sender, the next message only when every client has the last.
+fn pingpong(quick: bool, clients: usize) -> Plan {
+    Plan {
+        clients,
+        senders: 1,
+        messages: match (quick, clients) {
             (true, 1000) => 100,
             (true, _) => 300,
             (false, 1000) => 500,
             (false, _) => 2000,
-        };
-        let report = measure(Plan {
-            clients,
-            senders: 1,
-            messages,
-            rate: 0,
-            window: 1,
-            payload: 64,
-            readers: 1,
-        });
-        println!("\nping-pong, one sender\n{}", report.human());
-        json.push(report.json());
-        pingpong.push(report);
+        },
+        rate: 0,
+        window: 1,
+        payload: 64,
+        readers: 1,
     }
-    let report = measure(Plan {
+}
+
+/// 4 senders at N = 100, each keeping 32 messages in flight.
+fn sustained(quick: bool) -> Plan {
+    Plan {
         clients: 100,
         senders: 4,
         messages: if quick { 1000 } else { 5000 },
@@ -69,12 +83,7 @@ fn main() {
         window: 32,
         payload: 64,
         readers: 1,
-    });
-    println!("\nsustained, 4 senders flat out\n{}", report.human());
-    json.push(report.json());
-    #[cfg(feature = "redis")]
-    cluster::section(quick, &pingpong, &report, &mut json);
-    println!("\n[{}]", json.join(","));
+    }
 }
 
 /// A fresh server for each measurement, so one run's backlog cannot slow
@@ -126,7 +135,7 @@ mod cluster {
     //! Several instances as one room, over a Redis started for the run.
 
     use super::redis_server::{RedisServer, find_redis_server};
-    use super::{Plan, Report, loadgen::Percentiles, measure_on};
+    use super::{Plan, Report, loadgen::Percentiles, measure_on, pingpong, sustained};
 
     /// A measurement with its own key prefix, so no run sees another's
     /// stream or history. Errors are printed, not fatal: the section should
@@ -200,30 +209,6 @@ mod cluster {
         let redis = RedisServer::start(binary);
         println!("redis-server on {}", redis.addr());
         let mut run = 0;
-        let pingpong = |clients| Plan {
-            clients,
-            senders: 1,
-            messages: match (quick, clients) {
-                (true, 1000) => 100,
-                (true, _) => 300,
-                (false, 1000) => 500,
-                (false, _) => 2000,
-            },
-            rate: 0,
-            window: 1,
-            payload: 64,
-            readers: 1,
-        };
-        let sustained = Plan {
-            clients: 100,
-            senders: 4,
-            messages: if quick { 1000 } else { 5000 },
-            rate: 0,
-            window: 32,
-            payload: 64,
-            readers: 1,
-        };
-
         // (N, plain, one instance with Redis, two instances)
         let mut rows = Vec::new();
         for clients in [100, 1000] {
@@ -232,7 +217,7 @@ mod cluster {
                 &mut run,
                 "one instance with Redis",
                 1,
-                pingpong(clients),
+                pingpong(quick, clients),
                 json,
             );
             let two = measure(
@@ -240,7 +225,7 @@ mod cluster {
                 &mut run,
                 "two instances over Redis",
                 2,
-                pingpong(clients),
+                pingpong(quick, clients),
                 json,
             );
             let plain = plain.iter().find(|r| r.plan.clients == clients);
@@ -251,7 +236,7 @@ mod cluster {
             &mut run,
             "one instance with Redis",
             1,
-            sustained.clone(),
+            sustained(quick),
             json,
         );
         let two = measure(
@@ -259,7 +244,7 @@ mod cluster {
             &mut run,
             "two instances over Redis",
             2,
-            sustained,
+            sustained(quick),
             json,
         );
 

@@ -51,6 +51,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod proxy;
 pub mod room;
