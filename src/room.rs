@@ -49,7 +49,7 @@ pub trait Relay: Send + Sync {
     /// it was: the sender must be told either way.
     fn publish(&self, from: &str, text: &str) -> Result<u64, Unavailable>;
     /// `user` came online or went offline on this instance
-    /// ([`Room::is_here`] says which, when the relay gets to it). Called
+    /// ([`Room::which_are_here`] says which, when the relay gets to it). Called
     /// under the room's lock: it must only take note, never wait.
     fn presence_changed(&self, user: &Arc<str>);
     /// Whether messages can be taken now, and if not, why.
@@ -472,9 +472,17 @@ impl Room {
         true
     }
 
-    /// Whether `user` has a connection on this instance.
-    pub fn is_here(&self, user: &str) -> bool {
-        self.timeline().presence.is_here(user)
+    /// For each of `users`, whether it has a connection on this instance
+    /// (read at one instant, under one lock).
+    pub fn which_are_here<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a Arc<str>>,
+    ) -> Vec<(&'a Arc<str>, bool)> {
+        let timeline = self.timeline();
+        users
+            .into_iter()
+            .map(|user| (user, timeline.presence.is_here(user)))
+            .collect()
     }
 
     /// Every user with a connection on this instance.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use redis::{Connection, RedisResult};
+use redis::{Connection, RedisResult, Script, ScriptInvocation};
 
 use super::{BACKOFF_MAX, BACKOFF_MIN, Cluster, HEARTBEAT, INSTANCE_TTL, IO_TIMEOUT};
 use super::{PRESENCE_EVENTS, lock, millis};
@@ -105,17 +105,10 @@ impl Cluster {
         if changed.is_empty() {
             return Ok(());
         }
-        let mut call = self.scripts.change.prepare_invoke();
-        call.key(&self.keys.online)
-            .key(&self.keys.version)
-            .key(&self.keys.presence)
-            .arg(&self.id)
-            .arg(millis(INSTANCE_TTL))
-            .arg(PRESENCE_EVENTS);
-        for user in &changed {
-            // Whatever happened in between, write how it is now.
-            call.arg(&**user)
-                .arg(if room.is_here(user) { "1" } else { "0" });
+        let mut call = self.presence_call(&self.scripts.change);
+        // Whatever happened in between, write how it is now.
+        for (user, here) in room.which_are_here(&changed) {
+            call.arg(&**user).arg(if here { "1" } else { "0" });
         }
         call.invoke(con)
     }
@@ -124,18 +117,26 @@ impl Cluster {
     fn sync(&self, con: &mut Connection, room: &Room) -> RedisResult<()> {
         lock(&self.changed).clear();
         let users = room.local_users();
-        let mut call = self.scripts.sync.prepare_invoke();
-        call.key(&self.keys.online)
-            .key(&self.keys.version)
-            .key(&self.keys.presence)
-            .key(&self.keys.instances)
-            .arg(&self.id)
-            .arg(millis(INSTANCE_TTL))
-            .arg(PRESENCE_EVENTS);
+        let mut call = self.presence_call(&self.scripts.sync);
+        call.key(&self.keys.instances);
         for user in &users {
             call.arg(&**user);
         }
         call.invoke(con)
+    }
+
+    /// `script` with what the presence scripts share: KEYS this
+    /// instance's set, its version, the presence stream; ARGV its id, the
+    /// TTL and the presence stream's length.
+    fn presence_call<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
+        let mut call = script.prepare_invoke();
+        call.key(&self.keys.online)
+            .key(&self.keys.version)
+            .key(&self.keys.presence)
+            .arg(&self.id)
+            .arg(millis(INSTANCE_TTL))
+            .arg(PRESENCE_EVENTS);
+        call
     }
 
     /// Renews the heartbeat; true if Redis had forgotten this instance.
