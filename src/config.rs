@@ -41,6 +41,10 @@ pub struct Config {
     /// How many frames may wait in one client's outbound queue before the
     /// client is disconnected as a slow consumer (close code 4008).
     pub client_queue_frames: usize,
+    /// How many unsent bytes one client's outbound queue may hold before
+    /// the client is disconnected as a slow consumer (close code 4008).
+    /// With `max_connections`, this bounds the server's memory.
+    pub client_queue_bytes: usize,
     /// How often the expiry sweep runs.
     pub sweep_interval: Duration,
     /// Time a client has to send a request head (and, separately, its
@@ -55,6 +59,13 @@ pub struct Config {
     /// How many messages a connection may send at once before the rate
     /// applies.
     pub message_burst: u32,
+    /// Messages per second all of one user's connections together may
+    /// send, and likewise all connections from one IP address; `None`
+    /// means twice `message_rate`, 0 turns the limit off.
+    pub user_message_rate: Option<u32>,
+    /// The burst for `user_message_rate`; `None` means twice
+    /// `message_burst`.
+    pub user_message_burst: Option<u32>,
     /// Origins allowed to open a WebSocket; empty means "the server's own
     /// origin" (the request's `Host`).
     pub allowed_origins: Vec<String>,
@@ -97,11 +108,14 @@ impl Default for Config {
             max_message_bytes: 4096,
             secret: None,
             client_queue_frames: 256,
+            client_queue_bytes: 1 << 20,
             sweep_interval: Duration::from_millis(250),
             request_timeout: Duration::from_secs(10),
             echo: false,
             message_rate: 20,
             message_burst: 40,
+            user_message_rate: None,
+            user_message_burst: None,
             allowed_origins: Vec::new(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
@@ -130,6 +144,18 @@ impl Config {
         self.max_message_bytes
             .saturating_mul(2)
             .saturating_add(1024)
+    }
+
+    /// The per-user (and per-IP) message rate in force.
+    pub fn user_rate(&self) -> u32 {
+        self.user_message_rate
+            .unwrap_or(self.message_rate.saturating_mul(2))
+    }
+
+    /// The per-user (and per-IP) burst in force.
+    pub fn user_burst(&self) -> u32 {
+        self.user_message_burst
+            .unwrap_or(self.message_burst.saturating_mul(2))
     }
 }
 
@@ -211,6 +237,14 @@ OPTIONS:
                                 0 = no limit [default: 20]
     --message-burst N           messages allowed at once before the rate
                                 applies [default: 40]
+    --user-message-rate PER_SEC chat messages per second all of one user's
+                                connections may send together, and likewise
+                                all connections from one IP address,
+                                0 = no limit [default: 2 x --message-rate]
+    --user-message-burst N      burst for --user-message-rate
+                                [default: 2 x --message-burst]
+    --client-queue-bytes N      unsent bytes one client may fall behind before
+                                it is disconnected (4008) [default: 1048576]
     --allowed-origin ORIGIN     an origin (e.g. https://chat.example) allowed to
                                 open a WebSocket; repeatable [default: the
                                 server's own origin, from the Host header]
@@ -289,6 +323,30 @@ where
             "--message-burst" => {
                 config.message_burst =
                     number("--message-burst", value("--message-burst")?, 1, 1_000_000)? as u32
+            }
+            "--user-message-rate" => {
+                config.user_message_rate = Some(number(
+                    "--user-message-rate",
+                    value("--user-message-rate")?,
+                    0,
+                    1_000_000,
+                )? as u32)
+            }
+            "--user-message-burst" => {
+                config.user_message_burst = Some(number(
+                    "--user-message-burst",
+                    value("--user-message-burst")?,
+                    1,
+                    1_000_000,
+                )? as u32)
+            }
+            "--client-queue-bytes" => {
+                config.client_queue_bytes = number(
+                    "--client-queue-bytes",
+                    value("--client-queue-bytes")?,
+                    64 * 1024,
+                    1 << 30,
+                )? as usize
             }
             "--allowed-origin" => config
                 .allowed_origins

@@ -6,6 +6,11 @@
 //! (§5.1), so one encoding is byte-for-byte right for every client and a
 //! broadcast shares it as an `Arc<[u8]>`.
 //!
+//! [`HeaderScanner`] reads the other direction, only far enough to see
+//! where each client frame starts and what its opcode is: `tungstenite`
+//! reassembles fragmented messages out of sight, and the message rate must
+//! count the frames that never surface as a message.
+//!
 //! ```text
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -22,9 +27,20 @@ use std::sync::Arc;
 /// An encoded frame, ready for the wire and cheap to share.
 pub type Frame = Arc<[u8]>;
 
+/// Opcode of a continuation frame (§5.4): the next fragment of a message.
+pub const OPCODE_CONTINUATION: u8 = 0x0;
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+const OPCODE_PONG: u8 = 0xa;
+
+/// True for the frames that do not start a message: continuations (§5.4),
+/// pings and pongs (§5.5.2, §5.5.3). Each costs the server a frame's work
+/// all the same.
+pub fn starts_no_message(opcode: u8) -> bool {
+    matches!(opcode, OPCODE_CONTINUATION | OPCODE_PING | OPCODE_PONG)
+}
 /// FIN set: every frame we send is a whole message (no fragmentation).
 const FIN: u8 = 0x80;
 
@@ -81,6 +97,69 @@ fn encode(opcode: u8, payload: &[u8]) -> Frame {
     out.into()
 }
 
+/// Follows a client's byte stream frame by frame (§5.2), reporting each
+/// frame's opcode as its header completes. It checks nothing: malformed
+/// input is `tungstenite`'s to refuse, and the connection ends with it.
+#[derive(Debug, Default)]
+pub struct HeaderScanner {
+    header: [u8; 14],
+    /// Header bytes seen so far of the current frame.
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    payload_left: u64,
+}
+
+impl HeaderScanner {
+    /// Reads `bytes` (the next bytes of the stream) and calls `on_frame`
+    /// with the opcode of each frame whose header they complete.
+    pub fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(u8)) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip =
+                    usize::try_from(self.payload_left).map_or(bytes.len(), |n| n.min(bytes.len()));
+                bytes = &bytes[skip..];
+                self.payload_left -= skip as u64;
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have == self.header_len() {
+                on_frame(self.header[0] & 0x0f);
+                self.payload_left = self.payload_len();
+                self.have = 0;
+            }
+        }
+    }
+
+    /// The whole header's length, as far as the bytes so far tell: 2, plus
+    /// 2 or 8 for an extended length, plus 4 for a masking key.
+    fn header_len(&self) -> usize {
+        if self.have < 2 {
+            return 2;
+        }
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + extended + mask
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(len)
+            }
+            len => u64::from(len),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +181,26 @@ mod tests {
         let long = close(1000, &"é".repeat(100));
         assert!(long.len() <= 2 + 125);
         assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+
+    #[test]
+    fn the_scanner_finds_every_frame_however_the_bytes_are_split() {
+        // A masked text fragment, two empty continuations, a ping, and a
+        // 300-byte binary frame (16-bit length), as a client sends them.
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&[0x01, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        stream.extend_from_slice(&[0x00, 0x80, 1, 2, 3, 4]);
+        stream.extend_from_slice(&[0x80, 0x80, 1, 2, 3, 4]);
+        stream.extend_from_slice(&[0x89, 0x80, 1, 2, 3, 4]);
+        stream.extend_from_slice(&[0x82, 0xfe, 0x01, 0x2c, 1, 2, 3, 4]);
+        stream.extend_from_slice(&[0u8; 300]);
+        for chunk in [1, 3, 7, stream.len()] {
+            let mut scanner = HeaderScanner::default();
+            let mut opcodes = Vec::new();
+            for piece in stream.chunks(chunk) {
+                scanner.feed(piece, |op| opcodes.push(op));
+            }
+            assert_eq!(opcodes, [0x1, 0x0, 0x0, 0x9, 0x2], "in pieces of {chunk}");
+        }
     }
 }

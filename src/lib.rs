@@ -73,6 +73,8 @@ pub struct Shared {
     pub room: room::Room,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     pub logins: limits::LoginThrottle,
+    /// Message budgets per user and per IP (`None`: no such limit).
+    pub message_budgets: Option<limits::SharedBudgets>,
     /// The relay to the other instances, with `--redis`.
     #[cfg(feature = "redis")]
     pub cluster: Option<std::sync::Arc<cluster::Cluster>>,

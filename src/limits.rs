@@ -235,12 +235,17 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    /// Adds what was earned since the last call; returns the tokens now.
+    fn refill(&mut self, now: Instant) -> f64 {
         let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + earned).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
+        self.last = self.last.max(now);
+        self.tokens
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if self.refill(now) >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
@@ -249,13 +254,104 @@ impl TokenBucket {
     }
 }
 
+/// Message budgets shared by every connection of one user, and by every
+/// connection from one IP address: without them, one account with a
+/// hundred sockets would get a hundred times the rate.
+///
+/// A bucket that has filled up again is the same as a fresh one, so it is
+/// forgotten: the map holds only users and addresses that sent recently,
+/// and a user who closes every socket and reconnects starts from the
+/// bucket they left, not a fresh one.
+pub struct SharedBudgets {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_key: HashMap<BudgetKey, TokenBucket>,
+    /// Forget full buckets when the map reaches this size.
+    prune_at: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BudgetKey {
+    User(Arc<str>),
+    Ip(IpAddr),
+}
+
+impl SharedBudgets {
+    /// `None` when `rate` is 0 (no limit).
+    pub fn new(rate: u32, burst: u32) -> Option<SharedBudgets> {
+        (rate > 0).then(|| SharedBudgets {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(Buckets::default()),
+        })
+    }
+
+    /// Takes one message from both `user`'s and `ip`'s budget, or from
+    /// neither if either is empty.
+    pub fn try_take(&self, user: &Arc<str>, ip: IpAddr, now: Instant) -> bool {
+        let keys = [BudgetKey::User(user.clone()), BudgetKey::Ip(limit_key(ip))];
+        let mut buckets = lock(&self.buckets);
+        buckets.prune(now);
+        let has_one = |buckets: &mut Buckets, key: &BudgetKey| {
+            buckets
+                .by_key
+                .entry(key.clone())
+                .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+                .refill(now)
+                >= 1.0
+        };
+        if !keys.iter().all(|key| has_one(&mut buckets, key)) {
+            return false;
+        }
+        for key in &keys {
+            if let Some(bucket) = buckets.by_key.get_mut(key) {
+                bucket.try_take(now);
+            }
+        }
+        true
+    }
+
+    /// Users and addresses tracked now (for tests).
+    pub fn tracked(&self) -> usize {
+        lock(&self.buckets).by_key.len()
+    }
+}
+
+impl Buckets {
+    /// Drops full buckets once the map has doubled since the last prune, so
+    /// the cost is amortised and the map stays within twice the number of
+    /// users and addresses that sent within one burst's refill time.
+    fn prune(&mut self, now: Instant) {
+        if self.by_key.len() < self.prune_at {
+            return;
+        }
+        self.by_key
+            .retain(|_, bucket| bucket.refill(now) < bucket.burst);
+        self.prune_at = (self.by_key.len() * 2).max(1024);
+    }
+}
+
 /// One connection's message rate: `rate` messages a second with bursts of
-/// `burst`. A message over the rate is refused (the client is told); a
-/// client that keeps sending after being told (more than `burst` refusals,
-/// forgiven at one a second) is abusing the room and is disconnected.
-pub struct MessageRate {
-    messages: TokenBucket,
+/// `burst`, and the shared budgets of its user and address. A message over
+/// a rate is refused (the client is told); a client that keeps sending
+/// after being told (more than `burst` refusals, forgiven at one a second)
+/// is abusing the room and is disconnected.
+pub struct MessageRate<'a> {
+    own: Option<TokenBucket>,
+    shared: Option<Shared<'a>>,
     patience: TokenBucket,
+}
+
+/// Whose shared budgets a connection draws on.
+struct Shared<'a> {
+    budgets: &'a SharedBudgets,
+    user: Arc<str>,
+    ip: IpAddr,
 }
 
 /// What to do with a message.
@@ -268,17 +364,34 @@ pub enum Verdict {
     Disconnect,
 }
 
-impl MessageRate {
-    /// `None` when `rate` is 0 (no limit).
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Option<MessageRate> {
-        (rate > 0).then(|| MessageRate {
-            messages: TokenBucket::new(f64::from(rate), f64::from(burst.max(1)), now),
+impl<'a> MessageRate<'a> {
+    /// `None` when there is no limit at all (`rate` is 0 and there are no
+    /// shared budgets).
+    pub fn new(
+        rate: u32,
+        burst: u32,
+        shared: Option<(&'a SharedBudgets, Arc<str>, IpAddr)>,
+        now: Instant,
+    ) -> Option<MessageRate<'a>> {
+        if rate == 0 && shared.is_none() {
+            return None;
+        }
+        Some(MessageRate {
+            own: (rate > 0)
+                .then(|| TokenBucket::new(f64::from(rate), f64::from(burst.max(1)), now)),
+            shared: shared.map(|(budgets, user, ip)| Shared { budgets, user, ip }),
             patience: TokenBucket::new(1.0, f64::from(burst.max(1)), now),
         })
     }
 
     pub fn judge(&mut self, now: Instant) -> Verdict {
-        if self.messages.try_take(now) {
+        let own = self.own.as_mut().is_none_or(|b| b.try_take(now));
+        let shared = || {
+            self.shared
+                .as_ref()
+                .is_none_or(|s| s.budgets.try_take(&s.user, s.ip, now))
+        };
+        if own && shared() {
             Verdict::Accept
         } else if self.patience.try_take(now) {
             Verdict::Refuse
@@ -364,13 +477,58 @@ mod tests {
     #[test]
     fn messages_flow_at_the_rate_after_a_burst() {
         let t0 = Instant::now();
-        let mut rate = MessageRate::new(10, 5, t0).unwrap();
+        let mut rate = MessageRate::new(10, 5, None, t0).unwrap();
         let verdicts: Vec<Verdict> = (0..12).map(|_| rate.judge(t0)).collect();
         assert!(verdicts[..5].iter().all(|v| *v == Verdict::Accept));
         assert!(verdicts[5..10].iter().all(|v| *v == Verdict::Refuse));
         assert_eq!(verdicts[10], Verdict::Disconnect);
         let later = t0 + Duration::from_millis(100);
         assert_eq!(rate.judge(later), Verdict::Accept, "a token every 100 ms");
-        assert!(MessageRate::new(0, 5, t0).is_none());
+        assert!(MessageRate::new(0, 5, None, t0).is_none());
+    }
+
+    #[test]
+    fn one_users_connections_share_one_budget() {
+        let t0 = Instant::now();
+        let budgets = SharedBudgets::new(10, 4).unwrap();
+        let ann: Arc<str> = "ann".into();
+        let mut sockets: Vec<MessageRate<'_>> = (0..10)
+            .map(|_| MessageRate::new(20, 40, Some((&budgets, ann.clone(), A)), t0).unwrap())
+            .collect();
+        let accepted = sockets
+            .iter_mut()
+            .map(|s| s.judge(t0))
+            .filter(|v| *v == Verdict::Accept)
+            .count();
+        assert_eq!(accepted, 4, "ten sockets, one burst between them");
+        // Another user from another address has a budget of its own; the
+        // same address is shared.
+        let mut bob = MessageRate::new(20, 40, Some((&budgets, "bob".into(), B)), t0).unwrap();
+        assert_eq!(bob.judge(t0), Verdict::Accept);
+        let mut eve = MessageRate::new(20, 40, Some((&budgets, "eve".into(), A)), t0).unwrap();
+        assert_eq!(eve.judge(t0), Verdict::Refuse, "A's address is spent");
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(
+            sockets[0].judge(later),
+            Verdict::Accept,
+            "a token every 100 ms"
+        );
+    }
+
+    #[test]
+    fn full_budgets_are_forgotten() {
+        let t0 = Instant::now();
+        let budgets = SharedBudgets::new(10, 2).unwrap();
+        let take = |i: u32, now| {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(budgets.try_take(&format!("u{i}").into(), ip, now));
+        };
+        (0..1000).for_each(|i| take(i, t0));
+        assert_eq!(budgets.tracked(), 2000, "a user and an address each");
+        // A second later those buckets are full again, as good as new: when
+        // the map next doubles, they go.
+        let later = t0 + Duration::from_secs(1);
+        (1000..1030).for_each(|i| take(i, later));
+        assert!(budgets.tracked() < 100, "{} tracked", budgets.tracked());
     }
 }

@@ -13,8 +13,12 @@
 //! piles up. It lingers a moment once the queue is empty, then exits: a
 //! client costs a second thread only while it is behind.
 //!
-//! The queue is bounded. `push` never waits: when the queue is full it
-//! reports [`Full`], and the room disconnects the client as a slow consumer.
+//! The queue is bounded, in frames and in bytes. `push` never waits: when
+//! the queue is full it reports [`Full`], and the room disconnects the
+//! client as a slow consumer. The frames are the room's shared `Arc`s: a
+//! client that is behind holds references, never copies, and a frame sent in
+//! part is remembered as an offset into the shared bytes. So however many
+//! clients fall behind on the same broadcast, its bytes exist once.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -32,9 +36,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written with one vectored write, at most.
 const MAX_BATCH: usize = 64;
-/// Bytes one client's queue may hold (besides its frame limit): a client
-/// that falls this far behind is a slow consumer.
-const MAX_QUEUED_BYTES: usize = 1 << 20;
 /// How long an idle writer thread waits for more work before it exits.
 const WRITER_LINGER: Duration = Duration::from_secs(1);
 /// Stack for a writer thread: it only moves bytes.
@@ -44,21 +45,33 @@ const WRITER_STACK: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// How much one client's queue may hold before the client counts as a slow
+/// consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimit {
+    pub frames: usize,
+    /// Unsent bytes. One frame larger than this still fits an empty queue
+    /// (a single message can be that big only with a large
+    /// `--max-message-bytes`; the room caps its batches well below it).
+    pub bytes: usize,
+}
+
 pub struct Outbox {
     queue: Mutex<Queue>,
     wake: Condvar,
-    limit: usize,
+    limit: QueueLimit,
     /// `None` only in tests, where frames just queue.
     socket: Option<Arc<TcpStream>>,
 }
 
 struct Queue {
     frames: VecDeque<Frame>,
-    /// Bytes in `frames`.
+    /// Bytes of the front frame already sent. While it is not 0 the rest of
+    /// that frame must go out before anything else, even when the queue is
+    /// discarded, or the stream would be corrupt.
+    front_sent: usize,
+    /// Bytes in `frames` not yet sent.
     bytes: usize,
-    /// The front frame is the rest of one already partly sent: it must go
-    /// out whole before anything else, even when the queue is discarded.
-    front_partial: bool,
     state: State,
     writer: Writer,
     /// The status code of the close frame the server sent, for the log.
@@ -88,28 +101,31 @@ enum Writer {
 }
 
 impl Outbox {
-    /// An outbox for `socket`, holding at most `limit` frames.
-    pub fn for_socket(limit: usize, socket: Arc<TcpStream>) -> Arc<Outbox> {
+    /// An outbox for `socket`, holding at most `limit`.
+    pub fn for_socket(limit: QueueLimit, socket: Arc<TcpStream>) -> Arc<Outbox> {
         Outbox::build(limit, Some(socket))
     }
 
     /// An outbox with no socket behind it: frames only queue (for tests).
-    pub fn new(limit: usize) -> Arc<Outbox> {
+    pub fn new(limit: QueueLimit) -> Arc<Outbox> {
         Outbox::build(limit, None)
     }
 
-    fn build(limit: usize, socket: Option<Arc<TcpStream>>) -> Arc<Outbox> {
+    fn build(limit: QueueLimit, socket: Option<Arc<TcpStream>>) -> Arc<Outbox> {
         Arc::new(Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
+                front_sent: 0,
                 bytes: 0,
-                front_partial: false,
                 state: State::Open,
                 writer: Writer::None,
                 close_code: None,
             }),
             wake: Condvar::new(),
-            limit: limit.max(1),
+            limit: QueueLimit {
+                frames: limit.frames.max(1),
+                bytes: limit.bytes,
+            },
             socket,
         })
     }
@@ -126,9 +142,9 @@ impl Outbox {
             return Ok(());
         }
         // Bounded in frames and in bytes (a batch is one frame of many
-        // messages); a single frame always fits an empty queue.
-        let too_many = queue.frames.len() >= self.limit;
-        let too_big = !queue.frames.is_empty() && queue.bytes + frame.len() > MAX_QUEUED_BYTES;
+        // messages).
+        let too_many = queue.frames.len() >= self.limit.frames;
+        let too_big = !queue.frames.is_empty() && queue.bytes + frame.len() > self.limit.bytes;
         if too_many || too_big {
             return Err(Full);
         }
@@ -239,7 +255,7 @@ impl Outbox {
         let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            {
+            let sent_of_first = {
                 let mut queue = self.lock();
                 while queue.frames.is_empty() && queue.state == State::Open {
                     queue.writer = Writer::Asleep;
@@ -265,9 +281,9 @@ impl Outbox {
                     return;
                 }
                 queue.writer = Writer::Writing;
-                queue.take_batch(&mut batch);
-            }
-            if write_all(socket, &batch).is_err() {
+                queue.take_batch(&mut batch)
+            };
+            if write_all(socket, &batch, sent_of_first).is_err() {
                 let mut queue = self.lock();
                 queue.state = State::Done;
                 queue.discard();
@@ -293,31 +309,29 @@ impl Queue {
         self.frames.push_back(frame);
     }
 
+    /// Removes the front frame, however much of it was sent.
     fn pop_front(&mut self) {
         if let Some(frame) = self.frames.pop_front() {
-            self.bytes -= frame.len();
+            self.bytes -= frame.len() - self.front_sent;
         }
-        self.front_partial = false;
+        self.front_sent = 0;
     }
 
     /// Drops what has not started to go out; a frame already partly sent
     /// stays, or the stream would be corrupt.
     fn discard(&mut self) {
-        let partial = self
-            .front_partial
-            .then(|| self.frames.pop_front())
-            .flatten();
-        self.frames.clear();
-        self.bytes = 0;
-        self.front_partial = false;
-        if let Some(rest) = partial {
-            self.push(rest);
-            self.front_partial = true;
+        let keep = usize::from(self.front_sent > 0);
+        while self.frames.len() > keep {
+            if let Some(frame) = self.frames.pop_back() {
+                self.bytes -= frame.len();
+            }
         }
     }
 
-    /// Moves up to [`MAX_BATCH`] frames into `batch` for the writer.
-    fn take_batch(&mut self, batch: &mut Vec<Frame>) {
+    /// Moves up to [`MAX_BATCH`] frames into `batch` for the writer, and
+    /// returns how much of the first was already sent.
+    fn take_batch(&mut self, batch: &mut Vec<Frame>) -> usize {
+        let sent_of_first = self.front_sent;
         let n = self.frames.len().min(MAX_BATCH);
         for _ in 0..n {
             if let Some(frame) = self.frames.front() {
@@ -325,19 +339,19 @@ impl Queue {
             }
             self.pop_front();
         }
+        sent_of_first
     }
 
     /// Sends queued frames from the front with non-blocking sends while
-    /// they fit; a frame sent in part stays at the front as its remainder.
+    /// they fit; a frame sent in part stays at the front, its offset noted.
     fn send_what_fits(&mut self, socket: &TcpStream) {
         while let Some(front) = self.frames.front() {
-            match sys::send_nonblocking(socket, front) {
-                Ok(sent) if sent == front.len() => self.pop_front(),
+            let unsent = &front[self.front_sent..];
+            match sys::send_nonblocking(socket, unsent) {
+                Ok(sent) if sent == unsent.len() => self.pop_front(),
                 Ok(sent) => {
-                    let rest: Frame = front[sent..].into();
+                    self.front_sent += sent;
                     self.bytes -= sent;
-                    self.frames[0] = rest;
-                    self.front_partial = true;
                     return;
                 }
                 // A full buffer, or a failed socket (the writer will find
@@ -393,11 +407,13 @@ pub fn reap_lingering() {
     });
 }
 
-/// Writes every frame, in order, with as few system calls as the kernel
-/// allows: one vectored write for the whole batch in the common case.
-fn write_all(mut stream: &TcpStream, frames: &[Frame]) -> io::Result<()> {
+/// Writes every frame, in order, the first from `sent_of_first` on, with as
+/// few system calls as the kernel allows: one vectored write for the whole
+/// batch in the common case.
+fn write_all(mut stream: &TcpStream, frames: &[Frame], sent_of_first: usize) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut slices = &mut slices[..];
+    IoSlice::advance_slices(&mut slices, sent_of_first);
     while !slices.is_empty() {
         match stream.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -450,17 +466,51 @@ mod tests {
         b.to_vec().into()
     }
 
+    fn limit(frames: usize) -> QueueLimit {
+        QueueLimit {
+            frames,
+            bytes: 1 << 20,
+        }
+    }
+
     #[test]
     fn push_is_bounded() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(limit(2));
         assert_eq!(outbox.push(frame(b"1")), Ok(()));
         assert_eq!(outbox.push(frame(b"2")), Ok(()));
         assert_eq!(outbox.push(frame(b"3")), Err(Full));
     }
 
     #[test]
+    fn push_is_bounded_in_bytes_too() {
+        let outbox = Outbox::new(QueueLimit {
+            frames: 8,
+            bytes: 10,
+        });
+        assert_eq!(outbox.push(frame(&[0; 64])), Ok(()), "one frame fits empty");
+        assert_eq!(outbox.push(frame(b"1")), Err(Full));
+    }
+
+    #[test]
+    fn a_client_behind_holds_the_shared_frame_not_a_copy() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let outbox = Outbox::for_socket(limit(8), Arc::new(server));
+        // More than the socket buffers hold: part is sent, the rest waits
+        // for a client that does not read.
+        let big = frame(&vec![0; 32 << 20]);
+        outbox.push(big.clone()).unwrap();
+        assert!(
+            Arc::strong_count(&big) >= 2,
+            "the rest waits as the shared frame, not as a private copy"
+        );
+        drop(client);
+    }
+
+    #[test]
     fn nothing_follows_a_close() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(limit(8));
         outbox.push(frame(b"old")).unwrap();
         assert!(outbox.close(&[frame(b"bye")], true));
         assert!(!outbox.close(&[frame(b"again")], false));

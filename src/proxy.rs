@@ -76,6 +76,7 @@ pub fn client_addr(trusted: &[Cidr], peer: SocketAddr, request: &Request) -> Soc
         .headers_named("X-Forwarded-For")
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse().ok())
+        .map(|ip: IpAddr| ip.to_canonical())
         .collect();
     let client = hops.into_iter().rev().find(|ip| !is_trusted(*ip));
     client.map_or(peer, |ip| SocketAddr::new(ip, peer.port()))

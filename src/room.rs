@@ -66,11 +66,19 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+/// Chat bytes waiting for a fan-out at most, by default. They are framed
+/// once and shared by every client's queue, so this, not the number of
+/// clients, is what a burst of messages costs while a fan-out runs.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+
 /// Why [`Room::broadcast`] did not take a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The sender has left the room, or was just evicted (expired token).
     Gone,
+    /// Messages are arriving faster than they can be fanned out: the
+    /// pending batch is full. The sender should slow down.
+    Busy,
     /// The relay cannot take messages now (Redis unreachable).
     Unavailable(Unavailable),
 }
@@ -148,8 +156,10 @@ struct Timeline {
     /// Who is online, here and (with a relay) on other instances.
     presence: Presence,
     /// Chat frames accepted but not yet fanned out, in `seq` order, encoded
-    /// back to back.
+    /// back to back. At most `max_pending` bytes (plus the one message that
+    /// crossed the line): the next fan-out's batch.
     pending: Vec<u8>,
+    max_pending: usize,
     /// The highest `seq` taken out of `pending` for a fan-out: a client
     /// that joins now has seen, or will see live, nothing up to it.
     fanned_out: u64,
@@ -199,12 +209,21 @@ impl Room {
                 seq: 0,
                 presence: Presence::default(),
                 pending: Vec::new(),
+                max_pending: MAX_PENDING_BYTES,
                 fanned_out: 0,
                 history: VecDeque::with_capacity(history.min(1024)),
                 history_limit: history,
             }),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Caps the pending batch at `bytes` (the default is
+    /// [`MAX_PENDING_BYTES`]); past it, senders are refused with
+    /// [`Refused::Busy`] until a fan-out takes the batch.
+    pub fn with_max_pending(self, bytes: usize) -> Room {
+        self.timeline().max_pending = bytes;
+        self
     }
 
     // A panic elsewhere must not take the room down with it: a poisoned
@@ -300,7 +319,8 @@ impl Room {
     ///
     /// Refused if the sender may not speak any more (it has left the room,
     /// or its token has expired: then it is evicted like on any broadcast),
-    /// or if the relay cannot take the message.
+    /// if the pending batch is full, or if the relay cannot take the
+    /// message.
     pub fn broadcast(&self, sender: ClientId, from: &str, text: &str) -> Result<u64, Refused> {
         let mut timeline = self.timeline();
         let sender_exp = self.read().get(&sender).map(Client::exp);
@@ -317,6 +337,9 @@ impl Room {
             drop(timeline);
             return relay.publish(from, text).map_err(Refused::Unavailable);
         }
+        if timeline.pending.len() >= timeline.max_pending {
+            return Err(Refused::Busy);
+        }
         let seq = timeline.seq + 1;
         self.enqueue(&mut timeline, seq, from, text, unix_millis());
         self.flush_unless_flushing(timeline);
@@ -326,6 +349,11 @@ impl Room {
     /// Messages the relay numbered (from any instance), in `seq` order, for
     /// this instance's clients. One already delivered is skipped, so a relay
     /// that reads a message twice cannot send it twice.
+    ///
+    /// These are never refused for a full batch: they are already numbered.
+    /// The pending batch stays bounded all the same, since only the relay's
+    /// one reader thread delivers, a bounded read at a time, and it fans out
+    /// each delivery itself before reading more.
     pub fn deliver(&self, messages: &[Delivery]) {
         let mut timeline = self.timeline();
         for m in messages {
@@ -677,7 +705,10 @@ mod tests {
 
     /// A client whose queue the test can read directly.
     fn client(room: &Room, name: &str, exp: u64) -> (ClientId, Arc<Outbox>) {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(crate::outbox::QueueLimit {
+            frames: 8,
+            bytes: 1 << 20,
+        });
         let id = room.join(Client::new(name.into(), exp, outbox.clone()));
         (id, outbox)
     }
@@ -750,6 +781,27 @@ mod tests {
         assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
         assert_eq!(room.broadcast(a_id, "a", "still works"), Ok(1));
         assert_eq!(types(&a), ["welcome", "message"]);
+    }
+
+    #[test]
+    fn a_full_pending_batch_refuses_senders_instead_of_growing() {
+        let room = Room::new(0).with_max_pending(100);
+        let (a_id, a) = client(&room, "a", later());
+        // Another thread is fanning out: messages wait in the batch.
+        room.flushing.store(true, Ordering::Release);
+        let mut taken = 0;
+        while room.broadcast(a_id, "a", "0123456789") != Err(Refused::Busy) {
+            taken += 1;
+            assert!(taken < 10, "the batch never filled");
+        }
+        assert!(room.timeline().pending.len() < 100 + 64);
+        // That fan-out takes the batch; the room takes messages again.
+        room.flushing.store(false, Ordering::Release);
+        room.flush_unless_flushing(room.timeline());
+        let queued = a.take_queued();
+        assert_eq!(queued.len(), 1 + 1, "the welcome, then the batch");
+        assert!(queued[1].len() > 100, "the batch holds every message taken");
+        assert_eq!(room.broadcast(a_id, "a", "again"), Ok(taken + 1));
     }
 
     /// A relay that numbers messages but, like Redis, delivers them only

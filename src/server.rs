@@ -14,10 +14,10 @@ use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, RequestError, Response};
-use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
+use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle, SharedBudgets};
 use crate::metrics::Metrics;
 use crate::protocol::close_code;
-use crate::room::Room;
+use crate::room::{MAX_PENDING_BYTES, Room};
 use crate::{Shared, proxy, routes};
 
 /// Stack for a connection thread, which becomes the client's reader after
@@ -98,6 +98,19 @@ impl Server {
             Some(dir) => Assets::from_dir(dir).map_err(StartError::Static)?,
             None => Assets::Embedded,
         };
+        let metrics = Arc::new(Metrics::new(config.redis.is_some()));
+        #[cfg(feature = "redis")]
+        let cluster = cluster(&config, &metrics)?;
+        #[cfg(feature = "redis")]
+        let relay = cluster.clone().map(|c| c as Arc<dyn crate::room::Relay>);
+        #[cfg(not(feature = "redis"))]
+        let relay = match config.redis {
+            Some(_) => return Err(StartError::RedisNotBuilt),
+            None => None,
+        };
+        // Only once everything else is known to be right: a mistake must
+        // not look like "address already in use" because another server
+        // holds the port.
         let listener = bind(&config.bind)?;
         let metrics_listener = config.metrics_bind.as_deref().map(bind).transpose()?;
 
@@ -115,23 +128,17 @@ impl Server {
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
             .with_max_session(config.max_session_secs);
-        let metrics = Arc::new(Metrics::new(config.redis.is_some()));
-        #[cfg(feature = "redis")]
-        let cluster = cluster(&config, &metrics)?;
-        #[cfg(feature = "redis")]
-        let relay = cluster.clone().map(|c| c as Arc<dyn crate::room::Relay>);
-        #[cfg(not(feature = "redis"))]
-        let relay = match config.redis {
-            Some(_) => return Err(StartError::RedisNotBuilt),
-            None => None,
-        };
-        let room = Room::with_relay(config.history, relay, metrics);
+        // A batch must fit a client's queue with room to spare, or clients
+        // that keep up would be cut off for one batch.
+        let room = Room::with_relay(config.history, relay, metrics)
+            .with_max_pending(MAX_PENDING_BYTES.min(config.client_queue_bytes / 4));
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,
                 config.max_connections_per_ip,
             ),
             logins: LoginThrottle::new(config.max_login_failures),
+            message_budgets: SharedBudgets::new(config.user_rate(), config.user_burst()),
             config,
             users,
             tokens,
@@ -356,6 +363,11 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
+    // On a dual-stack listener (`[::]`) an IPv4 client arrives as
+    // `::ffff:a.b.c.d`. Every limit, log line and proxy match below must
+    // see the IPv4 address it really is, or all IPv4 clients would share
+    // one IPv6 /64 bucket.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     // A trusted proxy's connections are counted per client once the first
     // request says who the client is (see `handle_connection`).
     let trusted = shared

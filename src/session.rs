@@ -27,10 +27,10 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::Shared;
 use crate::auth::Claims;
-use crate::frame;
+use crate::frame::{self, HeaderScanner};
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
-use crate::outbox::{self, Outbox, OutboxWriter};
+use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
 use crate::room::{Client, ClientId, Refused};
 
@@ -42,18 +42,63 @@ const READ_BUFFER: usize = 4 * 1024;
 /// outbox. The socket is shared with the writer thread through an `Arc`
 /// (std implements `Read` and `Write` for `&TcpStream`), so a client costs
 /// one file descriptor, not two.
-struct Duplex {
+///
+/// Reading also meters: `tungstenite` consumes continuation frames, and
+/// answers pings, without returning to us, so an endless run of empty
+/// fragments would never meet the message rate. The read side sees every
+/// frame header go by and charges those frames to the rate here.
+struct Duplex<'a> {
     read: Arc<TcpStream>,
     write: OutboxWriter,
+    /// This connection's message rate (`None`: no limit).
+    rate: Option<MessageRate<'a>>,
+    scanner: HeaderScanner,
 }
 
-impl Read for Duplex {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.read).read(buf)
+/// The read error that ends a connection whose frames exceeded the rate.
+#[derive(Debug)]
+struct RateExceeded;
+
+impl std::fmt::Display for RateExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("message rate exceeded")
     }
 }
 
-impl Write for Duplex {
+impl std::error::Error for RateExceeded {}
+
+impl Duplex<'_> {
+    /// Charges each frame in `bytes` that starts no message to the rate.
+    /// Such a frame cannot be refused on its own (it is part of a message,
+    /// or a ping that must get its pong), so over the rate it only uses up
+    /// patience, and a client that runs out of it is disconnected.
+    fn meter(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(rate) = &mut self.rate else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut exceeded = false;
+        self.scanner.feed(bytes, |opcode| {
+            if frame::starts_no_message(opcode) && rate.judge(now) == Verdict::Disconnect {
+                exceeded = true;
+            }
+        });
+        if exceeded {
+            return Err(io::Error::other(RateExceeded));
+        }
+        Ok(())
+    }
+}
+
+impl Read for Duplex<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&*self.read).read(buf)?;
+        self.meter(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write.write(buf)
     }
@@ -118,12 +163,39 @@ pub fn run(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
-    let outbox = Outbox::for_socket(shared.config.client_queue_frames, stream.clone());
+    let config = &shared.config;
+    let limit = QueueLimit {
+        frames: config.client_queue_frames,
+        bytes: config.client_queue_bytes,
+    };
+    let outbox = Outbox::for_socket(limit, stream.clone());
+    let username: Arc<str> = claims.username.as_str().into();
+    // A conformance suite floods on purpose: no rate in echo mode.
+    let rate = (!config.echo)
+        .then(|| {
+            let shared_budgets = shared
+                .message_budgets
+                .as_ref()
+                .map(|budgets| (budgets, username.clone(), peer.ip()));
+            MessageRate::new(
+                config.message_rate,
+                config.message_burst,
+                shared_budgets,
+                Instant::now(),
+            )
+        })
+        .flatten();
+    let mut duplex = Duplex {
+        read: stream,
+        write: OutboxWriter::new(outbox.clone()),
+        rate,
+        scanner: HeaderScanner::default(),
+    };
+    // The bytes read with the request are frames too; the scanner must see
+    // them to stay in step with the stream.
+    let _ = duplex.meter(&leftover);
     let mut ws = WebSocket::from_partially_read(
-        Duplex {
-            read: stream,
-            write: OutboxWriter::new(outbox.clone()),
-        },
+        duplex,
         leftover,
         Role::Server,
         Some(ws_config(shared.config.frame_limit())),
@@ -136,7 +208,6 @@ pub fn run(
         crate::info!("echo client connected from {peer}");
         (echo_loop(&mut ws, &outbox), format!("echo client {peer}"))
     } else {
-        let username: Arc<str> = claims.username.as_str().into();
         let id = shared
             .room
             .join(Client::new(username.clone(), claims.exp, outbox.clone()));
@@ -186,12 +257,10 @@ fn ws_config(frame_limit: usize) -> WebSocketConfig {
 /// Reads frames until the connection ends.
 fn read_loop(
     shared: &Shared,
-    ws: &mut WebSocket<Duplex>,
+    ws: &mut WebSocket<Duplex<'_>>,
     outbox: &Arc<Outbox>,
     me: &Me<'_>,
 ) -> End {
-    let config = &shared.config;
-    let mut rate = MessageRate::new(config.message_rate, config.message_burst, Instant::now());
     loop {
         let message = match ws.read() {
             Ok(message) => message,
@@ -207,7 +276,8 @@ fn read_loop(
             Message::Text(text) => {
                 // Every text frame counts against the rate, whatever it
                 // holds: a flood of bad messages or reauths is a flood too.
-                match rate.as_mut().map(|r| r.judge(Instant::now())) {
+                let rate = ws.get_mut().rate.as_mut();
+                match rate.map(|r| r.judge(Instant::now())) {
                     None | Some(Verdict::Accept) => {}
                     Some(Verdict::Refuse) => {
                         notify(
@@ -231,6 +301,13 @@ fn read_loop(
                             Ok(_) => {}
                             // Evicted (expired) meanwhile: nothing more from it.
                             Err(Refused::Gone) => return closed_by_room(outbox),
+                            // Everyone together is sending faster than the
+                            // room fans out: this sender must wait.
+                            Err(Refused::Busy) => notify(
+                                outbox,
+                                ErrorCode::RateLimited,
+                                "the room is busy: slow down and send it again",
+                            ),
                             // Redis is away: the client should know, not
                             // wait for a message that is not coming.
                             Err(Refused::Unavailable(why)) => notify(
@@ -260,7 +337,7 @@ fn read_loop(
 
 /// Echo mode (a test aid for conformance suites): reads until the
 /// connection ends, sending every data message back to its sender only.
-fn echo_loop(ws: &mut WebSocket<Duplex>, outbox: &Arc<Outbox>) -> End {
+fn echo_loop(ws: &mut WebSocket<Duplex<'_>>, outbox: &Arc<Outbox>) -> End {
     loop {
         match ws.read() {
             Ok(message) => {
@@ -330,6 +407,11 @@ fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str) {
 fn refuse_on_error(outbox: &Arc<Outbox>, error: WsError) -> End {
     use tungstenite::error::{CapacityError, ProtocolError};
     match error {
+        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<RateExceeded>()) => refuse(
+            outbox,
+            close_code::POLICY_VIOLATION,
+            "message rate exceeded",
+        ),
         // The client vanished without a close frame: nothing to answer.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Dropped,
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => refuse(

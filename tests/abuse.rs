@@ -205,3 +205,142 @@ fn parallel_login_guesses_cannot_outrun_the_throttle() {
     assert_eq!(checked, 3, "only three guesses were checked: {statuses:?}");
     assert_eq!(refused, 21);
 }
+
+#[test]
+fn one_users_sockets_share_one_message_budget() {
+    let server = start_with(|c| {
+        c.user_message_rate = Some(1);
+        c.user_message_burst = Some(10);
+    });
+    let (mut watcher, _) = server.connect("userB");
+    let (mut neighbour, _) = server.connect("userC");
+    // Five sockets of one user, each well within its own burst of 40.
+    let mut sockets: Vec<Client> = (0..5).map(|_| server.connect("userA").0).collect();
+    for socket in &mut sockets {
+        for i in 0..20 {
+            socket.say(&format!("spam {i}"));
+        }
+    }
+    // One budget of 10 between them (and a token a second since): the
+    // room hears that much, then a quiet second.
+    watcher
+        .ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut delivered = 0;
+    loop {
+        match watcher.next() {
+            Event::Json(m) if m["type"] == "message" => delivered += 1,
+            Event::Json(_) => {}
+            Event::Error(_) => break,
+            Event::Closed(frame) => panic!("watcher closed: {frame:?}"),
+        }
+    }
+    assert!((10..=12).contains(&delivered), "delivered {delivered}");
+    // The address's budget is spent too: another user there has the
+    // second's refill (a token or so) to share, not a burst of its own.
+    for i in 0..3 {
+        neighbour.say(&format!("hello {i}"));
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        let m = neighbour.recv_type_of(&["message", "error"]);
+        if m["type"] == "error" || m["from"] == "userC" {
+            replies.push(m);
+        }
+    }
+    assert!(
+        replies.iter().any(|r| r["code"] == "rate_limited"),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn empty_continuation_frames_count_against_the_rate() {
+    use tungstenite::Message;
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = start_with(|c| {
+        c.message_rate = 5;
+        c.message_burst = 10;
+    });
+    let (mut client, _) = server.connect("userA");
+    // A message that never ends: one empty fragment after another, which
+    // tungstenite swallows without ever returning a message.
+    let first = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
+    client.ws.write(Message::Frame(first)).expect("send");
+    for _ in 0..100 {
+        let more = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if client.ws.write(Message::Frame(more)).is_err() {
+            break;
+        }
+    }
+    let _ = client.ws.flush();
+    let (code, _) = client.until_close();
+    assert_eq!(code, 1008);
+}
+
+#[test]
+fn a_ping_flood_counts_against_the_rate() {
+    use tungstenite::Message;
+    let server = start_with(|c| {
+        c.message_rate = 5;
+        c.message_burst = 10;
+    });
+    let (mut client, _) = server.connect("userA");
+    for _ in 0..100 {
+        if client.ws.send(Message::Ping(Vec::new().into())).is_err() {
+            break;
+        }
+    }
+    let (code, _) = client.until_close();
+    assert_eq!(code, 1008);
+}
+
+/// On a dual-stack listener (`[::]`), IPv4 clients arrive as
+/// `::ffff:a.b.c.d`; each must still be its own address for every limit.
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_are_told_apart() {
+    let server = start_with(|c| {
+        c.bind = "[::]:0".into();
+        c.max_login_failures = 3;
+    });
+    let v4 = std::net::SocketAddr::from((LOCALHOST, server.addr.port()));
+    for _ in 0..3 {
+        let r = send_raw_from(OTHER_HOST, v4, &login_request("userA", "guess"));
+        assert_eq!(r.status, 401);
+    }
+    let r = send_raw_from(OTHER_HOST, v4, &login_request("userA", "guess"));
+    assert_eq!(r.status, 429, "{}", r.text());
+    let third_host = Ipv4Addr::new(127, 0, 0, 3);
+    let r = send_raw_from(third_host, v4, &login_request("userA", "guess"));
+    assert_eq!(r.status, 401, "another IPv4 client is not throttled");
+}
+
+#[test]
+fn a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_listener() {
+    let server = start_with(|c| {
+        c.bind = "[::]:0".into();
+        c.max_login_failures = 1;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    });
+    let v4 = std::net::SocketAddr::from((LOCALHOST, server.addr.port()));
+    let via_proxy = |client: &str| {
+        let mut request = login_request("userA", "guess");
+        let at = request
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head");
+        let header = format!("\r\nX-Forwarded-For: {client}");
+        request.splice(at..at, header.into_bytes());
+        send_raw_from(LOCALHOST, v4, &request).status
+    };
+    assert_eq!(via_proxy("203.0.113.7"), 401);
+    assert_eq!(via_proxy("203.0.113.7"), 429, "that client is throttled");
+    assert_eq!(
+        via_proxy("203.0.113.8"),
+        401,
+        "the proxy's other clients are not: the proxy was recognised"
+    );
+}

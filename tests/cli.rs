@@ -204,6 +204,21 @@ fn unusable_bind_address_is_exit_2() {
     assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
 }
 
+/// A configuration mistake is reported as itself, even when the port is
+/// taken (say, by a server the user left running): everything is checked
+/// before anything is bound.
+#[test]
+fn configuration_is_checked_before_the_port_is_bound() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("address").to_string();
+    let line = assert_start_error(&run(&["--bind", &addr, "--redis", "http://x/0"]));
+    assert!(line.contains("redis"), "{line}");
+    let missing = std::env::temp_dir().join("jwtchat-cli-no-such-dir");
+    let missing = missing.to_str().expect("UTF-8 path");
+    let line = assert_start_error(&run(&["--bind", &addr, "--static", missing]));
+    assert!(line.contains("--static"), "{line}");
+}
+
 /// The default build has no Redis client in it: `--redis` says how to get
 /// one instead of being ignored.
 #[cfg(not(feature = "redis"))]

@@ -142,6 +142,16 @@ impl Client {
         }
     }
 
+    /// The next message whose `type` is one of `kinds`, skipping others.
+    pub fn recv_type_of(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            let value = self.recv();
+            if kinds.iter().any(|k| value["type"] == *k) {
+                return value;
+            }
+        }
+    }
+
     /// The next thing that happens on the socket.
     pub fn next(&mut self) -> Event {
         loop {
