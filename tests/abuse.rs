@@ -223,20 +223,7 @@ fn one_users_sockets_share_one_message_budget() {
     }
     // One budget of 10 between them (and a token a second since): the
     // room hears that much, then a quiet second.
-    watcher
-        .ws
-        .get_mut()
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    let mut delivered = 0;
-    loop {
-        match watcher.next() {
-            Event::Json(m) if m["type"] == "message" => delivered += 1,
-            Event::Json(_) => {}
-            Event::Error(_) => break,
-            Event::Closed(frame) => panic!("watcher closed: {frame:?}"),
-        }
-    }
+    let delivered = watcher.messages_until_quiet(Duration::from_secs(1)).len();
     assert!((10..=12).contains(&delivered), "delivered {delivered}");
     // The address's budget is spent too: another user there has the
     // second's refill (a token or so) to share, not a burst of its own.

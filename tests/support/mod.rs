@@ -152,6 +152,27 @@ impl Client {
         }
     }
 
+    /// Every chat `message` until the server has been silent for `quiet`
+    /// (a flood is over). Panics if the server closes the connection.
+    pub fn messages_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        let socket = self.ws.get_mut();
+        socket.set_read_timeout(Some(quiet)).expect("timeout");
+        let mut messages = Vec::new();
+        loop {
+            match self.next() {
+                Event::Json(m) if m["type"] == "message" => messages.push(m),
+                Event::Json(_) => {}
+                Event::Closed(frame) => panic!("closed by the server: {frame:?}"),
+                Event::Error(_) => break,
+            }
+        }
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(PATIENCE))
+            .expect("timeout");
+        messages
+    }
+
     /// The next thing that happens on the socket.
     pub fn next(&mut self) -> Event {
         loop {
