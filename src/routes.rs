@@ -225,7 +225,7 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
             }
             crate::info!(
                 "upgrade refused for {peer} ({}): {error:?}",
-                crate::log::redact_token(&request.target)
+                crate::log::redact_target(&request.target)
             );
             let response = error.response();
             trace.response(&String::from_utf8_lossy(&response.to_bytes(false, false)));

@@ -82,3 +82,64 @@ fn events_are_logged_without_secrets() {
         );
     }
 }
+
+/// Starts the real binary with `args` and returns it with its address.
+fn spawn_binary(args: &[&str]) -> (Binary, std::net::SocketAddr) {
+    let mut binary = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("JWTCHAT_SECRET", std::str::from_utf8(SECRET).unwrap()),
+    );
+    let addr = binary.wait_listening();
+    (binary, addr)
+}
+
+/// Every line logged so far, waiting `quiet` for stragglers.
+fn drain_log(binary: &mut Binary, quiet: Duration) -> Vec<String> {
+    let mut lines = binary.seen.clone();
+    while let Ok(line) = binary.lines.recv_timeout(quiet) {
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn no_query_value_reaches_the_log_or_the_trace() {
+    let (mut binary, addr) = spawn_binary(&["--log-level", "debug", "--trace-handshake"]);
+    let targets = [
+        "/ws?access_token=SECRET-ACCESS",
+        "/ws?jwt=SECRET-JWT",
+        "/ws?Token=SECRET-CAPITAL",
+        "/ws?a=1;token=SECRET-SEMICOLON",
+        "/ws?token=SECRET-PLAIN.x.y",
+    ];
+    for target in targets {
+        let r = send_raw(addr, upgrade_request(target, "").as_bytes());
+        assert_eq!(r.status, 401, "{target}");
+    }
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let log = lines.join("\n");
+    assert!(
+        log.contains("upgrade refused") && log.contains("> GET /ws?"),
+        "both the log line and the trace are there:\n{log}"
+    );
+    for secret in [
+        "SECRET-ACCESS",
+        "SECRET-JWT",
+        "SECRET-CAPITAL",
+        "SECRET-SEMICOLON",
+        "SECRET-PLAIN",
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret:?}:\n{log}");
+    }
+    // The names stay, so an operator can still see what a client sent.
+    for kept in [
+        "access_token=[redacted]",
+        "jwt=[redacted]",
+        "Token=[redacted]",
+        "a=[redacted];token=[redacted]",
+    ] {
+        assert!(log.contains(kept), "no {kept:?} in the log:\n{log}");
+    }
+}
