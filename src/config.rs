@@ -65,9 +65,12 @@ pub struct Config {
     /// Failed logins one IP address may make per minute before `429`;
     /// 0 turns the limit off.
     pub max_login_failures: u32,
-    /// Serve `/metrics` on this separate address (only there) instead of
-    /// on the main listener.
+    /// Serve `/metrics` on this separate address.
     pub metrics_bind: Option<String>,
+    /// Serve `/metrics` on the main listener too. Off by default: the
+    /// counters say why tokens fail (`tokens_rejected_total{reason}`),
+    /// which the uniform `401 invalid_token` exists to hide.
+    pub metrics_public: bool,
     /// The most verbose log level printed.
     pub log_level: Level,
     /// How long after a password login `/auth/refresh` keeps renewing a
@@ -107,6 +110,7 @@ impl Default for Config {
             max_connections_per_ip: 256,
             max_login_failures: 10,
             metrics_bind: None,
+            metrics_public: false,
             log_level: Level::Info,
             max_session_secs: 12 * 3600,
             history: 100,
@@ -225,8 +229,11 @@ OPTIONS:
     --trace-handshake           print every WebSocket handshake step by step
     --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
                                 X-Forwarded-For names the client; repeatable
-    --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
-                                instead of on the main listener
+    --metrics-bind ADDR         serve /metrics on ADDR (e.g. 127.0.0.1:9100);
+                                without it or --metrics-public, /metrics is
+                                not served at all
+    --metrics-public            also serve /metrics on the main listener (it
+                                tells why tokens were rejected: keep private)
     --log-level LEVEL           error, warn, info or debug [default: info]
     --redis URL                 share one room with every instance using this
                                 Redis, e.g. redis://127.0.0.1:6379/0 (builds
@@ -319,6 +326,7 @@ where
             }
             "--echo" if inline.is_none() => config.echo = true,
             "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
+            "--metrics-public" if inline.is_none() => config.metrics_public = true,
             "--trust-proxy" => {
                 let value = value("--trust-proxy")?;
                 let cidr = value.parse().map_err(|_| CliError::BadValue {
@@ -457,6 +465,8 @@ mod tests {
         assert_eq!(c.issuer, "jwtchat");
         assert_eq!(c.max_message_bytes, 4096);
         assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
+        assert!(c.metrics_bind.is_none() && !c.metrics_public);
+        assert!(serve(&["--metrics-public"]).metrics_public);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | `POST /auth/refresh` | a renewed token, or `401` |
 //! | `GET /ws` | the WebSocket upgrade ([`crate::handshake`], then [`crate::session`]) |
 //! | `GET /healthz` | `200 ok`, or `503` while Redis is unreachable |
-//! | `GET /metrics` | the counters ([`crate::metrics`]) |
+//! | `GET /metrics` | the counters ([`crate::metrics`]), with `--metrics-public` only; else like any missing file |
 //! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
 
 use std::net::SocketAddr;
@@ -28,9 +28,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
 /// Every request but a WebSocket upgrade.
 pub fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     let method = request.method.as_str();
-    let own_metrics_listener = shared.config.metrics_bind.is_some();
     match (request.path(), method) {
-        ("/metrics", _) if !own_metrics_listener => route_metrics_only(shared, request),
+        // Otherwise `/metrics` is answered like any path that does not
+        // exist: the counters say why tokens fail, which the uniform 401
+        // is there to hide (`--metrics-bind` serves them privately).
+        ("/metrics", _) if shared.config.metrics_public => route_metrics_only(shared, request),
         ("/auth", "POST") => login(shared, request, peer),
         ("/auth/refresh", "POST") => refresh(shared, request, peer),
         ("/auth/refresh", _) => method_not_allowed("POST"),

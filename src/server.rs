@@ -72,7 +72,7 @@ pub struct Server {
 /// What a listener serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
-    /// Everything (and `/metrics` too, unless it has its own listener).
+    /// Everything (`/metrics` only with `--metrics-public`).
     Main,
     /// Only `/metrics`.
     Metrics,
@@ -183,6 +183,11 @@ impl Server {
     fn serve(self, stop: &Arc<AtomicBool>) {
         crate::info!("listening on http://{}", self.local_addr());
         spawn_sweeper(self.shared.clone(), stop.clone());
+        if self.shared.config.metrics_public {
+            crate::info!("metrics on http://{}/metrics", self.local_addr());
+        } else if self.metrics_listener.is_none() {
+            crate::info!("metrics not served (see --metrics-bind)");
+        }
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.shared.cluster {
             cluster.start(&self.shared);
