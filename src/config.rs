@@ -65,6 +65,16 @@ pub struct Config {
     /// Failed logins one IP address may make per minute before `429`;
     /// 0 turns the limit off.
     pub max_login_failures: u32,
+    /// Logins, successful or not, one IP address may make per minute
+    /// before `429`; 0 turns the limit off.
+    pub max_logins_per_ip: u32,
+    /// Successful logins for one username per minute before `429`; 0 turns
+    /// the limit off. (Failures are limited per IP: counting them per
+    /// username would let anyone lock a user out.)
+    pub max_logins_per_user: u32,
+    /// `POST /auth/refresh` calls per token subject per minute before
+    /// `429`; 0 turns the limit off.
+    pub max_refreshes: u32,
     /// Serve `/metrics` on this separate address.
     pub metrics_bind: Option<String>,
     /// Serve `/metrics` on the main listener too. Off by default: the
@@ -109,6 +119,9 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_login_failures: 10,
+            max_logins_per_ip: 30,
+            max_logins_per_user: 6,
+            max_refreshes: 6,
             metrics_bind: None,
             metrics_public: false,
             log_level: Level::Info,
@@ -222,6 +235,12 @@ OPTIONS:
     --max-connections-per-ip N  open connections per client IP [default: 256]
     --max-login-failures N      failed logins per IP per minute before 429,
                                 0 = no limit [default: 10]
+    --max-logins-per-ip N       logins (successful ones too) per IP per minute
+                                before 429, 0 = no limit [default: 30]
+    --max-logins-per-user N     successful logins per username per minute
+                                before 429, 0 = no limit [default: 6]
+    --max-refreshes N           token refreshes per user per minute before 429,
+                                0 = no limit [default: 6]
     --max-session SECS          how long after a login tokens can be refreshed
                                 [default: 43200]
     --history N                 messages a newcomer's welcome carries, 0 = none
@@ -323,6 +342,26 @@ where
                     0,
                     1_000_000,
                 )? as u32
+            }
+            "--max-logins-per-ip" => {
+                config.max_logins_per_ip = number(
+                    "--max-logins-per-ip",
+                    value("--max-logins-per-ip")?,
+                    0,
+                    1_000_000,
+                )? as u32
+            }
+            "--max-logins-per-user" => {
+                config.max_logins_per_user = number(
+                    "--max-logins-per-user",
+                    value("--max-logins-per-user")?,
+                    0,
+                    1_000_000,
+                )? as u32
+            }
+            "--max-refreshes" => {
+                config.max_refreshes =
+                    number("--max-refreshes", value("--max-refreshes")?, 0, 1_000_000)? as u32
             }
             "--echo" if inline.is_none() => config.echo = true,
             "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
@@ -467,6 +506,18 @@ mod tests {
         assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
         assert!(c.metrics_bind.is_none() && !c.metrics_public);
         assert!(serve(&["--metrics-public"]).metrics_public);
+        assert_eq!((c.max_logins_per_ip, c.max_logins_per_user), (30, 6));
+        assert_eq!(c.max_refreshes, 6);
+        let c = serve(&[
+            "--max-logins-per-ip=0",
+            "--max-logins-per-user",
+            "2",
+            "--max-refreshes=1",
+        ]);
+        assert_eq!(
+            (c.max_logins_per_ip, c.max_logins_per_user, c.max_refreshes),
+            (0, 2, 1)
+        );
     }
 
     #[test]

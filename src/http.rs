@@ -297,6 +297,15 @@ impl Connection {
         self.stream.write_all(bytes)
     }
 
+    /// True if the client has closed the connection (or reset it) since
+    /// sending its request: nobody is left to read an answer. A client
+    /// that half-closes after its request (`shutdown(SHUT_WR)`, which few
+    /// do) looks the same. Bytes already read past the request (a
+    /// pipelined one) mean it is still there.
+    pub fn client_gone(&self) -> bool {
+        self.buf.is_empty() && crate::sys::peer_closed(&self.stream)
+    }
+
     /// Hands over the socket and whatever was read past the last request.
     pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buf)

@@ -73,6 +73,7 @@ pub struct Shared {
     pub room: room::Room,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     pub logins: limits::LoginThrottle,
+    pub refreshes: limits::RefreshLimit,
     /// The relay to the other instances, with `--redis`.
     #[cfg(feature = "redis")]
     pub cluster: Option<std::sync::Arc<cluster::Cluster>>,

@@ -14,7 +14,7 @@ use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, RequestError, Response};
-use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle};
+use crate::limits::{ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit};
 use crate::metrics::Metrics;
 use crate::protocol::close_code;
 use crate::room::Room;
@@ -131,7 +131,12 @@ impl Server {
                 config.max_connections,
                 config.max_connections_per_ip,
             ),
-            logins: LoginThrottle::new(config.max_login_failures),
+            logins: LoginThrottle::new(LoginLimits {
+                failures_per_ip: config.max_login_failures,
+                attempts_per_ip: config.max_logins_per_ip,
+                logins_per_user: config.max_logins_per_user,
+            }),
+            refreshes: RefreshLimit::new(config.max_refreshes),
             config,
             users,
             tokens,
@@ -447,7 +452,7 @@ fn handle_connection(
         }
         let keep_alive = request.keep_alive();
         let response = match role {
-            Role::Main => routes::route(shared, &request, peer),
+            Role::Main => routes::route(shared, &request, peer, &conn),
             Role::Metrics => routes::route_metrics_only(shared, &request),
         };
         let head_only = request.method == "HEAD";
