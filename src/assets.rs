@@ -57,6 +57,12 @@ impl Assets {
     /// The file for a URL path (`/` is `index.html`), with its type.
     pub fn get(&self, url_path: &str) -> Result<(&'static str, Cow<'static, [u8]>), AssetError> {
         let relative = resolve(url_path)?;
+        // Hidden names (`.env`, `.git/config`, `.htpasswd`) are never
+        // front-end files: build.rs leaves them out of the embedded copy,
+        // and a `--static` directory may well hold them, with secrets.
+        if relative.split('/').any(|name| name.starts_with('.')) {
+            return Err(AssetError::NotFound);
+        }
         let body = match self {
             Assets::Embedded => embedded::EMBEDDED
                 .binary_search_by(|(name, _)| (*name).cmp(&relative))

@@ -146,11 +146,41 @@ impl Users {
     /// users still pay for one hash check, so timing does not reveal which
     /// usernames exist.
     pub fn check_password(&self, username: &str, password: &str) -> Option<&User> {
+        match self.check_password_if(username, password, || true) {
+            PasswordCheck::Match(user) => Some(user),
+            PasswordCheck::NoMatch | PasswordCheck::Abandoned => None,
+        }
+    }
+
+    /// Like [`Users::check_password`], but when this check's turn comes,
+    /// it runs only if `still_wanted()`: a client that has gone while
+    /// queued costs no argon2 work, and does not delay those behind it.
+    pub fn check_password_if(
+        &self,
+        username: &str,
+        password: &str,
+        still_wanted: impl FnOnce() -> bool,
+    ) -> PasswordCheck<'_> {
         let user = self.by_name.get(username);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let matches = self.gate.run(|| verify_password(password, hash));
-        user.filter(|_| matches)
+        let matches = self
+            .gate
+            .run(|| still_wanted().then(|| verify_password(password, hash)));
+        match (matches, user) {
+            (None, _) => PasswordCheck::Abandoned,
+            (Some(true), Some(user)) => PasswordCheck::Match(user),
+            (Some(_), _) => PasswordCheck::NoMatch,
+        }
     }
+}
+
+/// What [`Users::check_password_if`] found.
+#[derive(Debug)]
+pub enum PasswordCheck<'a> {
+    Match(&'a User),
+    NoMatch,
+    /// Not checked: the caller no longer wanted the answer.
+    Abandoned,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -194,35 +224,56 @@ fn check_phc(phc: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lets at most one password check per core run at once. argon2id is
-/// memory-hard by design; without a gate, a burst of logins on a 256 MB host
-/// would allocate 19 MiB each and run it out of memory.
+/// Lets at most one password check per core run at once, in the order they
+/// arrived. argon2id is memory-hard by design; without a gate, a burst of
+/// logins on a 256 MB host would allocate 19 MiB each and run it out of
+/// memory. First come, first served (a ticket each, like a bakery): with a
+/// plain condition variable any waiter may be woken next, and a login could
+/// wait behind a whole storm that arrived after it.
 struct PasswordGate {
-    running: Mutex<usize>,
-    freed: Condvar,
+    state: Mutex<GateState>,
+    turn: Condvar,
     limit: usize,
+}
+
+struct GateState {
+    /// The ticket the next arrival gets.
+    next_ticket: u64,
+    /// The ticket allowed to start next.
+    now_serving: u64,
+    running: usize,
 }
 
 impl PasswordGate {
     fn new() -> PasswordGate {
         PasswordGate {
-            running: Mutex::new(0),
-            freed: Condvar::new(),
+            state: Mutex::new(GateState {
+                next_ticket: 0,
+                now_serving: 0,
+                running: 0,
+            }),
+            turn: Condvar::new(),
             limit: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
     fn run<T>(&self, work: impl FnOnce() -> T) -> T {
         {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            while *running >= self.limit {
-                running = self
-                    .freed
-                    .wait(running)
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let ticket = state.next_ticket;
+            state.next_ticket += 1;
+            while ticket != state.now_serving || state.running >= self.limit {
+                state = self
+                    .turn
+                    .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            *running += 1;
+            state.now_serving += 1;
+            state.running += 1;
         }
+        // Every waiter checks whether its ticket is up: the next one may
+        // start now if a place is free.
+        self.turn.notify_all();
         // Released on the way out, a panic included.
         let _slot = Slot(self);
         work()
@@ -234,12 +285,12 @@ struct Slot<'a>(&'a PasswordGate);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *self
-            .0
-            .running
+        self.0
+            .state
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) -= 1;
-        self.0.freed.notify_one();
+            .unwrap_or_else(PoisonError::into_inner)
+            .running -= 1;
+        self.0.turn.notify_all();
     }
 }
 
@@ -446,6 +497,54 @@ mod tests {
         assert!(users.check_password("ann", "secret").is_some());
         assert!(users.check_password("ann", "Secret").is_none());
         assert!(users.check_password("bob", "secret").is_none());
+    }
+
+    #[test]
+    fn an_unwanted_check_is_not_run() {
+        let users = Users::new(vec![user()]);
+        assert!(matches!(
+            users.check_password_if("ann", "secret", || false),
+            PasswordCheck::Abandoned
+        ));
+        assert!(matches!(
+            users.check_password_if("ann", "secret", || true),
+            PasswordCheck::Match(_)
+        ));
+    }
+
+    #[test]
+    fn the_gate_serves_in_arrival_order() {
+        let gate = std::sync::Arc::new(PasswordGate {
+            limit: 1,
+            ..PasswordGate::new()
+        });
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        // Hold the only place while eight checks queue up, one by one.
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.run(|| release.recv()))
+        };
+        while gate.state.lock().unwrap().running == 0 {
+            std::thread::yield_now();
+        }
+        let waiters: Vec<_> = (0..8)
+            .map(|i| {
+                let (queued, order) = (gate.clone(), order.clone());
+                let waiter =
+                    std::thread::spawn(move || queued.run(|| order.lock().unwrap().push(i)));
+                while gate.state.lock().unwrap().next_ticket < i + 2 {
+                    std::thread::yield_now();
+                }
+                waiter
+            })
+            .collect();
+        hold.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (0..8).collect::<Vec<u64>>());
     }
 
     #[test]

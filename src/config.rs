@@ -76,9 +76,22 @@ pub struct Config {
     /// Failed logins one IP address may make per minute before `429`;
     /// 0 turns the limit off.
     pub max_login_failures: u32,
-    /// Serve `/metrics` on this separate address (only there) instead of
-    /// on the main listener.
+    /// Logins, successful or not, one IP address may make per minute
+    /// before `429`; 0 turns the limit off.
+    pub max_logins_per_ip: u32,
+    /// Successful logins for one username per minute before `429`; 0 turns
+    /// the limit off. (Failures are limited per IP: counting them per
+    /// username would let anyone lock a user out.)
+    pub max_logins_per_user: u32,
+    /// `POST /auth/refresh` calls per token subject per minute before
+    /// `429`; 0 turns the limit off.
+    pub max_refreshes: u32,
+    /// Serve `/metrics` on this separate address.
     pub metrics_bind: Option<String>,
+    /// Serve `/metrics` on the main listener too. Off by default: the
+    /// counters say why tokens fail (`tokens_rejected_total{reason}`),
+    /// which the uniform `401 invalid_token` exists to hide.
+    pub metrics_public: bool,
     /// The most verbose log level printed.
     pub log_level: Level,
     /// How long after a password login `/auth/refresh` keeps renewing a
@@ -120,7 +133,11 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_login_failures: 10,
+            max_logins_per_ip: 30,
+            max_logins_per_user: 6,
+            max_refreshes: 6,
             metrics_bind: None,
+            metrics_public: false,
             log_level: Level::Info,
             max_session_secs: 12 * 3600,
             history: 100,
@@ -252,6 +269,12 @@ OPTIONS:
     --max-connections-per-ip N  open connections per client IP [default: 256]
     --max-login-failures N      failed logins per IP per minute before 429,
                                 0 = no limit [default: 10]
+    --max-logins-per-ip N       logins (successful ones too) per IP per minute
+                                before 429, 0 = no limit [default: 30]
+    --max-logins-per-user N     successful logins per username per minute
+                                before 429, 0 = no limit [default: 6]
+    --max-refreshes N           token refreshes per user per minute before 429,
+                                0 = no limit [default: 6]
     --max-session SECS          how long after a login tokens can be refreshed
                                 [default: 43200]
     --history N                 messages a newcomer's welcome carries, 0 = none
@@ -259,8 +282,11 @@ OPTIONS:
     --trace-handshake           print every WebSocket handshake step by step
     --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
                                 X-Forwarded-For names the client; repeatable
-    --metrics-bind ADDR         serve /metrics only on ADDR (e.g. 127.0.0.1:9100)
-                                instead of on the main listener
+    --metrics-bind ADDR         serve /metrics on ADDR (e.g. 127.0.0.1:9100);
+                                without it or --metrics-public, /metrics is
+                                not served at all
+    --metrics-public            also serve /metrics on the main listener (it
+                                tells why tokens were rejected: keep private)
     --log-level LEVEL           error, warn, info or debug [default: info]
     --redis URL                 share one room with every instance using this
                                 Redis, e.g. redis://127.0.0.1:6379/0 (builds
@@ -375,8 +401,29 @@ where
                     1_000_000,
                 )? as u32
             }
+            "--max-logins-per-ip" => {
+                config.max_logins_per_ip = number(
+                    "--max-logins-per-ip",
+                    value("--max-logins-per-ip")?,
+                    0,
+                    1_000_000,
+                )? as u32
+            }
+            "--max-logins-per-user" => {
+                config.max_logins_per_user = number(
+                    "--max-logins-per-user",
+                    value("--max-logins-per-user")?,
+                    0,
+                    1_000_000,
+                )? as u32
+            }
+            "--max-refreshes" => {
+                config.max_refreshes =
+                    number("--max-refreshes", value("--max-refreshes")?, 0, 1_000_000)? as u32
+            }
             "--echo" if inline.is_none() => config.echo = true,
             "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
+            "--metrics-public" if inline.is_none() => config.metrics_public = true,
             "--trust-proxy" => {
                 let value = value("--trust-proxy")?;
                 let cidr = value.parse().map_err(|_| CliError::BadValue {
@@ -515,6 +562,20 @@ mod tests {
         assert_eq!(c.issuer, "jwtchat");
         assert_eq!(c.max_message_bytes, 4096);
         assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
+        assert!(c.metrics_bind.is_none() && !c.metrics_public);
+        assert!(serve(&["--metrics-public"]).metrics_public);
+        assert_eq!((c.max_logins_per_ip, c.max_logins_per_user), (30, 6));
+        assert_eq!(c.max_refreshes, 6);
+        let c = serve(&[
+            "--max-logins-per-ip=0",
+            "--max-logins-per-user",
+            "2",
+            "--max-refreshes=1",
+        ]);
+        assert_eq!(
+            (c.max_logins_per_ip, c.max_logins_per_user, c.max_refreshes),
+            (0, 2, 1)
+        );
     }
 
     #[test]

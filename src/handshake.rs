@@ -240,7 +240,7 @@ impl Trace {
             let mut head = format!(
                 "> {} {} HTTP/1.{}",
                 request.method,
-                crate::log::redact_token(&request.target),
+                crate::log::redact_target(&request.target),
                 request.minor_version
             );
             for (name, value) in &request.headers {

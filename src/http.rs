@@ -104,6 +104,10 @@ pub enum RequestError {
     BodyTooLarge,
     /// `Transfer-Encoding` (chunked bodies) is not implemented.
     TransferEncoding,
+    /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
+    MissingHost,
+    /// More than one `Host` header (RFC 9112 §3.2).
+    MultipleHosts,
     Io(io::Error),
 }
 
@@ -124,6 +128,8 @@ impl fmt::Display for RequestError {
                 f,
                 "Transfer-Encoding is not supported; send the body with Content-Length"
             ),
+            RequestError::MissingHost => write!(f, "missing Host header"),
+            RequestError::MultipleHosts => write!(f, "more than one Host header"),
             RequestError::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
@@ -139,7 +145,9 @@ impl RequestError {
             RequestError::HeadTooLarge | RequestError::TooManyHeaders => {
                 (431, "request_header_fields_too_large")
             }
-            RequestError::Malformed(_) => (400, "bad_request"),
+            RequestError::Malformed(_)
+            | RequestError::MissingHost
+            | RequestError::MultipleHosts => (400, "bad_request"),
             RequestError::BodyTooLarge => (413, "payload_too_large"),
             RequestError::TransferEncoding => (501, "not_implemented"),
         };
@@ -177,6 +185,7 @@ impl Connection {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(request) = self.parse_head()? {
+                check_host(&request)?;
                 return self.read_body(request);
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
@@ -288,6 +297,15 @@ impl Connection {
         self.stream.write_all(bytes)
     }
 
+    /// True if the client has closed the connection (or reset it) since
+    /// sending its request: nobody is left to read an answer. A client
+    /// that half-closes after its request (`shutdown(SHUT_WR)`, which few
+    /// do) looks the same. Bytes already read past the request (a
+    /// pipelined one) mean it is still there.
+    pub fn client_gone(&self) -> bool {
+        self.buf.is_empty() && crate::sys::peer_closed(&self.stream)
+    }
+
     /// Hands over the socket and whatever was read past the last request.
     pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buf)
@@ -318,6 +336,23 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> 
         body: Vec::new(),
     };
     Ok(Some((request, len)))
+}
+
+/// RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
+/// code to any HTTP/1.1 request message that lacks a Host header field and
+/// to any request message that contains more than one Host header field".
+/// HTTP/1.0 predates `Host` and may leave it out.
+pub fn check_host(request: &Request) -> Result<(), RequestError> {
+    let hosts = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Host"))
+        .count();
+    match hosts {
+        0 if request.minor_version >= 1 => Err(RequestError::MissingHost),
+        0 | 1 => Ok(()),
+        _ => Err(RequestError::MultipleHosts),
+    }
 }
 
 /// The body length: absent means none; present must be one decimal number
@@ -472,6 +507,22 @@ mod tests {
             content_length(&twice),
             Err(RequestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        assert!(check_host(&request(&[("Host", "a")], "/")).is_ok());
+        assert!(matches!(
+            check_host(&request(&[], "/")),
+            Err(RequestError::MissingHost)
+        ));
+        assert!(matches!(
+            check_host(&request(&[("Host", "a"), ("host", "b")], "/")),
+            Err(RequestError::MultipleHosts)
+        ));
+        let mut old = request(&[], "/");
+        old.minor_version = 0;
+        assert!(check_host(&old).is_ok(), "HTTP/1.0 may leave Host out");
     }
 
     #[test]

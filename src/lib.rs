@@ -75,6 +75,7 @@ pub struct Shared {
     pub logins: limits::LoginThrottle,
     /// Message budgets per user and per IP (`None`: no such limit).
     pub message_budgets: Option<limits::SharedBudgets>,
+    pub refreshes: limits::RefreshLimit,
     /// The relay to the other instances, with `--redis`.
     #[cfg(feature = "redis")]
     pub cluster: Option<std::sync::Arc<cluster::Cluster>>,

@@ -1,5 +1,5 @@
-//! Abuse limits: how many connections, how many failed logins, how many
-//! messages. Each answers "may this go ahead?" cheaply and holds bounded
+//! Abuse limits: how many connections, how many logins and refreshes, how
+//! many messages. Each answers "may this go ahead?" cheaply and holds bounded
 //! memory, so a hostile client costs the server little and everyone else
 //! nothing.
 
@@ -139,77 +139,245 @@ impl Drop for ConnectionPermit {
 }
 
 // ---------------------------------------------------------------------------
-// Logins
+// Logins and refreshes
 
-/// Failed logins per IP over a sliding minute. Past the limit, every login
-/// from that IP is refused until the oldest failure is a minute old:
-/// guessing passwords then costs an attacker a minute per ten guesses, and
-/// the server no argon2 work.
-pub struct LoginThrottle {
-    max_failures: u32,
+/// Keys tracked at most by one [`Window`]. Past this, keys with no event in
+/// the window are dropped; if every one is still active, new keys are
+/// refused until some age out (failing closed: memory stays bounded, and
+/// filling the table takes tens of thousands of addresses or accounts).
+const MAX_TRACKED_KEYS: usize = 65_536;
+
+/// Events per key over a sliding window, at most `max` of them.
+struct Window<K> {
+    max: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    events: HashMap<K, VecDeque<Instant>>,
 }
 
-/// IPs tracked at most; past this, IPs with no recent failure are dropped.
-const MAX_TRACKED_IPS: usize = 65_536;
-
-impl LoginThrottle {
-    /// `max_failures` per minute; 0 turns the throttle off.
-    pub fn new(max_failures: u32) -> LoginThrottle {
-        LoginThrottle {
-            max_failures,
-            window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
+impl<K: std::hash::Hash + Eq + Clone> Window<K> {
+    fn new(max: u32, window: Duration) -> Window<K> {
+        Window {
+            max,
+            window,
+            events: HashMap::new(),
         }
     }
 
-    /// Starts a login attempt from `ip`: `Err(wait)` if it must wait, else
-    /// the attempt is counted as a failure straight away, under the same
-    /// lock, so that a hundred attempts sent at once cannot all get past
-    /// the check before any is recorded. [`LoginThrottle::forgive`] takes
-    /// it back when the password matched.
-    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        if self.max_failures == 0 {
+    /// `Err(wait)` if `key` has had `max` events in the window (or the table
+    /// is full). Records nothing.
+    fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+        if self.max == 0 {
             return Ok(());
         }
-        let ip = limit_key(ip);
-        let mut failures = lock(&self.failures);
-        if failures.len() >= MAX_TRACKED_IPS {
-            let window = self.window;
-            failures.retain(|_, recent| {
-                recent
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < window)
-            });
+        let window = self.window;
+        let fresh = |t: &Instant| now.saturating_duration_since(*t) < window;
+        if let Some(recent) = self.events.get_mut(key) {
+            while recent.front().is_some_and(|t| !fresh(t)) {
+                recent.pop_front();
+            }
+            if recent.len() >= self.max as usize {
+                let oldest = recent.front().copied().unwrap_or(now);
+                return Err(window.saturating_sub(now.saturating_duration_since(oldest)));
+            }
+            return Ok(());
         }
-        let recent = failures.entry(ip).or_default();
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            recent.pop_front();
+        if self.events.len() >= MAX_TRACKED_KEYS {
+            self.events
+                .retain(|_, recent| recent.back().is_some_and(fresh));
+            if self.events.len() >= MAX_TRACKED_KEYS {
+                return Err(window);
+            }
         }
-        if recent.len() >= self.max_failures as usize {
-            let oldest = recent.front().copied().unwrap_or(now);
-            return Err(self.window.saturating_sub(now.duration_since(oldest)));
-        }
-        recent.push_back(now);
         Ok(())
     }
 
-    /// The attempt begun at `at` succeeded: it was not a failure.
-    pub fn forgive(&self, ip: IpAddr, at: Instant) {
-        let ip = limit_key(ip);
-        let mut failures = lock(&self.failures);
-        if let Some(recent) = failures.get_mut(&ip) {
+    /// Records an event; call after [`Window::check`] passed, under the same
+    /// lock.
+    fn record(&mut self, key: K, now: Instant) {
+        if self.max > 0 {
+            self.events.entry(key).or_default().push_back(now);
+        }
+    }
+
+    /// Takes back the event recorded at `at`.
+    fn forget(&mut self, key: &K, at: Instant) {
+        if let Some(recent) = self.events.get_mut(key) {
             if let Some(i) = recent.iter().rposition(|t| *t == at) {
                 recent.remove(i);
             }
             if recent.is_empty() {
-                failures.remove(&ip);
+                self.events.remove(key);
             }
         }
+    }
+}
+
+/// Login attempts over a sliding minute, three ways:
+///
+/// - failed logins per IP (`--max-login-failures`, 10): guessing passwords
+///   costs an attacker a minute per ten guesses, and the server no argon2
+///   work;
+/// - all logins per IP, successful ones included (`--max-logins-per-ip`,
+///   30): a correct password is no licence to make the server hash it in a
+///   loop;
+/// - successful logins per username (`--max-logins-per-user`, 6): one
+///   account's storm of logins, from however many addresses, cannot fill
+///   the password queue for everyone else. Failures are not counted per
+///   username: that would let anyone who knows a username lock its owner
+///   out by guessing wrong; they are limited per IP instead.
+///
+/// An attempt is reserved in all three before the password is checked, under
+/// one lock, so that a hundred attempts sent at once cannot all get past the
+/// checks before any is recorded; the check's outcome then takes back what
+/// it was not ([`LoginThrottle::succeeded`], [`LoginThrottle::failed`]).
+pub struct LoginThrottle {
+    windows: Mutex<LoginWindows>,
+    /// Keys usernames in the table by a hash, so a client's 8 KiB username
+    /// costs 8 bytes; seeded at random, so nobody can aim for collisions.
+    hasher: std::hash::RandomState,
+}
+
+struct LoginWindows {
+    failures_per_ip: Window<IpAddr>,
+    attempts_per_ip: Window<IpAddr>,
+    logins_per_user: Window<u64>,
+}
+
+/// The limits a [`LoginThrottle`] enforces per minute; 0 turns one off.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    pub failures_per_ip: u32,
+    pub attempts_per_ip: u32,
+    pub logins_per_user: u32,
+}
+
+/// A login attempt that was let through, recorded at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginAttempt {
+    ip: IpAddr,
+    user: u64,
+    at: Instant,
+}
+
+/// Which limit refused a login, and how long until it would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    FailuresFromIp(Duration),
+    LoginsFromIp(Duration),
+    LoginsForUser(Duration),
+}
+
+impl LoginRefusal {
+    pub fn wait(self) -> Duration {
+        match self {
+            LoginRefusal::FailuresFromIp(w)
+            | LoginRefusal::LoginsFromIp(w)
+            | LoginRefusal::LoginsForUser(w) => w,
+        }
+    }
+
+    /// For the `429`'s message.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LoginRefusal::FailuresFromIp(_) => "too many failed logins",
+            LoginRefusal::LoginsFromIp(_) => "too many logins from this address",
+            LoginRefusal::LoginsForUser(_) => "too many logins for this user",
+        }
+    }
+}
+
+impl LoginThrottle {
+    pub fn new(limits: LoginLimits) -> LoginThrottle {
+        let minute = Duration::from_secs(60);
+        LoginThrottle {
+            windows: Mutex::new(LoginWindows {
+                failures_per_ip: Window::new(limits.failures_per_ip, minute),
+                attempts_per_ip: Window::new(limits.attempts_per_ip, minute),
+                logins_per_user: Window::new(limits.logins_per_user, minute),
+            }),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Starts a login attempt from `ip` for `username`: refused if any limit
+    /// is reached, else recorded in all three at once, as both a failure
+    /// and a success until the check says which. A refused attempt is
+    /// recorded nowhere.
+    pub fn begin(
+        &self,
+        ip: IpAddr,
+        username: &str,
+        now: Instant,
+    ) -> Result<LoginAttempt, LoginRefusal> {
+        use std::hash::BuildHasher;
+        let ip = limit_key(ip);
+        let user = self.hasher.hash_one(username);
+        let mut windows = lock(&self.windows);
+        let w = &mut *windows;
+        w.failures_per_ip
+            .check(&ip, now)
+            .map_err(LoginRefusal::FailuresFromIp)?;
+        w.attempts_per_ip
+            .check(&ip, now)
+            .map_err(LoginRefusal::LoginsFromIp)?;
+        w.logins_per_user
+            .check(&user, now)
+            .map_err(LoginRefusal::LoginsForUser)?;
+        w.failures_per_ip.record(ip, now);
+        w.attempts_per_ip.record(ip, now);
+        w.logins_per_user.record(user, now);
+        Ok(LoginAttempt { ip, user, at: now })
+    }
+
+    /// The password matched: not a failure. It still counts as a login for
+    /// its IP and its user.
+    pub fn succeeded(&self, attempt: LoginAttempt) {
+        lock(&self.windows)
+            .failures_per_ip
+            .forget(&attempt.ip, attempt.at);
+    }
+
+    /// The password did not match: a failure for its IP, not a login for
+    /// the user it named.
+    pub fn failed(&self, attempt: LoginAttempt) {
+        lock(&self.windows)
+            .logins_per_user
+            .forget(&attempt.user, attempt.at);
+    }
+
+    /// The attempt was never checked (the client left before its turn): it
+    /// counts as nothing, so a client cut off by its network is not held
+    /// against its address or its user.
+    pub fn abandoned(&self, attempt: LoginAttempt) {
+        let mut windows = lock(&self.windows);
+        windows.failures_per_ip.forget(&attempt.ip, attempt.at);
+        windows.attempts_per_ip.forget(&attempt.ip, attempt.at);
+        windows.logins_per_user.forget(&attempt.user, attempt.at);
+    }
+}
+
+/// `POST /auth/refresh` per token subject over a sliding minute: renewing is
+/// cheap, but each one is a log line and a signature, and a client stuck in
+/// a loop (or a stolen token in a script) should not make thousands.
+pub struct RefreshLimit {
+    window: Mutex<Window<String>>,
+}
+
+impl RefreshLimit {
+    /// `max` refreshes per subject per minute; 0 turns the limit off.
+    pub fn new(max: u32) -> RefreshLimit {
+        RefreshLimit {
+            window: Mutex::new(Window::new(max, Duration::from_secs(60))),
+        }
+    }
+
+    /// Counts a refresh for `sub`, or `Err(wait)` if it has had its share.
+    pub fn take(&self, sub: &str, now: Instant) -> Result<(), Duration> {
+        let mut window = lock(&self.window);
+        let key = sub.to_string();
+        window.check(&key, now)?;
+        window.record(key, now);
+        Ok(())
     }
 }
 
@@ -435,18 +603,129 @@ mod tests {
         assert!(limits.admit(Some(A)).is_ok());
     }
 
+    const LIMITS: LoginLimits = LoginLimits {
+        failures_per_ip: 3,
+        attempts_per_ip: 0,
+        logins_per_user: 0,
+    };
+
     #[test]
     fn failed_logins_are_throttled_per_ip_for_a_minute() {
-        let throttle = LoginThrottle::new(3);
+        let throttle = LoginThrottle::new(LIMITS);
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(throttle.begin(A, t0 + Duration::from_secs(i)), Ok(()));
+            assert!(throttle.begin(A, "u", t0 + Duration::from_secs(i)).is_ok());
         }
-        let wait = throttle.begin(A, t0 + Duration::from_secs(10)).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(50));
-        assert_eq!(throttle.begin(B, t0), Ok(()), "other IPs are unaffected");
-        assert_eq!(throttle.begin(A, t0 + Duration::from_secs(60)), Ok(()));
-        assert_eq!(LoginThrottle::new(0).begin(A, t0), Ok(()));
+        let refused = throttle.begin(A, "u", t0 + Duration::from_secs(10));
+        assert_eq!(
+            refused,
+            Err(LoginRefusal::FailuresFromIp(Duration::from_secs(50)))
+        );
+        assert!(
+            throttle.begin(B, "u", t0).is_ok(),
+            "other IPs are unaffected"
+        );
+        assert!(throttle.begin(A, "u", t0 + Duration::from_secs(60)).is_ok());
+        let off = LoginThrottle::new(LoginLimits {
+            failures_per_ip: 0,
+            ..LIMITS
+        });
+        assert!((0..100).all(|_| off.begin(A, "u", t0).is_ok()));
+    }
+
+    #[test]
+    fn successful_logins_are_throttled_per_user_and_all_per_ip() {
+        let throttle = LoginThrottle::new(LoginLimits {
+            failures_per_ip: 10,
+            attempts_per_ip: 5,
+            logins_per_user: 2,
+        });
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            let attempt = throttle.begin(A, "ann", t0).unwrap();
+            throttle.succeeded(attempt);
+        }
+        // Successes count too: the third login for ann waits, from any IP.
+        assert!(matches!(
+            throttle.begin(B, "ann", t0),
+            Err(LoginRefusal::LoginsForUser(_))
+        ));
+        // Other users are unaffected until A's address has made five.
+        throttle.succeeded(throttle.begin(A, "bob", t0).unwrap());
+        throttle.failed(throttle.begin(A, "cat", t0).unwrap());
+        throttle.failed(throttle.begin(A, "cat", t0).unwrap());
+        assert!(matches!(
+            throttle.begin(A, "dan", t0),
+            Err(LoginRefusal::LoginsFromIp(_))
+        ));
+        assert!(throttle.begin(B, "dan", t0).is_ok());
+        let later = t0 + Duration::from_secs(60);
+        assert!(throttle.begin(A, "ann", later).is_ok(), "a minute later");
+    }
+
+    #[test]
+    fn failed_logins_do_not_lock_a_user_out() {
+        let throttle = LoginThrottle::new(LoginLimits {
+            failures_per_ip: 0,
+            attempts_per_ip: 0,
+            logins_per_user: 2,
+        });
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let attempt = throttle.begin(A, "ann", t0 + Duration::from_millis(i));
+            throttle.failed(attempt.unwrap());
+        }
+        assert!(
+            throttle
+                .begin(B, "ann", t0 + Duration::from_millis(10))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn abandoned_logins_count_for_nothing() {
+        let throttle = LoginThrottle::new(LoginLimits {
+            failures_per_ip: 1,
+            attempts_per_ip: 1,
+            logins_per_user: 1,
+        });
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let attempt = throttle.begin(A, "ann", t0 + Duration::from_millis(i));
+            throttle.abandoned(attempt.unwrap());
+        }
+    }
+
+    #[test]
+    fn refreshes_are_limited_per_subject() {
+        let limit = RefreshLimit::new(3);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(limit.take("7", t0 + Duration::from_secs(i)), Ok(()));
+        }
+        assert_eq!(
+            limit.take("7", t0 + Duration::from_secs(20)),
+            Err(Duration::from_secs(40))
+        );
+        assert_eq!(limit.take("8", t0), Ok(()), "other subjects are unaffected");
+        assert_eq!(limit.take("7", t0 + Duration::from_secs(60)), Ok(()));
+        assert!((0..100).all(|_| RefreshLimit::new(0).take("7", t0).is_ok()));
+    }
+
+    #[test]
+    fn tracked_keys_are_bounded() {
+        let mut window = Window::new(1, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for key in 0..MAX_TRACKED_KEYS {
+            assert!(window.check(&key, t0).is_ok());
+            window.record(key, t0);
+        }
+        // Full of active keys: a new one waits rather than growing the table.
+        assert!(window.check(&usize::MAX, t0).is_err());
+        // A minute on, the stale ones make room.
+        let later = t0 + Duration::from_secs(60);
+        assert!(window.check(&usize::MAX, later).is_ok());
+        assert!(window.events.is_empty());
     }
 
     #[test]
@@ -464,13 +743,15 @@ mod tests {
     }
 
     #[test]
-    fn successful_logins_are_forgiven() {
-        let throttle = LoginThrottle::new(2);
+    fn successful_logins_are_not_failures() {
+        let throttle = LoginThrottle::new(LoginLimits {
+            failures_per_ip: 2,
+            ..LIMITS
+        });
         let t0 = Instant::now();
         for i in 0..5 {
-            let at = t0 + Duration::from_millis(i);
-            assert_eq!(throttle.begin(A, at), Ok(()));
-            throttle.forgive(A, at);
+            let attempt = throttle.begin(A, "u", t0 + Duration::from_millis(i));
+            throttle.succeeded(attempt.unwrap());
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! A logging crate would bring more than it gives here: the server logs a
 //! handful of events and never secrets (no token or password is passed to
-//! these macros; request targets are redacted by [`redact_token`]).
+//! these macros; request targets are redacted by [`redact_target`]).
 
 use std::fmt;
 use std::io::Write;
@@ -99,27 +99,35 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// A request target safe to log: the value of any `token` query parameter
-/// is replaced, because a token in a log is a credential in a log.
-pub fn redact_token(target: &str) -> String {
+/// A request target safe to log: the path and the name of every query
+/// parameter, with every value replaced by `[redacted]`.
+///
+/// Every value, not only `token`'s: a client may put a credential under any
+/// name (`access_token`, RFC 6750 §2.3; `jwt`; `Token`; a `%74oken` spelling),
+/// and a token in a log is a credential in a log. Pairs are split on `;` as
+/// well as `&`, the separator older form encoders and some proxies use. A
+/// parameter without `=` has no value and is kept.
+pub fn redact_target(target: &str) -> String {
     let Some((path, query)) = target.split_once('?') else {
         return target.to_string();
     };
-    // Compare decoded keys: `%74oken=` is `token=` to the server.
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            let key = url::form_urlencoded::parse(pair.as_bytes())
-                .next()
-                .map(|(k, _)| k.into_owned());
-            if key.as_deref() == Some("token") {
-                "token=[redacted]".to_string()
-            } else {
-                pair.to_string()
+    let mut out = format!("{path}?");
+    // Each piece keeps its separator, so the line shows the request's shape.
+    for piece in query.split_inclusive(['&', ';']) {
+        let (pair, separator) = match piece.strip_suffix(['&', ';']) {
+            Some(pair) => (pair, &piece[pair.len()..]),
+            None => (piece, ""),
+        };
+        match pair.split_once('=') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str("=[redacted]");
             }
-        })
-        .collect();
-    format!("{path}?{}", pairs.join("&"))
+            None => out.push_str(pair),
+        }
+        out.push_str(separator);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -137,17 +145,26 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_redacted_from_targets() {
+    fn every_query_value_is_redacted_from_targets() {
         assert_eq!(
-            redact_token("/ws?token=abc.def.ghi"),
+            redact_target("/ws?token=abc.def.ghi"),
             "/ws?token=[redacted]"
         );
         assert_eq!(
-            redact_token("/ws?a=1&token=x&b=2"),
-            "/ws?a=1&token=[redacted]&b=2"
+            redact_target("/ws?a=1&token=x&b=2"),
+            "/ws?a=[redacted]&token=[redacted]&b=[redacted]"
         );
-        assert_eq!(redact_token("/healthz"), "/healthz");
-        assert_eq!(redact_token("/ws?%74oken=abc"), "/ws?token=[redacted]");
-        assert_eq!(redact_token("/ws?t%6Fken=abc&x"), "/ws?token=[redacted]&x");
+        assert_eq!(redact_target("/healthz"), "/healthz");
+        assert_eq!(redact_target("/ws?%74oken=abc"), "/ws?%74oken=[redacted]");
+        assert_eq!(
+            redact_target("/ws?access_token=s&jwt=s&Token=s"),
+            "/ws?access_token=[redacted]&jwt=[redacted]&Token=[redacted]"
+        );
+        assert_eq!(
+            redact_target("/auth/refresh?a=1;token=s&x"),
+            "/auth/refresh?a=[redacted];token=[redacted]&x"
+        );
+        assert_eq!(redact_target("/ws?t=a=b&"), "/ws?t=[redacted]&");
+        assert_eq!(redact_target("/ws?"), "/ws?");
     }
 }

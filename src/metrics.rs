@@ -31,6 +31,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     pub auth_failures: AtomicU64,
     pub logins: AtomicU64,
+    /// Logins dropped before their password check: the client had gone.
+    pub logins_abandoned: AtomicU64,
     pub refreshes: AtomicU64,
     tokens_rejected: [AtomicU64; TOKEN_REASONS.len()],
     /// With `--redis` only.
@@ -146,6 +148,12 @@ impl Metrics {
             "counter",
             "Successful logins.",
             get(&self.logins),
+        );
+        metric(
+            "jwtchat_logins_abandoned_total",
+            "counter",
+            "Logins whose client had gone before its password check: no check was run.",
+            get(&self.logins_abandoned),
         );
         metric(
             "jwtchat_token_refreshes_total",

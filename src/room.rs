@@ -602,7 +602,7 @@ impl Room {
             };
             for (id, client, why) in removed {
                 if why != Departure::Disconnected {
-                    crate::info!("client {id} ({}) evicted: {why:?}", client.username);
+                    crate::info!("client {id} ({:?}) evicted: {why:?}", client.username);
                     let counter = match why {
                         Departure::TokenExpired => &self.metrics.expiry_disconnects,
                         _ => &self.metrics.slow_consumer_disconnects,

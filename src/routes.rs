@@ -6,7 +6,7 @@
 //! | `POST /auth/refresh` | a renewed token, or `401` |
 //! | `GET /ws` | the WebSocket upgrade ([`crate::handshake`], then [`crate::session`]) |
 //! | `GET /healthz` | `200 ok`, or `503` while Redis is unreachable |
-//! | `GET /metrics` | the counters ([`crate::metrics`]) |
+//! | `GET /metrics` | the counters ([`crate::metrics`]), with `--metrics-public` only; else like any missing file |
 //! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
 
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::auth::{Claims, RefreshError, TokenError};
+use crate::auth::{Claims, PasswordCheck, RefreshError, TokenError};
 use crate::handshake::Trace;
 use crate::http::{Connection, Request, Response};
 use crate::{Shared, handshake, metrics, session};
@@ -25,13 +25,16 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
      img-src 'self' data:; style-src 'self'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
-/// Every request but a WebSocket upgrade.
-pub fn route(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+/// Every request but a WebSocket upgrade. `conn` is the request's
+/// connection, for a handler that must know whether its client is still there.
+pub fn route(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Response {
     let method = request.method.as_str();
-    let own_metrics_listener = shared.config.metrics_bind.is_some();
     match (request.path(), method) {
-        ("/metrics", _) if !own_metrics_listener => route_metrics_only(shared, request),
-        ("/auth", "POST") => login(shared, request, peer),
+        // Otherwise `/metrics` is answered like any path that does not
+        // exist: the counters say why tokens fail, which the uniform 401
+        // is there to hide (`--metrics-bind` serves them privately).
+        ("/metrics", _) if shared.config.metrics_public => route_metrics_only(shared, request),
+        ("/auth", "POST") => login(shared, request, peer, conn),
         ("/auth/refresh", "POST") => refresh(shared, request, peer),
         ("/auth/refresh", _) => method_not_allowed("POST"),
         ("/auth", _) => method_not_allowed("POST"),
@@ -93,34 +96,57 @@ struct Credentials {
     password: String,
 }
 
-fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Response {
     let credentials = match parse_credentials(request) {
         Ok(credentials) => credentials,
         Err(response) => return response,
     };
-    let now = Instant::now();
-    if let Err(wait) = shared.logins.begin(peer.ip(), now) {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Response::error(
-            429,
-            "rate_limited",
-            &format!("too many failed logins; try again in {secs} s"),
-        )
-        .with_header("Retry-After", secs.max(1).to_string());
-    }
-    let Some(user) = shared
-        .users
-        .check_password(&credentials.username, &credentials.password)
-    else {
-        metrics::inc(&shared.metrics().auth_failures);
-        crate::info!("login failed for {:?} from {peer}", credentials.username);
-        return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
+    let username = &credentials.username;
+    let attempt = match shared.logins.begin(peer.ip(), username, Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(refusal) => {
+            crate::debug!("login for {username:?} from {peer} refused: {refusal:?}");
+            return rate_limited(refusal.reason(), refusal.wait());
+        }
     };
-    shared.logins.forgive(peer.ip(), now);
+    // The password queue can be long under load: a client that gave up
+    // while waiting in it must not cost an argon2 check, nor delay the
+    // clients queued behind it.
+    let checked = shared
+        .users
+        .check_password_if(username, &credentials.password, || !conn.client_gone());
+    let user = match checked {
+        PasswordCheck::Match(user) => user,
+        PasswordCheck::NoMatch => {
+            shared.logins.failed(attempt);
+            metrics::inc(&shared.metrics().auth_failures);
+            crate::info!("login failed for {username:?} from {peer}");
+            return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
+        }
+        PasswordCheck::Abandoned => {
+            shared.logins.abandoned(attempt);
+            metrics::inc(&shared.metrics().logins_abandoned);
+            crate::debug!("login for {username:?} from {peer} dropped: the client had gone");
+            // Nobody reads this; the write fails and the connection ends.
+            return Response::error(400, "bad_request", "the client closed the connection");
+        }
+    };
+    shared.logins.succeeded(attempt);
     let (token, claims) = shared.tokens.issue(user);
     metrics::inc(&shared.metrics().logins);
-    crate::info!("login ok: {} from {peer}", user.username);
+    crate::info!("login ok: {:?} from {peer}", user.username);
     token_response(&token, &claims)
+}
+
+/// `429 rate_limited` with `Retry-After` in whole seconds, rounded up.
+fn rate_limited(what: &str, wait: std::time::Duration) -> Response {
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    Response::error(
+        429,
+        "rate_limited",
+        &format!("{what}; try again in {secs} s"),
+    )
+    .with_header("Retry-After", secs.to_string())
 }
 
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
@@ -130,10 +156,24 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         shared.metrics().token_rejected(TokenError::Missing);
         return handshake::invalid_token();
     };
-    match shared.tokens.refresh(token) {
+    let refreshed = shared.tokens.refresh(token);
+    // Counted per subject once the token is verified: counted before, anyone
+    // could use up a user's refreshes with garbage tokens naming their `sub`.
+    // (The new token is signed first and then thrown away when refused: an
+    // HMAC is cheap next to the log line and response this limit saves.)
+    if let Ok((_, claims)) = &refreshed {
+        if let Err(wait) = shared.refreshes.take(&claims.sub, Instant::now()) {
+            crate::debug!(
+                "token refresh for {:?} from {peer} refused: too many",
+                claims.username
+            );
+            return rate_limited("too many token refreshes", wait);
+        }
+    }
+    match refreshed {
         Ok((token, claims)) => {
             metrics::inc(&shared.metrics().refreshes);
-            crate::info!("token refreshed: {} from {peer}", claims.username);
+            crate::info!("token refreshed: {:?} from {peer}", claims.username);
             token_response(&token, &claims)
         }
         Err(RefreshError::Token(reason)) => {
@@ -225,7 +265,7 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
             }
             crate::info!(
                 "upgrade refused for {peer} ({}): {error:?}",
-                crate::log::redact_token(&request.target)
+                crate::log::redact_target(&request.target)
             );
             let response = error.response();
             trace.response(&String::from_utf8_lossy(&response.to_bytes(false, false)));

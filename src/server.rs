@@ -14,7 +14,9 @@ use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
 use crate::config::{Config, MIN_SECRET_BYTES};
 use crate::http::{Connection, RequestError, Response};
-use crate::limits::{ConnectionLimits, ConnectionPermit, LoginThrottle, SharedBudgets};
+use crate::limits::{
+    ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit, SharedBudgets,
+};
 use crate::metrics::Metrics;
 use crate::protocol::close_code;
 use crate::room::{MAX_PENDING_BYTES, Room};
@@ -72,7 +74,7 @@ pub struct Server {
 /// What a listener serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
-    /// Everything (and `/metrics` too, unless it has its own listener).
+    /// Everything (`/metrics` only with `--metrics-public`).
     Main,
     /// Only `/metrics`.
     Metrics,
@@ -137,7 +139,12 @@ impl Server {
                 config.max_connections,
                 config.max_connections_per_ip,
             ),
-            logins: LoginThrottle::new(config.max_login_failures),
+            logins: LoginThrottle::new(LoginLimits {
+                failures_per_ip: config.max_login_failures,
+                attempts_per_ip: config.max_logins_per_ip,
+                logins_per_user: config.max_logins_per_user,
+            }),
+            refreshes: RefreshLimit::new(config.max_refreshes),
             message_budgets: SharedBudgets::new(config.user_rate(), config.user_burst()),
             config,
             users,
@@ -190,6 +197,11 @@ impl Server {
     fn serve(self, stop: &Arc<AtomicBool>) {
         crate::info!("listening on http://{}", self.local_addr());
         spawn_sweeper(self.shared.clone(), stop.clone());
+        if self.shared.config.metrics_public {
+            crate::info!("metrics on http://{}/metrics", self.local_addr());
+        } else if self.metrics_listener.is_none() {
+            crate::info!("metrics not served (see --metrics-bind)");
+        }
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.shared.cluster {
             cluster.start(&self.shared);
@@ -454,7 +466,7 @@ fn handle_connection(
         }
         let keep_alive = request.keep_alive();
         let response = match role {
-            Role::Main => routes::route(shared, &request, peer),
+            Role::Main => routes::route(shared, &request, peer, &conn),
             Role::Metrics => routes::route_metrics_only(shared, &request),
         };
         let head_only = request.method == "HEAD";

@@ -212,7 +212,7 @@ pub fn run(
             .room
             .join(Client::new(username.clone(), claims.exp, outbox.clone()));
         let membership = Membership { shared, id };
-        crate::info!("client {id} connected: {username} from {peer}");
+        crate::info!("client {id} connected: {username:?} from {peer}");
         let me = Me {
             id,
             sub: &claims.sub,
@@ -220,7 +220,7 @@ pub fn run(
         };
         let end = read_loop(shared, &mut ws, &outbox, &me);
         drop(membership);
-        (end, format!("client {id} ({username})"))
+        (end, format!("client {id} ({username:?})"))
     };
     if matches!(end, End::Refused(_)) {
         drain(&ws.get_ref().read);

@@ -331,3 +331,101 @@ fn a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_listener() {
         "the proxy's other clients are not: the proxy was recognised"
     );
 }
+
+#[test]
+fn successful_logins_are_throttled_per_user_and_per_ip() {
+    let server = start_with(|c| {
+        c.max_logins_per_user = 3;
+        c.max_logins_per_ip = 5;
+    });
+    // userA's three logins, each from its own address, use up userA's share.
+    for i in 0..3 {
+        let from = Ipv4Addr::new(127, 0, 2, 1 + i);
+        let r = send_raw_from(from, server.addr, &login_request("userA", "passwordA"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = send_raw_from(
+        Ipv4Addr::new(127, 0, 2, 9),
+        server.addr,
+        &login_request("userA", "passwordA"),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert!(r.header("Retry-After").is_some());
+    // userB is unaffected, and wrong guesses at userB do not lock it out.
+    for _ in 0..4 {
+        let r = send_raw_from(OTHER_HOST, server.addr, &login_request("userB", "guess"));
+        assert_eq!(r.status, 401);
+    }
+    let r = send_raw_from(LOCALHOST, server.addr, &login_request("userB", "passwordB"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // OTHER_HOST has made four attempts: one more, then 429 whatever the user.
+    let r = send_raw_from(
+        OTHER_HOST,
+        server.addr,
+        &login_request("userC", "passwordC"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send_raw_from(
+        OTHER_HOST,
+        server.addr,
+        &login_request("userC", "passwordC"),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+}
+
+#[test]
+fn parallel_correct_logins_cannot_outrun_the_user_limit() {
+    let server = start_with(|c| c.max_logins_per_user = 3);
+    let addr = server.addr;
+    let logins: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let from = Ipv4Addr::new(127, 0, 3, 1 + i);
+                send_raw_from(from, addr, &login_request("userA", "passwordA")).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = logins.into_iter().map(|g| g.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 9);
+}
+
+#[test]
+fn logins_whose_client_has_gone_are_not_checked() {
+    // No login limit, so that every request reaches the password queue.
+    let server = start_with(|c| {
+        c.max_login_failures = 0;
+        c.max_logins_per_ip = 0;
+        c.max_logins_per_user = 0;
+    });
+    let metrics = &server.handle.as_ref().unwrap().shared().metrics();
+    // Twenty clients send a login and hang up at once; the password queue
+    // (one check per core) is longer than their patience.
+    let gone = 20;
+    for _ in 0..gone {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream
+            .write_all(&login_request("userA", "wrong"))
+            .expect("send");
+        drop(stream);
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    while count(&metrics.auth_failures) + count(&metrics.logins_abandoned) < gone {
+        assert!(std::time::Instant::now() < deadline, "logins not all done");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let checked = count(&metrics.auth_failures);
+    assert!(
+        checked <= gone / 2,
+        "{checked} of {gone} logins of departed clients were checked"
+    );
+    // A client that stays gets its answer as usual.
+    let r = send_raw(server.addr, &login_request("userA", "passwordA"));
+    assert_eq!(r.status, 200);
+}

@@ -560,3 +560,41 @@ fn framing_headers_that_are_not_utf8_are_not_ignored() {
     );
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn http11_without_host_or_with_two_is_400() {
+    let server = start();
+    let cases = [
+        (
+            &b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            "missing Host header",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nhost: b\r\nConnection: close\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            b"POST /auth HTTP/1.1\r\nContent-Type: application/json\r\n\
+              Content-Length: 2\r\n\r\n{}",
+            "missing Host header",
+        ),
+        (
+            b"GET /ws?token=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "missing Host header",
+        ),
+    ];
+    for (raw, message) in cases {
+        let response = send_raw(server.addr, raw);
+        assert_error(&response, 400, "bad_request");
+        assert_eq!(response.json()["message"], message);
+        assert_eq!(response.header("Connection"), Some("close"));
+    }
+    // HTTP/1.0 predates Host: still served.
+    let old = send_raw(server.addr, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(old.status, 200);
+}

@@ -59,10 +59,10 @@ fn events_are_logged_without_secrets() {
     for event in [
         "listening on http://",
         "login failed for \"userA\"",
-        "login ok: userA",
+        "login ok: \"userA\"",
         "upgrade refused",
         "token=[redacted]",
-        "connected: userA",
+        "connected: \"userA\"",
         "evicted: TokenExpired",
         "disconnected: closed by server, code 4001",
     ] {
@@ -81,4 +81,110 @@ fn events_are_logged_without_secrets() {
             "no level: {line}"
         );
     }
+}
+
+/// Starts the real binary with `args` and returns it with its address.
+fn spawn_binary(args: &[&str]) -> (Binary, std::net::SocketAddr) {
+    let mut binary = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("JWTCHAT_SECRET", std::str::from_utf8(SECRET).unwrap()),
+    );
+    let addr = binary.wait_listening();
+    (binary, addr)
+}
+
+/// Every line logged so far, waiting `quiet` for stragglers.
+fn drain_log(binary: &mut Binary, quiet: Duration) -> Vec<String> {
+    let mut lines = binary.seen.clone();
+    while let Ok(line) = binary.lines.recv_timeout(quiet) {
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn no_query_value_reaches_the_log_or_the_trace() {
+    let (mut binary, addr) = spawn_binary(&["--log-level", "debug", "--trace-handshake"]);
+    let targets = [
+        "/ws?access_token=SECRET-ACCESS",
+        "/ws?jwt=SECRET-JWT",
+        "/ws?Token=SECRET-CAPITAL",
+        "/ws?a=1;token=SECRET-SEMICOLON",
+        "/ws?token=SECRET-PLAIN.x.y",
+    ];
+    for target in targets {
+        let r = send_raw(addr, upgrade_request(target, "").as_bytes());
+        assert_eq!(r.status, 401, "{target}");
+    }
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let log = lines.join("\n");
+    assert!(
+        log.contains("upgrade refused") && log.contains("> GET /ws?"),
+        "both the log line and the trace are there:\n{log}"
+    );
+    for secret in [
+        "SECRET-ACCESS",
+        "SECRET-JWT",
+        "SECRET-CAPITAL",
+        "SECRET-SEMICOLON",
+        "SECRET-PLAIN",
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret:?}:\n{log}");
+    }
+    // The names stay, so an operator can still see what a client sent.
+    for kept in [
+        "access_token=[redacted]",
+        "jwt=[redacted]",
+        "Token=[redacted]",
+        "a=[redacted];token=[redacted]",
+    ] {
+        assert!(log.contains(kept), "no {kept:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn usernames_are_escaped_in_every_line() {
+    // A username that would forge a log line if printed as it is.
+    let name = "eve\n2026-01-01T00:00:00.000Z INFO  login ok: \u{1b}[2Jroot";
+    let users = json!({ "users": [{
+        "id": "1",
+        "username": name,
+        "password_hash": jwtchat::auth::hash_password("pw"),
+    }]});
+    let file = std::env::temp_dir().join(format!("jwtchat-logs-users-{}.json", std::process::id()));
+    std::fs::write(&file, users.to_string()).expect("write users file");
+    let (mut binary, addr) = spawn_binary(&["--users", file.to_str().unwrap()]);
+    let body = json!({ "username": name, "password": "pw" }).to_string();
+    let login = post_json(addr, "/auth", &body);
+    assert_eq!(login.status, 200, "{}", login.text());
+    let token = login.json()["token"].as_str().unwrap().to_string();
+    let wrong = json!({ "username": name, "password": "no" }).to_string();
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 401);
+    let refreshed = send_raw(
+        addr,
+        format!(
+            "POST /auth/refresh HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(refreshed.status, 200);
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let _ = std::fs::remove_file(&file);
+    let log = lines.join("\n");
+    let escaped = format!("{name:?}");
+    for event in ["login ok: ", "login failed for ", "token refreshed: "] {
+        assert!(
+            log.contains(&format!("{event}{escaped}")),
+            "no {event}{escaped} in the log:\n{log}"
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
+        "a forged line or a raw escape:\n{log}"
+    );
 }

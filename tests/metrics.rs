@@ -38,9 +38,14 @@ fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
     samples
 }
 
+/// A server that serves `/metrics` on its main listener.
+fn start_public() -> TestServer {
+    start_with(|c| c.metrics_public = true)
+}
+
 #[test]
 fn counters_follow_what_the_server_does() {
-    let server = start();
+    let server = start_public();
     let before = scrape(server.addr);
     assert_eq!(before["jwtchat_websocket_clients"], 0.0);
     assert_eq!(before["jwtchat_messages_broadcast_total"], 0.0);
@@ -91,7 +96,10 @@ fn counters_follow_what_the_server_does() {
 
 #[test]
 fn expiry_and_slow_consumer_disconnects_are_counted() {
-    let server = start_with(|c| c.token_ttl_secs = 2);
+    let server = start_with(|c| {
+        c.token_ttl_secs = 2;
+        c.metrics_public = true;
+    });
     let (mut a, _) = server.connect("userA");
     assert_eq!(a.until_close().0, 4001);
     assert_eq!(scrape(server.addr)["jwtchat_expiry_disconnects_total"], 1.0);
@@ -109,4 +117,27 @@ fn metrics_can_have_a_listener_of_their_own() {
     assert_eq!(get(server.addr, "/metrics").status, 404);
     assert_eq!(get(metrics_addr, "/").status, 404);
     assert!(scrape(metrics_addr).contains_key("jwtchat_deliveries_total"));
+}
+
+#[test]
+fn metrics_are_not_public_unless_asked() {
+    let server = start();
+    let response = get(server.addr, "/metrics");
+    assert_eq!(response.status, 404, "{}", response.text());
+    // The same answer as any other missing path.
+    let missing = get(server.addr, "/no-such-file");
+    assert_eq!(response.json(), missing.json());
+    assert_eq!(response.header("Content-Type"), Some("application/json"));
+    assert!(!response.text().contains("tokens_rejected"));
+
+    let public = start_public();
+    assert!(scrape(public.addr).contains_key("jwtchat_tokens_rejected_total{reason=\"missing\"}"));
+    // Both listeners, when both are asked for.
+    let both = start_with(|c| {
+        c.metrics_public = true;
+        c.metrics_bind = Some("127.0.0.1:0".into());
+    });
+    let metrics_addr = both.handle.as_ref().unwrap().metrics_addr().unwrap();
+    assert_eq!(get(both.addr, "/metrics").status, 200);
+    assert_eq!(get(metrics_addr, "/metrics").status, 200);
 }

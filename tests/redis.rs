@@ -26,11 +26,13 @@ use tungstenite::Message;
 const BIN: &str = env!("CARGO_BIN_EXE_jwtchat");
 
 /// An in-process instance on `redis`, with no message rate limit (the
-/// tests measure order, not limits), and `tweak` applied.
+/// tests measure order, not limits), `/metrics` on its main listener (the
+/// tests read it), and `tweak` applied.
 fn instance(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestServer {
     start_with(|c| {
         c.redis = Some(redis.url());
         c.message_rate = 0;
+        c.metrics_public = true;
         tweak(c);
     })
 }

@@ -196,3 +196,29 @@ fn history_can_be_turned_off() {
     let (_, welcome) = server.connect("userB");
     assert_eq!(welcome["history"], json!([]));
 }
+
+#[test]
+fn refreshes_are_rate_limited_per_user() {
+    let server = start_with(|c| c.max_refreshes = 3);
+    let token_a = server.token("userA");
+    let token_b = server.token("userB");
+    for _ in 0..3 {
+        assert_eq!(refresh(&server, &token_a).status, 200);
+    }
+    let r = refresh(&server, &token_a);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Counted per subject, and only for valid tokens: garbage does not use
+    // up anyone's share.
+    assert_eq!(refresh(&server, &token_b).status, 200);
+    for _ in 0..5 {
+        assert_eq!(refresh(&server, "garbage").status, 401);
+    }
+    assert_eq!(refresh(&server, &token_b).status, 200);
+}

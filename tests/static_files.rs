@@ -360,3 +360,33 @@ fn missing_static_dir_is_refused() {
     };
     assert!(jwtchat::Server::bind(config).is_err());
 }
+
+#[test]
+fn hidden_files_are_404_in_disk_mode_as_in_embedded_mode() {
+    let tree = Tree::new("dotfiles");
+    let root = tree.root();
+    std::fs::write(root.join(".env"), SECRET_CONTENT).expect("write .env");
+    std::fs::create_dir_all(root.join(".git")).expect("mkdir .git");
+    std::fs::write(root.join(".git/config"), SECRET_CONTENT).expect("write .git/config");
+    std::fs::create_dir_all(root.join("sub/.hidden")).expect("mkdir sub/.hidden");
+    std::fs::write(root.join("sub/.hidden/x.txt"), SECRET_CONTENT).expect("write");
+    std::fs::write(root.join("sub/.htpasswd"), SECRET_CONTENT).expect("write");
+    let disk = start_disk(&tree);
+    let embedded = start();
+    for path in [
+        "/.env",
+        "/%2eenv",
+        "/.git/config",
+        "/.git/",
+        "/sub/.hidden/x.txt",
+        "/sub/.htpasswd",
+    ] {
+        for server in [&disk, &embedded] {
+            let response = get(server.addr, path);
+            assert_not_found(&response);
+            assert!(!response.text().contains(SECRET_CONTENT), "{path}");
+        }
+    }
+    // Names that merely contain a dot are still files.
+    assert_eq!(get(disk.addr, "/a.txt").status, 200);
+}
