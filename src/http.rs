@@ -303,7 +303,7 @@ impl Connection {
     /// do) looks the same. Bytes already read past the request (a
     /// pipelined one) mean it is still there.
     pub fn client_gone(&self) -> bool {
-        self.buf.is_empty() && crate::sys::peer_closed(&self.stream)
+        self.buf.is_empty() && peer_closed(&self.stream)
     }
 
     /// Hands over the socket and whatever was read past the last request.
@@ -336,6 +336,28 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> 
         body: Vec::new(),
     };
     Ok(Some((request, len)))
+}
+
+/// True if the peer has closed its side of `stream` (or reset it), without
+/// taking any byte from the stream and without blocking: a non-blocking
+/// peek reads 0 bytes only at the end of the stream. Data waiting (a
+/// pipelined request) or nothing yet both mean the peer is still there.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let closed = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    };
+    // The connection goes on blocking, with its timeouts; if this fails the
+    // next read or write fails too, and the connection ends.
+    let _ = stream.set_nonblocking(false);
+    closed
 }
 
 /// RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
@@ -507,6 +529,22 @@ mod tests {
             content_length(&twice),
             Err(RequestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_closed_peer_is_seen_without_consuming_data() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, _) = listener.accept().unwrap();
+        assert!(!peer_closed(&server_side), "open and silent");
+        client.write_all(b"x").unwrap();
+        drop(client);
+        // The byte is still there to read, then the end of the stream.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!peer_closed(&server_side), "a byte is waiting");
+        let mut buf = [0u8; 1];
+        server_side.read_exact(&mut buf).unwrap();
+        assert!(peer_closed(&server_side));
     }
 
     #[test]

@@ -29,32 +29,6 @@ pub fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
-/// True if the peer has closed its side of `stream` (or reset it), without
-/// taking any byte from the stream and without blocking: a `recv` with
-/// `MSG_PEEK | MSG_DONTWAIT` returns 0 only at end of stream. Data waiting
-/// (a pipelined request) or nothing yet both mean the peer is still there.
-pub fn peer_closed(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor is an open socket borrowed from `stream` for
-    // the duration of the call, and `byte` is valid for one byte of writes.
-    let got = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match got {
-        0 => true,
-        1.. => false,
-        _ => !matches!(
-            io::Error::last_os_error().kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
-    }
-}
-
 /// Raises this process's soft limit on open files to its hard limit and
 /// returns the new soft limit. Each client is one file descriptor; the
 /// common default soft limit of 1024 would cap the server near a thousand
@@ -171,22 +145,6 @@ mod tests {
             }
         };
         assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
-    }
-
-    #[test]
-    fn a_closed_peer_is_seen_without_consuming_data() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server_side, _) = listener.accept().unwrap();
-        assert!(!peer_closed(&server_side), "open and silent");
-        std::io::Write::write_all(&mut client, b"x").unwrap();
-        drop(client);
-        // The byte is still there to read, then the end of the stream.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!peer_closed(&server_side), "a byte is waiting");
-        let mut buf = [0u8; 1];
-        server_side.read_exact(&mut buf).unwrap();
-        assert!(peer_closed(&server_side));
     }
 
     #[test]
