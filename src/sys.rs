@@ -1,6 +1,5 @@
 //! What the standard library cannot do, and the only `unsafe` in the
-//! crate: a send that never blocks on a blocking socket, a look at whether
-//! the peer has closed without reading, raising the
+//! crate: a send that never blocks on a blocking socket, raising the
 //! open-file limit, waiting for SIGINT/SIGTERM, and tuning the C allocator
 //! for many threads.
 
