@@ -9,9 +9,11 @@
 //!   whose header names any other algorithm, `none` included, is refused.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::phc::PasswordHash;
@@ -163,9 +165,9 @@ impl Users {
     ) -> PasswordCheck<'_> {
         let user = self.by_name.get(username);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let matches = self
-            .gate
-            .run(|| still_wanted().then(|| verify_password(password, hash)));
+        let matches = self.gate.run(username, || {
+            still_wanted().then(|| verify_password(password, hash))
+        });
         match (matches, user) {
             (None, _) => PasswordCheck::Abandoned,
             (Some(true), Some(user)) => PasswordCheck::Match(user),
@@ -224,73 +226,107 @@ fn check_phc(phc: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lets at most one password check per core run at once, in the order they
-/// arrived. argon2id is memory-hard by design; without a gate, a burst of
-/// logins on a 256 MB host would allocate 19 MiB each and run it out of
-/// memory. First come, first served (a ticket each, like a bakery): with a
-/// plain condition variable any waiter may be woken next, and a login could
-/// wait behind a whole storm that arrived after it.
+/// Lets at most one password check per core run at once, and takes the
+/// waiting ones in turns, one user at a time. argon2id is memory-hard by
+/// design; without a gate, a burst of logins on a 256 MB host would
+/// allocate 19 MiB each and run it out of memory.
+///
+/// Turns, not arrival order: the checks waiting are grouped by the username
+/// they are for, and the users take turns, one check each, like a
+/// round-robin scheduler. A storm of one account's logins (all correct, so
+/// no throttle stops them at once) then delays anyone else's login by at
+/// most one check per user ahead of it in the round, not by the whole storm.
+/// Each waiter is woken alone when its turn comes (`park`/`unpark`), so a
+/// thousand logins waiting cost no thundering herd.
 struct PasswordGate {
     state: Mutex<GateState>,
-    turn: Condvar,
     limit: usize,
+    /// Groups usernames by a hash, seeded at random so that nobody can make
+    /// two names share a turn on purpose.
+    hasher: std::hash::RandomState,
 }
 
 struct GateState {
-    /// The ticket the next arrival gets.
-    next_ticket: u64,
-    /// The ticket allowed to start next.
-    now_serving: u64,
     running: usize,
+    /// Users with checks waiting, in turn order, each with its checks in
+    /// arrival order.
+    turns: VecDeque<(u64, VecDeque<Waiter>)>,
+}
+
+/// A check waiting for its turn.
+struct Waiter {
+    admitted: Arc<AtomicBool>,
+    thread: std::thread::Thread,
 }
 
 impl PasswordGate {
     fn new() -> PasswordGate {
         PasswordGate {
             state: Mutex::new(GateState {
-                next_ticket: 0,
-                now_serving: 0,
                 running: 0,
+                turns: VecDeque::new(),
             }),
-            turn: Condvar::new(),
             limit: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
-    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `work` (a check for `username`) when a place is free and it is
+    /// that user's turn.
+    fn run<T>(&self, username: &str, work: impl FnOnce() -> T) -> T {
+        use std::hash::BuildHasher;
+        let admitted = Arc::new(AtomicBool::new(false));
         {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let ticket = state.next_ticket;
-            state.next_ticket += 1;
-            while ticket != state.now_serving || state.running >= self.limit {
-                state = self
-                    .turn
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+            let mut state = self.lock();
+            if state.running < self.limit && state.turns.is_empty() {
+                state.running += 1;
+                admitted.store(true, Ordering::Release);
+            } else {
+                let user = self.hasher.hash_one(username);
+                let waiter = Waiter {
+                    admitted: admitted.clone(),
+                    thread: std::thread::current(),
+                };
+                match state.turns.iter_mut().find(|(u, _)| *u == user) {
+                    Some((_, waiting)) => waiting.push_back(waiter),
+                    None => state.turns.push_back((user, VecDeque::from([waiter]))),
+                }
             }
-            state.now_serving += 1;
-            state.running += 1;
         }
-        // Every waiter checks whether its ticket is up: the next one may
-        // start now if a place is free.
-        self.turn.notify_all();
+        // A park may end for no reason (or an old unpark): check the flag.
+        while !admitted.load(Ordering::Acquire) {
+            std::thread::park();
+        }
         // Released on the way out, a panic included.
         let _slot = Slot(self);
         work()
     }
 }
 
-/// One running check of a [`PasswordGate`]; dropping it frees the place.
+/// One running check of a [`PasswordGate`]; dropping it frees the place
+/// for the next user in turn.
 struct Slot<'a>(&'a PasswordGate);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .running -= 1;
-        self.0.turn.notify_all();
+        let mut state = self.0.lock();
+        state.running -= 1;
+        let Some((user, mut waiting)) = state.turns.pop_front() else {
+            return;
+        };
+        if let Some(next) = waiting.pop_front() {
+            state.running += 1;
+            next.admitted.store(true, Ordering::Release);
+            next.thread.unpark();
+        }
+        // To the back of the round, if it has more checks waiting.
+        if !waiting.is_empty() {
+            state.turns.push_back((user, waiting));
+        }
     }
 }
 
@@ -513,27 +549,34 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_serves_in_arrival_order() {
-        let gate = std::sync::Arc::new(PasswordGate {
+    fn the_gate_takes_users_in_turns() {
+        let gate = Arc::new(PasswordGate {
             limit: 1,
             ..PasswordGate::new()
         });
-        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
-        // Hold the only place while eight checks queue up, one by one.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiting =
+            |gate: &PasswordGate| -> usize { gate.lock().turns.iter().map(|(_, w)| w.len()).sum() };
+        // Hold the only place while a storm of ann's checks queues up, then
+        // one of bob's, one at a time so that the arrival order is known.
         let (hold, release) = std::sync::mpsc::channel::<()>();
         let holder = {
             let gate = gate.clone();
-            std::thread::spawn(move || gate.run(|| release.recv()))
+            std::thread::spawn(move || gate.run("ann", || release.recv()))
         };
-        while gate.state.lock().unwrap().running == 0 {
+        while gate.lock().running == 0 {
             std::thread::yield_now();
         }
-        let waiters: Vec<_> = (0..8)
-            .map(|i| {
+        let arrivals: [&'static str; 4] = ["ann", "ann", "ann", "bob"];
+        let waiters: Vec<_> = arrivals
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
                 let (queued, order) = (gate.clone(), order.clone());
-                let waiter =
-                    std::thread::spawn(move || queued.run(|| order.lock().unwrap().push(i)));
-                while gate.state.lock().unwrap().next_ticket < i + 2 {
+                let waiter = std::thread::spawn(move || {
+                    queued.run(name, || order.lock().unwrap().push(name))
+                });
+                while waiting(&gate) < i + 1 {
                     std::thread::yield_now();
                 }
                 waiter
@@ -544,7 +587,7 @@ mod tests {
         for w in waiters {
             w.join().unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), (0..8).collect::<Vec<u64>>());
+        assert_eq!(*order.lock().unwrap(), ["ann", "bob", "ann", "ann"]);
     }
 
     #[test]
