@@ -7,6 +7,9 @@
 //! - Tokens: JSON Web Tokens (RFC 7519) signed with HMAC-SHA256 (JWS,
 //!   RFC 7515; "HS256", RFC 7518 §3.2). The algorithm is pinned: a token
 //!   whose header names any other algorithm, `none` included, is refused.
+//! - Renewal follows the users file: a token is refreshed (or accepted by a
+//!   `reauth`) only while its user still exists under the same id and
+//!   username with the same password hash ([`Tokens::verify_current`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,9 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm as Argon2Algorithm, Argon2, Params, Version};
+use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 /// argon2id cost for new hashes: 19 MiB, 2 passes, 1 lane, the first of
 /// OWASP's recommended settings. About 25 ms per check on one core of a
@@ -55,9 +60,13 @@ pub struct User {
     pub password_hash: String,
 }
 
-/// All accounts, by username.
+/// All accounts, by username and by id.
 pub struct Users {
-    by_name: HashMap<String, User>,
+    users: Vec<User>,
+    /// Index into `users`.
+    by_name: HashMap<String, usize>,
+    /// Index into `users`.
+    by_id: HashMap<String, usize>,
     /// Checked when the username is unknown, so that failure costs the same.
     dummy_hash: String,
     gate: PasswordGate,
@@ -135,18 +144,32 @@ impl Users {
     }
 
     fn new(users: Vec<User>) -> Users {
+        let index = |key: fn(&User) -> &String| {
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (key(u).clone(), i))
+                .collect()
+        };
         Users {
-            by_name: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
+            by_name: index(|u| &u.username),
+            by_id: index(|u| &u.id),
+            users,
             dummy_hash: hash_password("not a password anyone has"),
             gate: PasswordGate::new(),
         }
+    }
+
+    /// The user with this id (a token's `sub`).
+    pub fn by_id(&self, id: &str) -> Option<&User> {
+        self.by_id.get(id).map(|&i| &self.users[i])
     }
 
     /// The user, if the username exists and the password matches. Unknown
     /// users still pay for one hash check, so timing does not reveal which
     /// usernames exist.
     pub fn check_password(&self, username: &str, password: &str) -> Option<&User> {
-        let user = self.by_name.get(username);
+        let user = self.by_name.get(username).map(|&i| &self.users[i]);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let matches = self.gate.run(|| verify_password(password, hash));
         user.filter(|_| matches)
@@ -267,6 +290,12 @@ pub struct Claims {
     /// cannot be renewed forever. Absent means `iat`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// Password fingerprint: [`Tokens::fingerprint`] of the user's password
+    /// hash when the token was issued. A refresh or `reauth` needs it to
+    /// match the hash in the users file now; tokens from before this claim
+    /// existed lack it and cannot be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pwf: Option<String>,
 }
 
 impl Claims {
@@ -287,6 +316,10 @@ pub enum TokenError {
     WrongIssuer,
     NotYetValid,
     Expired,
+    /// Valid, but no longer the identity in the users file: the user was
+    /// removed or renamed, the password changed, or the token has no
+    /// password fingerprint. Only renewal (refresh, `reauth`) checks this.
+    Revoked,
 }
 
 impl TokenError {
@@ -299,6 +332,7 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::Expired => "expired",
+            TokenError::Revoked => "revoked",
         }
     }
 }
@@ -317,6 +351,23 @@ pub struct Tokens {
     issuer: String,
     ttl_secs: u64,
     max_session_secs: u64,
+    /// Keys the password fingerprints (see [`Tokens::fingerprint`]).
+    fingerprint_key: [u8; 32],
+}
+
+/// Derives the fingerprint key, so that the JWT signing key is never used
+/// for anything but signing.
+const FINGERPRINT_KEY_LABEL: &[u8] = b"jwtchat password fingerprint v1";
+
+/// Bytes of HMAC output kept in a fingerprint: 96 bits, far beyond any
+/// chance of two hashes of one user colliding, and short in the token.
+const FINGERPRINT_BYTES: usize = 12;
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// A refresh that cannot be granted.
@@ -345,6 +396,41 @@ impl Tokens {
             issuer: issuer.to_string(),
             ttl_secs,
             max_session_secs: u64::MAX,
+            fingerprint_key: hmac_sha256(secret, FINGERPRINT_KEY_LABEL),
+        }
+    }
+
+    /// The `pwf` claim for a stored password hash: a keyed HMAC-SHA256 of
+    /// the PHC string, truncated, in hex. Anyone holding a token can read
+    /// its claims, so the claim must say nothing about the hash itself
+    /// (which could be cracked offline); without the server's secret the
+    /// fingerprint is just random-looking bytes.
+    pub fn fingerprint(&self, password_hash: &str) -> String {
+        let mac = hmac_sha256(&self.fingerprint_key, password_hash.as_bytes());
+        mac[..FINGERPRINT_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// [`Tokens::verify`], and then: is the token's identity still the one
+    /// in the users file? The user with id `sub` must exist, still have the
+    /// token's username, and the token's `pwf` must match the password hash
+    /// stored now. Renewal (refresh and `reauth`) asks this; the WebSocket
+    /// handshake deliberately does not, so that it stays a pure check of a
+    /// token any issuer sharing the key may have signed.
+    pub fn verify_current(&self, token: &str, users: &Users) -> Result<Claims, TokenError> {
+        let claims = self.verify(token)?;
+        let current = users.by_id(&claims.sub).is_some_and(|user| {
+            // The claims were signed by us, so comparing in variable time
+            // reveals nothing an attacker could not already read.
+            user.username == claims.username
+                && claims.pwf.as_deref() == Some(self.fingerprint(&user.password_hash).as_str())
+        });
+        if current {
+            Ok(claims)
+        } else {
+            Err(TokenError::Revoked)
         }
     }
 
@@ -369,14 +455,18 @@ impl Tokens {
             iss: self.issuer.clone(),
             nbf: None,
             auth_time: Some(iat),
+            pwf: Some(self.fingerprint(&user.password_hash)),
         })
     }
 
-    /// A new token for the holder of `token`, if it is valid and its
+    /// A new token for the holder of `token`, if it is valid, its identity
+    /// still current in `users` ([`Tokens::verify_current`]) and its
     /// session younger than the maximum. The new token keeps the original
     /// login time and never outlives the session.
-    pub fn refresh(&self, token: &str) -> Result<(String, Claims), RefreshError> {
-        let old = self.verify(token).map_err(RefreshError::Token)?;
+    pub fn refresh(&self, token: &str, users: &Users) -> Result<(String, Claims), RefreshError> {
+        let old = self
+            .verify_current(token, users)
+            .map_err(RefreshError::Token)?;
         let now = now_secs();
         let session_end = old.login_time().saturating_add(self.max_session_secs);
         if now >= session_end {
@@ -467,6 +557,19 @@ mod tests {
         let other_key = Tokens::new(&[8; 32], "jwtchat", 60);
         assert_eq!(other_key.verify(&token), Err(TokenError::BadSignature));
         assert_eq!(tokens.verify("garbage"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn fingerprints_depend_on_the_hash_and_the_secret() {
+        let tokens = Tokens::new(&[7; 32], "jwtchat", 60);
+        let hash = user().password_hash;
+        let print = tokens.fingerprint(&hash);
+        assert_eq!(print.len(), 2 * FINGERPRINT_BYTES);
+        assert_eq!(print, tokens.fingerprint(&hash));
+        assert_ne!(print, tokens.fingerprint(&hash_password("secret")));
+        let other_key = Tokens::new(&[8; 32], "jwtchat", 60);
+        assert_ne!(print, other_key.fingerprint(&hash));
+        assert!(!print.contains(&hash[hash.len() - 8..]));
     }
 
     #[test]

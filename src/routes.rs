@@ -124,13 +124,14 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
 }
 
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
-/// token for the same session, until `--max-session` after the login.
+/// token for the same session, until `--max-session` after the login, while
+/// the user is still in the users file as the token knew them.
 fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     let Some(token) = handshake::authorization_bearer(request) else {
         shared.metrics().token_rejected(TokenError::Missing);
         return handshake::invalid_token();
     };
-    match shared.tokens.refresh(token) {
+    match shared.tokens.refresh(token, &shared.users) {
         Ok((token, claims)) => {
             metrics::inc(&shared.metrics().refreshes);
             crate::info!("token refreshed: {} from {peer}", claims.username);
