@@ -21,9 +21,11 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm as Argon2Algorithm, Argon2, Params, Version};
 use hmac::{Hmac, KeyInit, Mac};
+use icu_normalizer::ComposingNormalizerBorrowed;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 /// argon2id cost for new hashes: 19 MiB, 2 passes, 1 lane, the first of
@@ -60,6 +62,9 @@ pub struct User {
     pub password_hash: String,
 }
 
+/// The longest username, in characters.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
 /// All accounts, by username and by id.
 pub struct Users {
     users: Vec<User>,
@@ -79,14 +84,41 @@ struct UsersFile {
     users: Vec<User>,
 }
 
+/// The same file, each entry left as its text, so that an error can name
+/// the line the entry starts on.
+#[derive(Deserialize)]
+struct UsersFileEntries<'a> {
+    #[serde(borrow)]
+    users: Vec<&'a RawValue>,
+}
+
 /// Why the users file cannot be used. Start-up stops with this message.
+/// `line` is the 1-based line of the offending entry's `{`.
 #[derive(Debug)]
 pub enum UsersError {
     Read(String),
     Json(String),
     Empty,
-    Duplicate(String),
-    BadHash { username: String, why: String },
+    /// Two entries with this username.
+    Duplicate {
+        username: String,
+        line: usize,
+    },
+    /// Two entries with this id: tokens name users by id, so two accounts
+    /// would share every session.
+    DuplicateId {
+        id: String,
+        line: usize,
+    },
+    BadUsername {
+        line: usize,
+        why: String,
+    },
+    BadHash {
+        username: String,
+        line: usize,
+        why: String,
+    },
 }
 
 impl fmt::Display for UsersError {
@@ -95,11 +127,23 @@ impl fmt::Display for UsersError {
             UsersError::Read(e) => write!(f, "cannot read users file: {e}"),
             UsersError::Json(e) => write!(f, "users file is not valid: {e}"),
             UsersError::Empty => write!(f, "users file lists no users"),
-            UsersError::Duplicate(name) => write!(f, "users file lists {name:?} twice"),
-            UsersError::BadHash { username, why } => write!(
+            UsersError::Duplicate { username, line } => {
+                write!(f, "users file lists {username:?} twice (line {line})")
+            }
+            UsersError::DuplicateId { id, line } => {
+                write!(f, "users file lists id {id:?} twice (line {line})")
+            }
+            UsersError::BadUsername { line, why } => {
+                write!(f, "users file line {line}: the username {why}")
+            }
+            UsersError::BadHash {
+                username,
+                line,
+                why,
+            } => write!(
                 f,
-                "password_hash of {username:?} is not an argon2id PHC string ({why}); \
-                 make one with `jwtchat hash-password`"
+                "password_hash of {username:?} (line {line}) is not an argon2id PHC string \
+                 ({why}); make one with `jwtchat hash-password`"
             ),
         }
     }
@@ -125,19 +169,36 @@ impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| UsersError::Read(format!("{}: {e}", path.display())))?;
+        // Parsed whole first, so a syntax error's line and column are the
+        // file's; the second pass only finds where each entry starts.
         let file: UsersFile =
+            serde_json::from_str(&text).map_err(|e| UsersError::Json(e.to_string()))?;
+        let entries: UsersFileEntries =
             serde_json::from_str(&text).map_err(|e| UsersError::Json(e.to_string()))?;
         if file.users.is_empty() {
             return Err(UsersError::Empty);
         }
-        let mut seen = HashMap::new();
-        for user in &file.users {
+        let mut names = HashMap::new();
+        let mut ids = HashMap::new();
+        for (user, entry) in file.users.iter().zip(&entries.users) {
+            let line = line_of(&text, entry.get());
+            check_username(&user.username).map_err(|why| UsersError::BadUsername { line, why })?;
             check_phc(&user.password_hash).map_err(|why| UsersError::BadHash {
                 username: user.username.clone(),
+                line,
                 why,
             })?;
-            if seen.insert(user.username.as_str(), ()).is_some() {
-                return Err(UsersError::Duplicate(user.username.clone()));
+            if names.insert(user.username.as_str(), ()).is_some() {
+                return Err(UsersError::Duplicate {
+                    username: user.username.clone(),
+                    line,
+                });
+            }
+            if ids.insert(user.id.as_str(), ()).is_some() {
+                return Err(UsersError::DuplicateId {
+                    id: user.id.clone(),
+                    line,
+                });
             }
         }
         Ok(Users::new(file.users))
@@ -174,6 +235,45 @@ impl Users {
         let matches = self.gate.run(|| verify_password(password, hash));
         user.filter(|_| matches)
     }
+}
+
+/// The 1-based line of `text` on which `part`, a slice of it, starts.
+fn line_of(text: &str, part: &str) -> usize {
+    // `part` borrows from `text` (serde_json's RawValue does not copy), so
+    // the distance between the two pointers is its byte offset.
+    let offset = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
+    1 + before.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// A username is shown to every other user and compared byte for byte at
+/// login, so it must be visible (no control characters), of sane length,
+/// and in one canonical form: in NFC (Unicode UAX #15), "é" typed as one
+/// code point and as "e" + U+0301 would otherwise be two different users
+/// who look the same.
+fn check_username(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err("is empty".to_string());
+    }
+    if chars > MAX_USERNAME_CHARS {
+        return Err(format!(
+            "is {chars} characters long; at most {MAX_USERNAME_CHARS} are allowed"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{name:?} contains the control character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if !ComposingNormalizerBorrowed::new_nfc().is_normalized(name) {
+        return Err(format!(
+            "{name:?} is not in Unicode normalization form C (NFC); \
+             write it with composed characters"
+        ));
+    }
+    Ok(())
 }
 
 fn argon2() -> Argon2<'static> {
