@@ -7,6 +7,9 @@
 //! - Tokens: JSON Web Tokens (RFC 7519) signed with HMAC-SHA256 (JWS,
 //!   RFC 7515; "HS256", RFC 7518 §3.2). The algorithm is pinned: a token
 //!   whose header names any other algorithm, `none` included, is refused.
+//! - Renewal follows the users file: a token is refreshed (or accepted by a
+//!   `reauth`) only while its user still exists under the same id and
+//!   username with the same password hash ([`Tokens::verify_current`]).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -19,9 +22,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm as Argon2Algorithm, Argon2, Params, Version};
+use hmac::{Hmac, KeyInit, Mac};
+use icu_normalizer::ComposingNormalizerBorrowed;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::Sha256;
 
 /// argon2id cost for new hashes: 19 MiB, 2 passes, 1 lane, the first of
 /// OWASP's recommended settings. About 25 ms per check on one core of a
@@ -57,9 +64,16 @@ pub struct User {
     pub password_hash: String,
 }
 
-/// All accounts, by username.
+/// The longest username, in characters.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// All accounts, by username and by id.
 pub struct Users {
-    by_name: HashMap<String, User>,
+    users: Vec<User>,
+    /// Index into `users`.
+    by_name: HashMap<String, usize>,
+    /// Index into `users`.
+    by_id: HashMap<String, usize>,
     /// Checked when the username is unknown, so that failure costs the same.
     dummy_hash: String,
     gate: PasswordGate,
@@ -72,14 +86,41 @@ struct UsersFile {
     users: Vec<User>,
 }
 
+/// The same file, each entry left as its text, so that an error can name
+/// the line the entry starts on.
+#[derive(Deserialize)]
+struct UsersFileEntries<'a> {
+    #[serde(borrow)]
+    users: Vec<&'a RawValue>,
+}
+
 /// Why the users file cannot be used. Start-up stops with this message.
+/// `line` is the 1-based line of the offending entry's `{`.
 #[derive(Debug)]
 pub enum UsersError {
     Read(String),
     Json(String),
     Empty,
-    Duplicate(String),
-    BadHash { username: String, why: String },
+    /// Two entries with this username.
+    Duplicate {
+        username: String,
+        line: usize,
+    },
+    /// Two entries with this id: tokens name users by id, so two accounts
+    /// would share every session.
+    DuplicateId {
+        id: String,
+        line: usize,
+    },
+    BadUsername {
+        line: usize,
+        why: String,
+    },
+    BadHash {
+        username: String,
+        line: usize,
+        why: String,
+    },
 }
 
 impl fmt::Display for UsersError {
@@ -88,11 +129,23 @@ impl fmt::Display for UsersError {
             UsersError::Read(e) => write!(f, "cannot read users file: {e}"),
             UsersError::Json(e) => write!(f, "users file is not valid: {e}"),
             UsersError::Empty => write!(f, "users file lists no users"),
-            UsersError::Duplicate(name) => write!(f, "users file lists {name:?} twice"),
-            UsersError::BadHash { username, why } => write!(
+            UsersError::Duplicate { username, line } => {
+                write!(f, "users file lists {username:?} twice (line {line})")
+            }
+            UsersError::DuplicateId { id, line } => {
+                write!(f, "users file lists id {id:?} twice (line {line})")
+            }
+            UsersError::BadUsername { line, why } => {
+                write!(f, "users file line {line}: the username {why}")
+            }
+            UsersError::BadHash {
+                username,
+                line,
+                why,
+            } => write!(
                 f,
-                "password_hash of {username:?} is not an argon2id PHC string ({why}); \
-                 make one with `jwtchat hash-password`"
+                "password_hash of {username:?} (line {line}) is not an argon2id PHC string \
+                 ({why}); make one with `jwtchat hash-password`"
             ),
         }
     }
@@ -118,30 +171,61 @@ impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| UsersError::Read(format!("{}: {e}", path.display())))?;
+        // Parsed whole first, so a syntax error's line and column are the
+        // file's; the second pass only finds where each entry starts.
         let file: UsersFile =
+            serde_json::from_str(&text).map_err(|e| UsersError::Json(e.to_string()))?;
+        let entries: UsersFileEntries =
             serde_json::from_str(&text).map_err(|e| UsersError::Json(e.to_string()))?;
         if file.users.is_empty() {
             return Err(UsersError::Empty);
         }
-        let mut seen = HashMap::new();
-        for user in &file.users {
+        let mut names = HashMap::new();
+        let mut ids = HashMap::new();
+        for (user, entry) in file.users.iter().zip(&entries.users) {
+            let line = line_of(&text, entry.get());
+            check_username(&user.username).map_err(|why| UsersError::BadUsername { line, why })?;
             check_phc(&user.password_hash).map_err(|why| UsersError::BadHash {
                 username: user.username.clone(),
+                line,
                 why,
             })?;
-            if seen.insert(user.username.as_str(), ()).is_some() {
-                return Err(UsersError::Duplicate(user.username.clone()));
+            if names.insert(user.username.as_str(), ()).is_some() {
+                return Err(UsersError::Duplicate {
+                    username: user.username.clone(),
+                    line,
+                });
+            }
+            if ids.insert(user.id.as_str(), ()).is_some() {
+                return Err(UsersError::DuplicateId {
+                    id: user.id.clone(),
+                    line,
+                });
             }
         }
         Ok(Users::new(file.users))
     }
 
     fn new(users: Vec<User>) -> Users {
+        let index = |key: fn(&User) -> &String| {
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (key(u).clone(), i))
+                .collect()
+        };
         Users {
-            by_name: users.into_iter().map(|u| (u.username.clone(), u)).collect(),
+            by_name: index(|u| &u.username),
+            by_id: index(|u| &u.id),
+            users,
             dummy_hash: hash_password("not a password anyone has"),
             gate: PasswordGate::new(),
         }
+    }
+
+    /// The user with this id (a token's `sub`).
+    pub fn by_id(&self, id: &str) -> Option<&User> {
+        self.by_id.get(id).map(|&i| &self.users[i])
     }
 
     /// The user, if the username exists and the password matches. Unknown
@@ -163,7 +247,7 @@ impl Users {
         password: &str,
         still_wanted: impl FnOnce() -> bool,
     ) -> PasswordCheck<'_> {
-        let user = self.by_name.get(username);
+        let user = self.by_name.get(username).map(|&i| &self.users[i]);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let matches = self.gate.run(username, || {
             still_wanted().then(|| verify_password(password, hash))
@@ -183,6 +267,45 @@ pub enum PasswordCheck<'a> {
     NoMatch,
     /// Not checked: the caller no longer wanted the answer.
     Abandoned,
+}
+
+/// The 1-based line of `text` on which `part`, a slice of it, starts.
+fn line_of(text: &str, part: &str) -> usize {
+    // `part` borrows from `text` (serde_json's RawValue does not copy), so
+    // the distance between the two pointers is its byte offset.
+    let offset = (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
+    1 + before.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// A username is shown to every other user and compared byte for byte at
+/// login, so it must be visible (no control characters), of sane length,
+/// and in one canonical form: in NFC (Unicode UAX #15), "é" typed as one
+/// code point and as "e" + U+0301 would otherwise be two different users
+/// who look the same.
+fn check_username(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err("is empty".to_string());
+    }
+    if chars > MAX_USERNAME_CHARS {
+        return Err(format!(
+            "is {chars} characters long; at most {MAX_USERNAME_CHARS} are allowed"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{name:?} contains the control character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if !ComposingNormalizerBorrowed::new_nfc().is_normalized(name) {
+        return Err(format!(
+            "{name:?} is not in Unicode normalization form C (NFC); \
+             write it with composed characters"
+        ));
+    }
+    Ok(())
 }
 
 fn argon2() -> Argon2<'static> {
@@ -354,6 +477,12 @@ pub struct Claims {
     /// cannot be renewed forever. Absent means `iat`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// Password fingerprint: [`Tokens::fingerprint`] of the user's password
+    /// hash when the token was issued. A refresh or `reauth` needs it to
+    /// match the hash in the users file now; tokens from before this claim
+    /// existed lack it and cannot be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pwf: Option<String>,
 }
 
 impl Claims {
@@ -374,6 +503,10 @@ pub enum TokenError {
     WrongIssuer,
     NotYetValid,
     Expired,
+    /// Valid, but no longer the identity in the users file: the user was
+    /// removed or renamed, the password changed, or the token has no
+    /// password fingerprint. Only renewal (refresh, `reauth`) checks this.
+    Revoked,
 }
 
 impl TokenError {
@@ -386,6 +519,7 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::Expired => "expired",
+            TokenError::Revoked => "revoked",
         }
     }
 }
@@ -404,6 +538,23 @@ pub struct Tokens {
     issuer: String,
     ttl_secs: u64,
     max_session_secs: u64,
+    /// Keys the password fingerprints (see [`Tokens::fingerprint`]).
+    fingerprint_key: [u8; 32],
+}
+
+/// Derives the fingerprint key, so that the JWT signing key is never used
+/// for anything but signing.
+const FINGERPRINT_KEY_LABEL: &[u8] = b"jwtchat password fingerprint v1";
+
+/// Bytes of HMAC output kept in a fingerprint: 96 bits, far beyond any
+/// chance of two hashes of one user colliding, and short in the token.
+const FINGERPRINT_BYTES: usize = 12;
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// A refresh that cannot be granted.
@@ -432,6 +583,41 @@ impl Tokens {
             issuer: issuer.to_string(),
             ttl_secs,
             max_session_secs: u64::MAX,
+            fingerprint_key: hmac_sha256(secret, FINGERPRINT_KEY_LABEL),
+        }
+    }
+
+    /// The `pwf` claim for a stored password hash: a keyed HMAC-SHA256 of
+    /// the PHC string, truncated, in hex. Anyone holding a token can read
+    /// its claims, so the claim must say nothing about the hash itself
+    /// (which could be cracked offline); without the server's secret the
+    /// fingerprint is just random-looking bytes.
+    pub fn fingerprint(&self, password_hash: &str) -> String {
+        let mac = hmac_sha256(&self.fingerprint_key, password_hash.as_bytes());
+        mac[..FINGERPRINT_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// [`Tokens::verify`], and then: is the token's identity still the one
+    /// in the users file? The user with id `sub` must exist, still have the
+    /// token's username, and the token's `pwf` must match the password hash
+    /// stored now. Renewal (refresh and `reauth`) asks this; the WebSocket
+    /// handshake deliberately does not, so that it stays a pure check of a
+    /// token any issuer sharing the key may have signed.
+    pub fn verify_current(&self, token: &str, users: &Users) -> Result<Claims, TokenError> {
+        let claims = self.verify(token)?;
+        let current = users.by_id(&claims.sub).is_some_and(|user| {
+            // The claims were signed by us, so comparing in variable time
+            // reveals nothing an attacker could not already read.
+            user.username == claims.username
+                && claims.pwf.as_deref() == Some(self.fingerprint(&user.password_hash).as_str())
+        });
+        if current {
+            Ok(claims)
+        } else {
+            Err(TokenError::Revoked)
         }
     }
 
@@ -456,14 +642,18 @@ impl Tokens {
             iss: self.issuer.clone(),
             nbf: None,
             auth_time: Some(iat),
+            pwf: Some(self.fingerprint(&user.password_hash)),
         })
     }
 
-    /// A new token for the holder of `token`, if it is valid and its
+    /// A new token for the holder of `token`, if it is valid, its identity
+    /// still current in `users` ([`Tokens::verify_current`]) and its
     /// session younger than the maximum. The new token keeps the original
     /// login time and never outlives the session.
-    pub fn refresh(&self, token: &str) -> Result<(String, Claims), RefreshError> {
-        let old = self.verify(token).map_err(RefreshError::Token)?;
+    pub fn refresh(&self, token: &str, users: &Users) -> Result<(String, Claims), RefreshError> {
+        let old = self
+            .verify_current(token, users)
+            .map_err(RefreshError::Token)?;
         let now = now_secs();
         let session_end = old.login_time().saturating_add(self.max_session_secs);
         if now >= session_end {
@@ -609,6 +799,19 @@ mod tests {
         let other_key = Tokens::new(&[8; 32], "jwtchat", 60);
         assert_eq!(other_key.verify(&token), Err(TokenError::BadSignature));
         assert_eq!(tokens.verify("garbage"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn fingerprints_depend_on_the_hash_and_the_secret() {
+        let tokens = Tokens::new(&[7; 32], "jwtchat", 60);
+        let hash = user().password_hash;
+        let print = tokens.fingerprint(&hash);
+        assert_eq!(print.len(), 2 * FINGERPRINT_BYTES);
+        assert_eq!(print, tokens.fingerprint(&hash));
+        assert_ne!(print, tokens.fingerprint(&hash_password("secret")));
+        let other_key = Tokens::new(&[8; 32], "jwtchat", 60);
+        assert_ne!(print, other_key.fingerprint(&hash));
+        assert!(!print.contains(&hash[hash.len() - 8..]));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::log::Level;
@@ -18,6 +20,87 @@ use crate::proxy::Cidr;
 /// long as the hash output (RFC 7518 §3.2: "a key of the same size as the
 /// hash output (for instance, 256 bits for "HS256") or larger MUST be used").
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A secret with fewer different byte values than this is refused: a
+/// repeated character, a word pattern, or the like. Random bytes in base64
+/// (`head -c 32 /dev/urandom | base64`: 43 characters from 64) have about 31.
+/// Hex has at most 16, so a hex secret passes only if every digit appears.
+pub const MIN_SECRET_DISTINCT_BYTES: usize = 16;
+
+/// The secret `deploy/jwtchat.env.example` used to ship with. It is public,
+/// so anyone could mint tokens for a server that kept it: refused forever,
+/// even though it would pass the other checks.
+const PUBLIC_PLACEHOLDER_SECRET: &[u8] = b"change-me-to-at-least-32-random-bytes-please";
+
+/// How the documentation and every refusal tell an operator to make one.
+pub const SECRET_RECIPE: &str = "head -c 32 /dev/urandom | base64";
+
+/// Why a secret cannot sign tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeakSecret {
+    /// Set but empty, as `JWTCHAT_SECRET=` in an environment file gives.
+    Empty,
+    /// Shorter than [`MIN_SECRET_BYTES`]; the length.
+    TooShort(usize),
+    /// Fewer than [`MIN_SECRET_DISTINCT_BYTES`] byte values; the count.
+    TooFewDistinct(usize),
+    /// The public placeholder from the old example file.
+    Placeholder,
+}
+
+impl fmt::Display for WeakSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeakSecret::Empty => write!(f, "is empty; generate one with `{SECRET_RECIPE}`"),
+            WeakSecret::TooShort(len) => write!(
+                f,
+                "is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES} \
+                 (generate one with `{SECRET_RECIPE}`)"
+            ),
+            WeakSecret::TooFewDistinct(n) => write!(
+                f,
+                "has only {n} distinct byte values; at least {MIN_SECRET_DISTINCT_BYTES} \
+                 are required (generate one with `{SECRET_RECIPE}`)"
+            ),
+            WeakSecret::Placeholder => write!(
+                f,
+                "is the placeholder from jwtchat.env.example, which is public: anyone \
+                 could sign tokens with it; generate one with `{SECRET_RECIPE}`"
+            ),
+        }
+    }
+}
+
+/// The one check every secret passes before it signs anything, whether
+/// it came from the command line, the environment or an embedder's
+/// [`Config`] (both [`parse`] and [`crate::Server::bind`] call it).
+pub fn check_secret(secret: &[u8]) -> Result<(), WeakSecret> {
+    if secret.is_empty() {
+        return Err(WeakSecret::Empty);
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(WeakSecret::TooShort(secret.len()));
+    }
+    if secret == PUBLIC_PLACEHOLDER_SECRET {
+        return Err(WeakSecret::Placeholder);
+    }
+    let mut seen = [false; 256];
+    for &b in secret {
+        seen[usize::from(b)] = true;
+    }
+    let distinct = seen.iter().filter(|&&s| s).count();
+    if distinct < MIN_SECRET_DISTINCT_BYTES {
+        return Err(WeakSecret::TooFewDistinct(distinct));
+    }
+    Ok(())
+}
+
+/// The permission bits of a secret file if anyone but its owner may read
+/// or write it (what ssh refuses for a private key; here, a warning).
+pub fn loose_permissions(path: &Path) -> Option<u32> {
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
 
 /// Everything a [`crate::Server`] needs to start. `Config::default()` is the
 /// demo setup `cargo run` gives; tests start from it and change a field or two.
@@ -37,7 +120,11 @@ pub struct Config {
     /// frame and message limits (see [`Config::frame_limit`]).
     pub max_message_bytes: usize,
     /// HMAC key for HS256; `None` generates a random one at start-up.
+    /// Checked by [`check_secret`] at start-up.
     pub secret: Option<Vec<u8>>,
+    /// The file `secret` was read from (`--secret-file`), so start-up can
+    /// warn when group or others may read it.
+    pub secret_file: Option<PathBuf>,
     /// How many frames may wait in one client's outbound queue before the
     /// client is disconnected as a slow consumer (close code 4008).
     pub client_queue_frames: usize,
@@ -120,6 +207,7 @@ impl Default for Config {
             issuer: "jwtchat".to_string(),
             max_message_bytes: 4096,
             secret: None,
+            secret_file: None,
             client_queue_frames: 256,
             client_queue_bytes: 1 << 20,
             sweep_interval: Duration::from_millis(250),
@@ -197,9 +285,9 @@ pub enum CliError {
         value: String,
         why: &'static str,
     },
-    SecretTooShort {
+    WeakSecret {
         source: &'static str,
-        len: usize,
+        why: WeakSecret,
     },
     SecretFile {
         path: PathBuf,
@@ -219,10 +307,7 @@ impl fmt::Display for CliError {
             CliError::BadValue { flag, value, why } => {
                 write!(f, "invalid value {value:?} for {flag}: {why}")
             }
-            CliError::SecretTooShort { source, len } => write!(
-                f,
-                "the secret from {source} is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
-            ),
+            CliError::WeakSecret { source, why } => write!(f, "the secret from {source} {why}"),
             CliError::SecretFile { path, error } => {
                 write!(f, "cannot read --secret-file {}: {error}", path.display())
             }
@@ -249,7 +334,8 @@ OPTIONS:
     --token-ttl SECS            token lifetime in seconds [default: 900]
     --issuer NAME               the token issuer (iss claim) [default: jwtchat]
     --max-message-bytes N       largest chat message text in bytes [default: 4096]
-    --secret-file FILE          HS256 secret (at least 32 bytes)
+    --secret-file FILE          HS256 secret (at least 32 bytes, 16 distinct;
+                                make one with: head -c 32 /dev/urandom | base64)
     --message-rate PER_SEC      chat messages per second per connection,
                                 0 = no limit [default: 20]
     --message-burst N           messages allowed at once before the rate
@@ -298,10 +384,11 @@ OPTIONS:
     -V, --version               print the version
 
 ENVIRONMENT:
-    JWTCHAT_SECRET              HS256 secret (at least 32 bytes), used when
-                                --secret-file is not given. With neither, a
-                                random secret is generated at start-up and
-                                tokens do not survive a restart.
+    JWTCHAT_SECRET              HS256 secret (at least 32 bytes, 16 distinct),
+                                used when --secret-file is not given; set but
+                                empty is an error. With neither, a random
+                                secret is generated at start-up and tokens do
+                                not survive a restart.
 ";
 
 /// Parses the arguments after the program name. `env_secret` is the value of
@@ -479,23 +566,18 @@ where
         }
     }
 
-    // An explicit flag beats the ambient environment.
-    let (secret, source) = match secret_file {
-        Some(path) => (Some(read_secret_file(&path)?), "--secret-file"),
-        None => (
-            env_secret.map(|s| s.to_string_lossy().into_owned().into_bytes()),
-            "JWTCHAT_SECRET",
-        ),
+    // An explicit flag beats the ambient environment. The key is bytes, not
+    // text: a non-UTF-8 secret is used exactly as given.
+    let (secret, source) = match &secret_file {
+        Some(path) => (Some(read_secret_file(path)?), "--secret-file"),
+        None => (env_secret.map(OsStringExt::into_vec), "JWTCHAT_SECRET"),
     };
+    // Checked here too (not only in `Server::bind`) to name the source.
     if let Some(secret) = &secret {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(CliError::SecretTooShort {
-                source,
-                len: secret.len(),
-            });
-        }
+        check_secret(secret).map_err(|why| CliError::WeakSecret { source, why })?;
     }
     config.secret = secret;
+    config.secret_file = secret_file;
     Ok(Command::Serve(Box::new(config)))
 }
 
@@ -618,18 +700,35 @@ mod tests {
     }
 
     #[test]
-    fn short_env_secret_is_refused() {
-        let err = parse(Vec::<OsString>::new(), Some("too short".into())).err();
-        assert_eq!(
-            err,
-            Some(CliError::SecretTooShort {
+    fn weak_env_secrets_are_refused() {
+        let env = |s: &str| parse(Vec::<OsString>::new(), Some(s.into())).err();
+        let weak = |why| {
+            Some(CliError::WeakSecret {
                 source: "JWTCHAT_SECRET",
-                len: 9
+                why,
             })
+        };
+        assert_eq!(env("too short"), weak(WeakSecret::TooShort(9)));
+        assert_eq!(env(""), weak(WeakSecret::Empty));
+        assert_eq!(env(&"x".repeat(32)), weak(WeakSecret::TooFewDistinct(1)));
+        assert_eq!(
+            env("change-me-to-at-least-32-random-bytes-please"),
+            weak(WeakSecret::Placeholder)
         );
-        let ok = parse(Vec::<OsString>::new(), Some("x".repeat(32).into()));
+        let good = "0123456789abcdef".repeat(2);
+        let ok = parse(Vec::<OsString>::new(), Some(good.clone().into()));
         assert!(
-            matches!(ok, Ok(Command::Serve(c)) if c.secret.as_deref() == Some(&[b'x'; 32][..]))
+            matches!(ok, Ok(Command::Serve(c)) if c.secret.as_deref() == Some(good.as_bytes()))
         );
+    }
+
+    #[test]
+    fn env_secret_is_taken_as_bytes() {
+        let bytes: Vec<u8> = (0x80..=0xff).collect();
+        let ok = parse(
+            Vec::<OsString>::new(),
+            Some(OsString::from_vec(bytes.clone())),
+        );
+        assert!(matches!(ok, Ok(Command::Serve(c)) if c.secret == Some(bytes)));
     }
 }

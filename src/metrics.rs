@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::auth::TokenError;
 
 /// Token rejection reasons, in the order they are reported.
-const TOKEN_REASONS: [TokenError; 7] = [
+const TOKEN_REASONS: [TokenError; 8] = [
     TokenError::Missing,
     TokenError::Malformed,
     TokenError::BadSignature,
@@ -19,6 +19,7 @@ const TOKEN_REASONS: [TokenError; 7] = [
     TokenError::WrongIssuer,
     TokenError::NotYetValid,
     TokenError::Expired,
+    TokenError::Revoked,
 ];
 
 #[derive(Default)]

@@ -150,13 +150,14 @@ fn rate_limited(what: &str, wait: std::time::Duration) -> Response {
 }
 
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
-/// token for the same session, until `--max-session` after the login.
+/// token for the same session, until `--max-session` after the login, while
+/// the user is still in the users file as the token knew them.
 fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     let Some(token) = handshake::authorization_bearer(request) else {
         shared.metrics().token_rejected(TokenError::Missing);
         return handshake::invalid_token();
     };
-    let refreshed = shared.tokens.refresh(token);
+    let refreshed = shared.tokens.refresh(token, &shared.users);
     // Counted per subject once the token is verified: counted before, anyone
     // could use up a user's refreshes with garbage tokens naming their `sub`.
     // (The new token is signed first and then thrown away when refused: an

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
-use crate::config::{Config, MIN_SECRET_BYTES};
+use crate::config::{self, Config, WeakSecret};
 use crate::http::{Connection, RequestError, Response};
 use crate::limits::{
     ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit, SharedBudgets,
@@ -33,7 +33,7 @@ const CONNECTION_STACK: usize = 256 * 1024;
 pub enum StartError {
     Users(UsersError),
     Static(io::Error),
-    SecretTooShort(usize),
+    WeakSecret(WeakSecret),
     Bind(String, io::Error),
     /// `--redis` given to a build without the `redis` feature.
     RedisNotBuilt,
@@ -46,10 +46,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::Users(e) => write!(f, "{e}"),
             StartError::Static(e) => write!(f, "cannot serve --static directory: {e}"),
-            StartError::SecretTooShort(len) => write!(
-                f,
-                "the secret is {len} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
-            ),
+            StartError::WeakSecret(why) => write!(f, "the secret {why}"),
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::RedisNotBuilt => write!(
                 f,
@@ -90,10 +87,10 @@ impl Server {
             None => Users::demo(),
         };
         let secret = match &config.secret {
-            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
-                return Err(StartError::SecretTooShort(secret.len()));
+            Some(secret) => {
+                config::check_secret(secret).map_err(StartError::WeakSecret)?;
+                secret.clone()
             }
-            Some(secret) => secret.clone(),
             None => random_secret(),
         };
         let assets = match &config.static_dir {
@@ -127,6 +124,15 @@ impl Server {
                 "no JWTCHAT_SECRET or --secret-file: using a random secret; \
                  tokens will not survive a restart"
             );
+        }
+        if let Some(path) = &config.secret_file {
+            if let Some(mode) = config::loose_permissions(path) {
+                crate::warn!(
+                    "--secret-file {} can be read or written by group or others (mode {mode:04o}); \
+                     chmod 600 it",
+                    path.display()
+                );
+            }
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
             .with_max_session(config.max_session_secs);

@@ -368,10 +368,11 @@ fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
     None
 }
 
-/// `{"type":"reauth","token":..}`: a fresh token for the same user moves
-/// this connection's expiry; anything else leaves it as it was.
+/// `{"type":"reauth","token":..}`: a fresh token for the same user, still
+/// current in the users file (the same rule as `/auth/refresh`), moves this
+/// connection's expiry; anything else leaves it as it was.
 fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
-    let claims = match shared.tokens.verify(token) {
+    let claims = match shared.tokens.verify_current(token, &shared.users) {
         Ok(claims) if claims.sub == me.sub => claims,
         Ok(_) => {
             return notify(outbox, ErrorCode::BadToken, "the token is for another user");

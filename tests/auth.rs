@@ -375,3 +375,74 @@ fn duplicate_usernames_are_refused() {
     let message = bind_error(file.path());
     assert!(message.contains("\"ann\" twice"), "{message}");
 }
+
+#[test]
+fn duplicate_usernames_name_the_line() {
+    let hash = jwtchat::auth::hash_password("s3cret");
+    let ann = json!({ "id": "1", "username": "ann", "password_hash": hash });
+    let ann_again = json!({ "id": "2", "username": "ann", "password_hash": hash });
+    let text = format!("{{\n  \"users\": [\n    {ann},\n    {ann_again}\n  ]\n}}\n");
+    let file = TempFile::new("duplicate-line", &text);
+    let message = bind_error(file.path());
+    assert_eq!(message, "users file lists \"ann\" twice (line 4)");
+}
+
+/// Tokens name users by id: two accounts with one id would share sessions.
+#[test]
+fn duplicate_ids_are_refused_with_the_line() {
+    let hash = jwtchat::auth::hash_password("s3cret");
+    let entries: Vec<String> = [("7", "ann"), ("8", "bob"), ("7", "cid")]
+        .iter()
+        .map(|(id, name)| json!({ "id": id, "username": name, "password_hash": hash }).to_string())
+        .collect();
+    let text = format!("{{\"users\": [\n{}\n]}}", entries.join(",\n"));
+    let file = TempFile::new("duplicate-id", &text);
+    let message = bind_error(file.path());
+    assert_eq!(message, "users file lists id \"7\" twice (line 4)");
+}
+
+#[test]
+fn bad_usernames_are_refused_with_the_line() {
+    let hash = jwtchat::auth::hash_password("s3cret");
+    let long = "é".repeat(65);
+    for (name, username, why) in [
+        ("empty", "", "is empty"),
+        ("long", long.as_str(), "65 characters"),
+        ("newline", "ann\nbob", "U+000A"),
+        ("nul", "ann\u{0}", "U+0000"),
+        ("c1", "ann\u{85}", "U+0085"),
+        ("nfd", "Rene\u{301}", "NFC"),
+    ] {
+        let good = json!({ "id": "1", "username": "ok", "password_hash": hash });
+        let bad = json!({ "id": "2", "username": username, "password_hash": hash });
+        let text = format!("{{\"users\": [\n  {good},\n\n  {bad}\n]}}");
+        let file = TempFile::new(name, &text);
+        let message = bind_error(file.path());
+        assert!(
+            message.starts_with("users file line 4: the username "),
+            "{name}: {message}"
+        );
+        assert!(message.contains(why), "{name}: {message}");
+        assert!(!message.contains('\n'), "{name}: {message:?}");
+    }
+}
+
+#[test]
+fn usernames_at_the_limits_are_accepted() {
+    let hash = jwtchat::auth::hash_password("s3cret");
+    let longest = "é".repeat(64);
+    let file = users_file(
+        "limits",
+        json!([
+            { "id": "1", "username": longest, "password_hash": hash },
+            { "id": "2", "username": "René", "password_hash": hash },
+            { "id": "3", "username": "x", "password_hash": hash },
+        ]),
+    );
+    let path = file.path().to_path_buf();
+    let server = start_with(|c| c.users_file = Some(path));
+    let response = post_json(server.addr, "/auth", &login_body(&longest, "s3cret"));
+    assert_eq!(response.status, 200, "body: {}", response.text());
+    let response = post_json(server.addr, "/auth", &login_body("René", "s3cret"));
+    assert_eq!(response.status, 200, "body: {}", response.text());
+}

@@ -280,6 +280,140 @@ fn short_secret_file_is_exit_2() {
     );
 }
 
+/// The old example file's value is public: anyone could sign tokens with it.
+#[test]
+fn the_old_placeholder_secret_is_exit_2() {
+    let placeholder = "change-me-to-at-least-32-random-bytes-please";
+    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", placeholder)));
+    assert!(line.contains("placeholder"), "{line}");
+    let file = TempFile::new("placeholder-secret", placeholder.as_bytes());
+    let line = assert_usage_error(&run(&["--secret-file", file.arg()]));
+    assert!(line.contains("placeholder"), "{line}");
+}
+
+/// Long enough, but a pattern: fewer than 16 different bytes.
+#[test]
+fn a_secret_with_few_distinct_bytes_is_exit_2() {
+    for secret in ["x".repeat(40), "abcdefghijklmno".repeat(3)] {
+        let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", &secret)));
+        assert!(line.contains("distinct"), "{line}");
+        assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
+        assert!(!line.contains(&secret), "the secret was echoed: {line}");
+    }
+    // Exactly 16 different bytes is enough.
+    let secret = "abcdefghijklmnop".repeat(2);
+    let mut server = Binary::spawn(
+        jwtchat()
+            .args(["--bind", "127.0.0.1:0"])
+            .env("JWTCHAT_SECRET", &secret),
+    );
+    server.wait_listening();
+}
+
+/// `JWTCHAT_SECRET=` with nothing after it, as an environment file copied
+/// from the example and never filled in gives, is an error, not a random
+/// secret.
+#[test]
+fn an_empty_env_secret_is_exit_2() {
+    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "")));
+    assert!(line.contains("JWTCHAT_SECRET is empty"), "{line}");
+    assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
+}
+
+/// The example environment file as shipped cannot start a server: its
+/// secret must be filled in.
+#[test]
+fn the_example_env_file_leaves_the_secret_empty() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/jwtchat.env.example"
+    ))
+    .expect("read the example");
+    let values: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("JWTCHAT_SECRET="))
+        .collect();
+    assert_eq!(values, [""], "{example}");
+    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", values[0])));
+    assert!(line.contains("empty"), "{line}");
+}
+
+/// The key is the environment variable's bytes, not a UTF-8 rendering of
+/// them (which would turn every invalid byte into the same U+FFFD).
+#[test]
+fn a_non_utf8_env_secret_is_used_as_bytes() {
+    use std::os::unix::ffi::OsStringExt;
+    let secret: Vec<u8> = (0..40u8).map(|i| 0x80 + i * 3).collect();
+    assert!(std::str::from_utf8(&secret).is_err());
+    let mut server = Binary::spawn(jwtchat().args(["--bind", "127.0.0.1:0"]).env(
+        "JWTCHAT_SECRET",
+        std::ffi::OsString::from_vec(secret.clone()),
+    ));
+    let addr = server.wait_listening();
+    let token = token_of(&login(addr, "userA", "passwordA"));
+    let claims = verify(&token, &secret).expect("verifies with the raw bytes");
+    assert_eq!(claims["username"], "userA");
+}
+
+fn secret_file_with_mode(test: &str, mode: u32) -> TempFile {
+    use std::os::unix::fs::PermissionsExt;
+    let file = TempFile::new(test, SECRET_40.as_bytes());
+    std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    file
+}
+
+/// Like ssh with a private key: a secret others can read is pointed out.
+#[test]
+fn a_secret_file_others_can_read_is_warned_about() {
+    for mode in [0o644, 0o640, 0o604] {
+        let file = secret_file_with_mode("loose-secret", mode);
+        let (server, _) = serve(&["--secret-file", file.arg(), "--bind", "127.0.0.1:0"]);
+        let warning = format!(
+            "--secret-file {} can be read or written by group or others (mode {mode:04o}); \
+             chmod 600 it",
+            file.arg()
+        );
+        assert!(server.any_line_contains(&warning), "{:#?}", server.seen);
+    }
+    for mode in [0o600, 0o400] {
+        let file = secret_file_with_mode("tight-secret", mode);
+        let (server, _) = serve(&["--secret-file", file.arg(), "--bind", "127.0.0.1:0"]);
+        assert!(
+            !server.any_line_contains("group or others"),
+            "{mode:o}: {:#?}",
+            server.seen
+        );
+    }
+}
+
+/// An embedder's `Config` gets the same checks as the command line.
+#[test]
+fn server_bind_refuses_weak_secrets() {
+    for (secret, why) in [
+        (&b""[..], "is empty"),
+        (b"0123456789", "10 bytes"),
+        (&[7u8; 32], "distinct"),
+        (
+            b"change-me-to-at-least-32-random-bytes-please",
+            "placeholder",
+        ),
+    ] {
+        let config = jwtchat::Config {
+            bind: "127.0.0.1:0".into(),
+            secret: Some(secret.to_vec()),
+            ..jwtchat::Config::default()
+        };
+        match jwtchat::Server::bind(config) {
+            Ok(_) => panic!("{secret:?} was accepted"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(message.starts_with("the secret "), "{message}");
+                assert!(message.contains(why), "{message}");
+            }
+        }
+    }
+}
+
 #[test]
 fn missing_secret_file_is_exit_2() {
     let path =

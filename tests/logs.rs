@@ -146,8 +146,11 @@ fn no_query_value_reaches_the_log_or_the_trace() {
 
 #[test]
 fn usernames_are_escaped_in_every_line() {
-    // A username that would forge a log line if printed as it is.
-    let name = "eve\n2026-01-01T00:00:00.000Z INFO  login ok: \u{1b}[2Jroot";
+    // A legal username (the users file refuses control characters) whose
+    // quote and backslash would make a line ambiguous if printed as is...
+    let name = "eve \"the\" \\ admin";
+    // ...and one a client may send to /auth, which would forge a log line.
+    let forger = "eve\n2026-01-01T00:00:00.000Z INFO  login ok: \u{1b}[2Jroot";
     let users = json!({ "users": [{
         "id": "1",
         "username": name,
@@ -160,7 +163,7 @@ fn usernames_are_escaped_in_every_line() {
     let login = post_json(addr, "/auth", &body);
     assert_eq!(login.status, 200, "{}", login.text());
     let token = login.json()["token"].as_str().unwrap().to_string();
-    let wrong = json!({ "username": name, "password": "no" }).to_string();
+    let wrong = json!({ "username": forger, "password": "no" }).to_string();
     assert_eq!(post_json(addr, "/auth", &wrong).status, 401);
     let refreshed = send_raw(
         addr,
@@ -171,16 +174,23 @@ fn usernames_are_escaped_in_every_line() {
         .as_bytes(),
     );
     assert_eq!(refreshed.status, 200);
+    let client = TestServer::at(addr).connect_token(&token).expect("upgrade");
+    drop(client);
     let lines = drain_log(&mut binary, Duration::from_millis(500));
     let _ = std::fs::remove_file(&file);
     let log = lines.join("\n");
     let escaped = format!("{name:?}");
-    for event in ["login ok: ", "login failed for ", "token refreshed: "] {
+    for event in ["login ok: ", "token refreshed: ", "connected: "] {
         assert!(
             log.contains(&format!("{event}{escaped}")),
             "no {event}{escaped} in the log:\n{log}"
         );
     }
+    assert!(log.contains(&format!("({escaped}) disconnected")), "{log}");
+    assert!(
+        log.contains(&format!("login failed for {forger:?}")),
+        "{log}"
+    );
     assert!(
         !lines
             .iter()

@@ -25,13 +25,15 @@ use tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jwtchat");
 
-/// An in-process instance on `redis`, with no message rate limit (the
-/// tests measure order, not limits), `/metrics` on its main listener (the
-/// tests read it), and `tweak` applied.
+/// An in-process instance on `redis`, with no message or login rate limit
+/// (the tests measure order, not limits, and log the same users in many
+/// times), `/metrics` on its main listener (the tests read it), and `tweak`
+/// applied.
 fn instance(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestServer {
     start_with(|c| {
         c.redis = Some(redis.url());
         c.message_rate = 0;
+        c.max_logins_per_user = 0;
         c.metrics_public = true;
         tweak(c);
     })
