@@ -28,7 +28,13 @@ impl Level {
     }
 }
 
-static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+// Unit tests print only warnings and errors: their INFO lines (evictions,
+// say) would only bury cargo's own output.
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(if cfg!(test) {
+    Level::Warn as u8
+} else {
+    Level::Info as u8
+});
 
 /// Sets the most verbose level that is printed.
 pub fn set_level(level: Level) {

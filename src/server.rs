@@ -114,10 +114,14 @@ impl Server {
         let metrics_listener = config.metrics_bind.as_deref().map(bind).transpose()?;
 
         if config.users_file.is_none() {
-            crate::warn!(
-                "demo mode: built-in users userA/passwordA, userB/passwordB, userC/passwordC \
-                 (pass --users FILE for real accounts)"
-            );
+            // Once per process: a test suite starts a hundred demo servers.
+            static DEMO_WARNING: std::sync::Once = std::sync::Once::new();
+            DEMO_WARNING.call_once(|| {
+                crate::warn!(
+                    "demo mode: built-in users userA/passwordA, userB/passwordB, \
+                     userC/passwordC (pass --users FILE for real accounts)"
+                )
+            });
         }
         if config.secret.is_none() {
             crate::warn!(

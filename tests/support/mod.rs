@@ -31,7 +31,12 @@ pub fn start() -> TestServer {
 }
 
 /// A server with the test secret and `tweak` applied to its config.
+///
+/// In-process servers log only warnings and errors, so that `cargo test`
+/// shows cargo's own lines; `JWTCHAT_TEST_LOG=info` (or `debug`, ...)
+/// shows everything again when a test needs looking into.
 pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    jwtchat::log::set_level(test_log_level());
     let mut config = Config {
         bind: "127.0.0.1:0".into(),
         secret: Some(SECRET.to_vec()),
@@ -44,6 +49,17 @@ pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     TestServer {
         handle: Some(handle),
         addr,
+    }
+}
+
+fn test_log_level() -> jwtchat::log::Level {
+    use jwtchat::log::Level;
+    match std::env::var("JWTCHAT_TEST_LOG").as_deref() {
+        Err(_) | Ok("") => Level::Warn,
+        Ok("error") => Level::Error,
+        Ok("warn") => Level::Warn,
+        Ok("debug") => Level::Debug,
+        Ok(_) => Level::Info,
     }
 }
 
