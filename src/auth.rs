@@ -510,6 +510,7 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The machine name: the `reason` label in `/metrics`.
     pub fn as_str(self) -> &'static str {
         match self {
             TokenError::Missing => "missing",
@@ -524,9 +525,19 @@ impl TokenError {
     }
 }
 
+/// The words for a log line or a trace (`expired token`).
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            TokenError::Missing => "no token",
+            TokenError::Malformed => "malformed token",
+            TokenError::BadSignature => "bad signature",
+            TokenError::WrongAlgorithm => "wrong algorithm",
+            TokenError::WrongIssuer => "wrong issuer",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::Expired => "expired token",
+            TokenError::Revoked => "revoked token",
+        })
     }
 }
 

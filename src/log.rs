@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -58,6 +58,34 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
 /// `--trace-handshake` transcript).
 pub fn raw(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Says yes at most once a second: for a line a flood could repeat.
+pub struct OncePerSecond {
+    /// The second (since the epoch) of the last yes; 0 before any.
+    last: AtomicU64,
+}
+
+impl OncePerSecond {
+    pub const fn new() -> OncePerSecond {
+        OncePerSecond {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// True the first time in each second.
+    pub fn first(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs());
+        self.last.swap(now, Ordering::Relaxed) != now
+    }
+}
+
+impl Default for OncePerSecond {
+    fn default() -> Self {
+        OncePerSecond::new()
+    }
 }
 
 #[macro_export]

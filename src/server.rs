@@ -128,9 +128,8 @@ impl Server {
         if let Some(path) = &config.secret_file {
             if let Some(mode) = config::loose_permissions(path) {
                 crate::warn!(
-                    "--secret-file {} can be read or written by group or others (mode {mode:04o}); \
-                     chmod 600 it",
-                    path.display()
+                    "--secret-file {path:?} can be read or written by group or others \
+                     (mode {mode:04o}); chmod 600 it"
                 );
             }
         }
@@ -343,7 +342,7 @@ fn cluster(
     let cluster = crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
         .map_err(|e| StartError::RedisUrl(e.0))?;
     crate::info!(
-        "sharing the room over Redis at {} (key prefix {}, instance {})",
+        "sharing the room over Redis at {} (key prefix {:?}, instance {})",
         crate::cluster::without_password(url),
         config.redis_prefix,
         cluster.id()
@@ -396,7 +395,7 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     let permit = match shared.connections.admit((!trusted).then_some(peer.ip())) {
         Ok(permit) => permit,
         Err(refusal) => {
-            crate::warn!("refused a connection from {peer}: {refusal:?}");
+            crate::warn!("refused a connection from {peer}: {refusal}");
             let response = too_busy();
             // A fresh socket's buffer has room for this; never wait here.
             let _ = crate::sys::send_nonblocking(&stream, &response.to_bytes(false, false));

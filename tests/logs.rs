@@ -63,7 +63,7 @@ fn events_are_logged_without_secrets() {
         "upgrade refused",
         "token=[redacted]",
         "connected: \"userA\"",
-        "evicted: TokenExpired",
+        "evicted: token expired",
         "disconnected: closed by server, code 4001",
     ] {
         assert!(log.contains(event), "no {event:?} in the log:\n{log}");
@@ -197,4 +197,103 @@ fn usernames_are_escaped_in_every_line() {
             .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
         "a forged line or a raw escape:\n{log}"
     );
+}
+
+/// A token signed with the test secret, with these changes to its claims.
+fn mint(issuer: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({
+        "sub": "1", "username": "userA", "iat": now - 100,
+        "exp": now + exp_offset, "iss": issuer,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn refusals_are_logged_in_words_and_throttling_is_counted() {
+    let (mut binary, addr) = spawn_binary(&[
+        "--log-level",
+        "debug",
+        "--max-login-failures",
+        "1",
+        "--max-connections-per-ip",
+        "1",
+        "--metrics-public",
+    ]);
+    // Token refusals, each for its own reason.
+    let refused = [
+        ("not-a-jwt".to_string(), "malformed token"),
+        (mint("jwtchat", -60), "expired token"),
+        (mint("someone-else", 600), "wrong issuer"),
+        (format!("{}x", mint("jwtchat", 600)), "bad signature"),
+    ];
+    for (token, _) in &refused {
+        let r = send_raw(
+            addr,
+            upgrade_request(&format!("/ws?token={token}"), "").as_bytes(),
+        );
+        assert_eq!(r.status, 401);
+    }
+    let evil = send_raw(
+        addr,
+        upgrade_request("/ws", "Origin: https://evil.example\r\n").as_bytes(),
+    );
+    assert_eq!(evil.status, 403);
+    // A connection over the per-IP cap, while another is open.
+    let held = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let over = send_raw(addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(over.status, 503);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    // A failed login, then one refused by --max-login-failures.
+    let wrong = json!({"username":"userA","password":"wrong"}).to_string();
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 401);
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 429);
+    let metrics = get(addr, "/metrics").text();
+    assert!(
+        metrics.contains("jwtchat_logins_throttled_total{limit=\"failures_per_ip\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jwtchat_logins_throttled_total{limit=\"logins_per_user\"} 0\n"),
+        "{metrics}"
+    );
+
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let log = lines.join("\n");
+    for (_, words) in &refused {
+        assert!(
+            log.contains(&format!("): {words}")),
+            "no upgrade refused ...: {words} in the log:\n{log}"
+        );
+    }
+    for words in [
+        "): forbidden origin",
+        ": too many connections from this address",
+        "WARN  login failed for \"userA\" from 127.0.0.1:",
+        "WARN  login throttled for \"userA\" from 127.0.0.1:",
+        ": too many failed logins (--max-login-failures per minute)",
+    ] {
+        assert!(log.contains(words), "no {words:?} in the log:\n{log}");
+    }
+    // No Rust debug names.
+    for debug in [
+        "Token(",
+        "Malformed",
+        "Expired",
+        "TooManyFromIp",
+        "ForbiddenOrigin",
+        "FailuresFromIp",
+    ] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
 }
