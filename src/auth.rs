@@ -224,6 +224,15 @@ impl Users {
     }
 
     /// The user with this id (a token's `sub`).
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
     pub fn by_id(&self, id: &str) -> Option<&User> {
         self.by_id.get(id).map(|&i| &self.users[i])
     }

@@ -307,6 +307,10 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
             return;
         }
     };
+    crate::debug!(
+        "{peer}: GET {:?} 101, upgraded to WebSocket",
+        crate::log::redact_target(&request.target)
+    );
     let switching = handshake::switching_protocols(&accepted.accept);
     trace.response(&switching);
     print_trace(trace);
