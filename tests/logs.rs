@@ -68,6 +68,13 @@ fn events_are_logged_without_secrets() {
     ] {
         assert!(log.contains(event), "no {event:?} in the log:\n{log}");
     }
+    // Names are quoted the same way in every line: no bare userA.
+    for line in others.iter().filter(|l| l.contains("userA")) {
+        assert!(
+            line.matches("userA").count() == line.matches("\"userA\"").count(),
+            "an unquoted username: {line}"
+        );
+    }
     for line in &lines {
         // 2026-11-28T23:59:59.123Z LEVEL message
         let (stamp, rest) = line.split_once(' ').unwrap_or_default();
