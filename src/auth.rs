@@ -224,6 +224,15 @@ impl Users {
     }
 
     /// The user with this id (a token's `sub`).
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
     pub fn by_id(&self, id: &str) -> Option<&User> {
         self.by_id.get(id).map(|&i| &self.users[i])
     }
@@ -510,6 +519,7 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The machine name: the `reason` label in `/metrics`.
     pub fn as_str(self) -> &'static str {
         match self {
             TokenError::Missing => "missing",
@@ -524,9 +534,19 @@ impl TokenError {
     }
 }
 
+/// The words for a log line or a trace (`expired token`).
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            TokenError::Missing => "no token",
+            TokenError::Malformed => "malformed token",
+            TokenError::BadSignature => "bad signature",
+            TokenError::WrongAlgorithm => "wrong algorithm",
+            TokenError::WrongIssuer => "wrong issuer",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::Expired => "expired token",
+            TokenError::Revoked => "revoked token",
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{Format as LogFormat, Level};
 use crate::proxy::Cidr;
 
 /// A secret shorter than this is refused: HS256 keys should be at least as
@@ -181,6 +181,8 @@ pub struct Config {
     pub metrics_public: bool,
     /// The most verbose log level printed.
     pub log_level: Level,
+    /// Text lines, or one JSON object per line (`--log-format json`).
+    pub log_format: LogFormat,
     /// How long after a password login `/auth/refresh` keeps renewing a
     /// session, in seconds.
     pub max_session_secs: u64,
@@ -227,6 +229,7 @@ impl Default for Config {
             metrics_bind: None,
             metrics_public: false,
             log_level: Level::Info,
+            log_format: LogFormat::Text,
             max_session_secs: 12 * 3600,
             history: 100,
             trace_handshake: false,
@@ -374,6 +377,8 @@ OPTIONS:
     --metrics-public            also serve /metrics on the main listener (it
                                 tells why tokens were rejected: keep private)
     --log-level LEVEL           error, warn, info or debug [default: info]
+    --log-format FORMAT         text, or json for one JSON object per line
+                                [default: text]
     --redis URL                 share one room with every instance using this
                                 Redis, e.g. redis://127.0.0.1:6379/0 (builds
                                 with --features redis only)
@@ -550,6 +555,20 @@ where
                     }
                 };
             }
+            "--log-format" => {
+                let format = value("--log-format")?;
+                config.log_format = match format.to_ascii_lowercase().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => {
+                        return Err(CliError::BadValue {
+                            flag: "--log-format",
+                            value: format,
+                            why: "expected text or json",
+                        });
+                    }
+                };
+            }
             "--max-message-bytes" => {
                 let n = number(
                     "--max-message-bytes",
@@ -646,6 +665,8 @@ mod tests {
         assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
         assert!(c.metrics_bind.is_none() && !c.metrics_public);
         assert!(serve(&["--metrics-public"]).metrics_public);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(serve(&["--log-format", "json"]).log_format, LogFormat::Json);
         assert_eq!((c.max_logins_per_ip, c.max_logins_per_user), (30, 6));
         assert_eq!(c.max_refreshes, 6);
         let c = serve(&[
@@ -691,6 +712,10 @@ mod tests {
         ));
         assert!(matches!(
             parse_strs(&["--max-message-bytes", "0"]),
+            Err(CliError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_strs(&["--log-format", "xml"]),
             Err(CliError::BadValue { .. })
         ));
         assert!(matches!(

@@ -44,19 +44,38 @@ pub enum HandshakeError {
     Token(TokenError),
 }
 
+/// What was wrong, in words, for the log and the `--trace-handshake` FAIL
+/// line (`expired token`, `forbidden origin`). The `400`s send the same
+/// words to the client; a bad token's reason is never sent (see
+/// [`HandshakeError::response`]).
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::OldHttpVersion => f.write_str("WebSocket needs HTTP/1.1 or later"),
+            HandshakeError::MissingHost => f.write_str("no \"Host\" header"),
+            HandshakeError::NotAnUpgrade => f.write_str("not a WebSocket upgrade"),
+            HandshakeError::MissingConnectionUpgrade => {
+                f.write_str("\"Connection\" header must include \"Upgrade\"")
+            }
+            HandshakeError::BadKey => {
+                f.write_str("\"Sec-WebSocket-Key\" must be 16 bytes in base64")
+            }
+            HandshakeError::UnsupportedVersion => f.write_str("unsupported WebSocket version"),
+            HandshakeError::ForbiddenOrigin => f.write_str("forbidden origin"),
+            HandshakeError::Token(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
 impl HandshakeError {
     /// The one place a refused upgrade becomes a status code.
     pub fn response(&self) -> Response {
-        let bad_request = |message: &str| Response::error(400, "bad_request", message);
+        let bad_request = || Response::error(400, "bad_request", &self.to_string());
         match self {
-            HandshakeError::OldHttpVersion => bad_request("WebSocket needs HTTP/1.1 or later"),
-            HandshakeError::MissingHost => bad_request("no \"Host\" header"),
-            HandshakeError::MissingConnectionUpgrade => {
-                bad_request("\"Connection\" header must include \"Upgrade\"")
-            }
-            HandshakeError::BadKey => {
-                bad_request("\"Sec-WebSocket-Key\" must be 16 bytes in base64")
-            }
+            HandshakeError::OldHttpVersion
+            | HandshakeError::MissingHost
+            | HandshakeError::MissingConnectionUpgrade
+            | HandshakeError::BadKey => bad_request(),
             // §4.2.2: a server that wants a different protocol "MAY send a
             // 426 ... with an |Upgrade| header field".
             HandshakeError::NotAnUpgrade => Response::error(
@@ -222,9 +241,14 @@ impl Trace {
         what: &str,
         error: HandshakeError,
     ) -> Result<(), HandshakeError> {
-        let verdict = if passed { "ok  " } else { "FAIL" };
-        self.note(|| format!("  {verdict} {section:<30} {what}"));
-        if passed { Ok(()) } else { Err(error) }
+        if passed {
+            self.note(|| format!("  ok   {section:<30} {what}"));
+            Ok(())
+        } else {
+            // The check, then what was wrong: "... exp (no leeway): expired token".
+            self.note(|| format!("  FAIL {section:<30} {what}: {error}"));
+            Err(error)
+        }
     }
 
     /// Adds lines (built only when tracing).

@@ -55,6 +55,15 @@ pub enum Refusal {
     TooManyFromIp,
 }
 
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::ServerFull => "server full",
+            Refusal::TooManyFromIp => "too many connections from this address",
+        })
+    }
+}
+
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
@@ -276,13 +285,37 @@ impl LoginRefusal {
         }
     }
 
-    /// For the `429`'s message.
+    /// For the `429`'s message and the log.
     pub fn reason(self) -> &'static str {
         match self {
             LoginRefusal::FailuresFromIp(_) => "too many failed logins",
             LoginRefusal::LoginsFromIp(_) => "too many logins from this address",
             LoginRefusal::LoginsForUser(_) => "too many logins for this user",
         }
+    }
+
+    /// Which limit refused: the `limit` label in `/metrics`.
+    pub fn limit(self) -> &'static str {
+        match self {
+            LoginRefusal::FailuresFromIp(_) => "failures_per_ip",
+            LoginRefusal::LoginsFromIp(_) => "attempts_per_ip",
+            LoginRefusal::LoginsForUser(_) => "logins_per_user",
+        }
+    }
+
+    /// The option that sets the limit, for the log.
+    pub fn option(self) -> &'static str {
+        match self {
+            LoginRefusal::FailuresFromIp(_) => "--max-login-failures",
+            LoginRefusal::LoginsFromIp(_) => "--max-logins-per-ip",
+            LoginRefusal::LoginsForUser(_) => "--max-logins-per-user",
+        }
+    }
+}
+
+impl std::fmt::Display for LoginRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
     }
 }
 

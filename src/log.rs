@@ -1,4 +1,11 @@
-//! Logging: one line per event on stderr, `2026-11-28T23:59:59.123Z INFO message`.
+//! Logging: one line per event on stderr, `2026-11-28T23:59:59.123Z INFO message`,
+//! or with `--log-format json` one JSON object per line for a log shipper,
+//! `{"ts":"2026-11-28T23:59:59.123Z","level":"info","msg":"message"}`.
+//!
+//! Names that come from outside or from the configuration (usernames,
+//! request targets, file paths) are written with `{:?}`: quoted, with any
+//! quote, backslash or control character escaped, so no name can end a
+//! line or pass for another field. Addresses and numbers are written bare.
 //!
 //! A logging crate would bring more than it gives here: the server logs a
 //! handful of events and never secrets (no token or password is passed to
@@ -6,7 +13,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -28,6 +35,26 @@ impl Level {
     }
 }
 
+impl Level {
+    fn json_name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// How lines are written (`--log-format`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    /// `2026-11-28T23:59:59.123Z INFO  message`, for people.
+    Text = 0,
+    /// One JSON object per line, for log shippers.
+    Json = 1,
+}
+
 // Unit tests print only warnings and errors: their INFO lines (evictions,
 // say) would only bury cargo's own output.
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(if cfg!(test) {
@@ -35,10 +62,20 @@ static MAX_LEVEL: AtomicU8 = AtomicU8::new(if cfg!(test) {
 } else {
     Level::Info as u8
 });
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
 
 /// Sets the most verbose level that is printed.
 pub fn set_level(level: Level) {
     MAX_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Sets how lines are written.
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
+}
+
+fn json() -> bool {
+    FORMAT.load(Ordering::Relaxed) == Format::Json as u8
 }
 
 pub fn enabled(level: Level) -> bool {
@@ -50,20 +87,62 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!(
-        "{} {:<5} {}\n",
-        timestamp(SystemTime::now()),
-        level.label(),
-        args
-    );
+    let now = timestamp(SystemTime::now());
+    let line = if json() {
+        json_line(&now, level.json_name(), &args.to_string())
+    } else {
+        format!("{now} {:<5} {args}\n", level.label())
+    };
     // A closed stderr must not take the server down: ignore the error.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// Writes a block of text to stderr as it is, in one piece (the
-/// `--trace-handshake` transcript).
+/// `{"ts":..,"level":..,"msg":..}` and a newline; serde_json escapes the
+/// message, so a newline in it cannot start another line.
+fn json_line(ts: &str, level: &str, msg: &str) -> String {
+    let mut line = serde_json::json!({ "ts": ts, "level": level, "msg": msg }).to_string();
+    line.push('\n');
+    line
+}
+
+/// Writes a block of text to stderr in one piece (the `--trace-handshake`
+/// transcript): as it is, or with `--log-format json` as one object whose
+/// level is `trace` and whose `msg` is the whole block.
 pub fn raw(text: &str) {
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    let block = if json() {
+        json_line(&timestamp(SystemTime::now()), "trace", text.trim_end())
+    } else {
+        text.to_string()
+    };
+    let _ = std::io::stderr().lock().write_all(block.as_bytes());
+}
+
+/// Says yes at most once a second: for a line a flood could repeat.
+pub struct OncePerSecond {
+    /// The second (since the epoch) of the last yes; 0 before any.
+    last: AtomicU64,
+}
+
+impl OncePerSecond {
+    pub const fn new() -> OncePerSecond {
+        OncePerSecond {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// True the first time in each second.
+    pub fn first(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs());
+        self.last.swap(now, Ordering::Relaxed) != now
+    }
+}
+
+impl Default for OncePerSecond {
+    fn default() -> Self {
+        OncePerSecond::new()
+    }
 }
 
 #[macro_export]
@@ -148,6 +227,15 @@ mod tests {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&timestamp(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn json_lines_are_one_escaped_object() {
+        let line = json_line("2026-11-28T00:00:00.123Z", "warn", "a \"b\"\nc");
+        assert_eq!(
+            line,
+            "{\"level\":\"warn\",\"msg\":\"a \\\"b\\\"\\nc\",\"ts\":\"2026-11-28T00:00:00.123Z\"}\n"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
 fn serve(config: jwtchat::Config) -> ExitCode {
     jwtchat::log::set_level(config.log_level);
+    jwtchat::log::set_format(config.log_format);
     // Before any thread starts, so that every thread inherits the mask and
     // the signals wait for `wait_for_termination` below.
     if let Err(e) = sys::block_termination_signals() {

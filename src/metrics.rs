@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::TokenError;
+use crate::limits::LoginRefusal;
 
 /// Token rejection reasons, in the order they are reported.
 const TOKEN_REASONS: [TokenError; 8] = [
@@ -21,6 +22,9 @@ const TOKEN_REASONS: [TokenError; 8] = [
     TokenError::Expired,
     TokenError::Revoked,
 ];
+
+/// The login throttle's limits, as [`LoginRefusal::limit`] names them.
+const LOGIN_LIMITS: [&str; 3] = ["failures_per_ip", "attempts_per_ip", "logins_per_user"];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -36,6 +40,8 @@ pub struct Metrics {
     pub logins_abandoned: AtomicU64,
     pub refreshes: AtomicU64,
     tokens_rejected: [AtomicU64; TOKEN_REASONS.len()],
+    /// Logins refused by the throttle, by limit ([`LOGIN_LIMITS`]).
+    logins_throttled: [AtomicU64; LOGIN_LIMITS.len()],
     /// With `--redis` only.
     pub redis: Option<Arc<RedisCounters>>,
 }
@@ -76,6 +82,12 @@ impl Metrics {
     pub fn token_rejected(&self, reason: TokenError) {
         if let Some(i) = TOKEN_REASONS.iter().position(|r| *r == reason) {
             inc(&self.tokens_rejected[i]);
+        }
+    }
+
+    pub fn login_throttled(&self, refusal: LoginRefusal) {
+        if let Some(i) = LOGIN_LIMITS.iter().position(|l| *l == refusal.limit()) {
+            inc(&self.logins_throttled[i]);
         }
     }
 
@@ -193,7 +205,19 @@ impl Metrics {
         for (reason, count) in TOKEN_REASONS.iter().zip(&self.tokens_rejected) {
             let _ = writeln!(
                 out,
-                "jwtchat_tokens_rejected_total{{reason=\"{reason}\"}} {}",
+                "jwtchat_tokens_rejected_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                get(count)
+            );
+        }
+        out.push_str(
+            "# HELP jwtchat_logins_throttled_total Logins refused (429) by the login throttle, by limit.\n\
+             # TYPE jwtchat_logins_throttled_total counter\n",
+        );
+        for (limit, count) in LOGIN_LIMITS.iter().zip(&self.logins_throttled) {
+            let _ = writeln!(
+                out,
+                "jwtchat_logins_throttled_total{{limit=\"{limit}\"}} {}",
                 get(count)
             );
         }

@@ -148,6 +148,16 @@ pub enum Departure {
     SlowConsumer,
 }
 
+impl std::fmt::Display for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Departure::Disconnected => "disconnected",
+            Departure::TokenExpired => "token expired",
+            Departure::SlowConsumer => "too slow to read its messages",
+        })
+    }
+}
+
 /// State that changes in broadcast order.
 struct Timeline {
     /// The `seq` of the last chat message (numbered here, or delivered by
@@ -602,7 +612,7 @@ impl Room {
             };
             for (id, client, why) in removed {
                 if why != Departure::Disconnected {
-                    crate::info!("client {id} ({:?}) evicted: {why:?}", client.username);
+                    crate::info!("client {id} ({:?}) evicted: {why}", client.username);
                     let counter = match why {
                         Departure::TokenExpired => &self.metrics.expiry_disconnects,
                         _ => &self.metrics.slow_consumer_disconnects,

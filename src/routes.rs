@@ -17,6 +17,8 @@ use serde::Deserialize;
 use crate::auth::{Claims, PasswordCheck, RefreshError, TokenError};
 use crate::handshake::Trace;
 use crate::http::{Connection, Request, Response};
+use crate::limits::LoginRefusal;
+use crate::log::Level;
 use crate::{Shared, handshake, metrics, session};
 
 /// Headers on every front-end file: a strict Content-Security-Policy (the
@@ -105,7 +107,8 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
     let attempt = match shared.logins.begin(peer.ip(), username, Instant::now()) {
         Ok(attempt) => attempt,
         Err(refusal) => {
-            crate::debug!("login for {username:?} from {peer} refused: {refusal:?}");
+            shared.metrics().login_throttled(refusal);
+            log_throttled(refusal, username, peer);
             return rate_limited(refusal.reason(), refusal.wait());
         }
     };
@@ -120,7 +123,7 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
         PasswordCheck::NoMatch => {
             shared.logins.failed(attempt);
             metrics::inc(&shared.metrics().auth_failures);
-            crate::info!("login failed for {username:?} from {peer}");
+            crate::warn!("login failed for {username:?} from {peer}");
             return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
         }
         PasswordCheck::Abandoned => {
@@ -136,6 +139,35 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
     metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {:?} from {peer}", user.username);
     token_response(&token, &claims)
+}
+
+/// One WARN line a second for each login limit, the rest at DEBUG: a flood
+/// of refused logins is one line a second in the log, and every refusal is
+/// counted in `jwtchat_logins_throttled_total`.
+static THROTTLE_LOG: [crate::log::OncePerSecond; 3] = [
+    crate::log::OncePerSecond::new(),
+    crate::log::OncePerSecond::new(),
+    crate::log::OncePerSecond::new(),
+];
+
+fn log_throttled(refusal: LoginRefusal, username: &str, peer: SocketAddr) {
+    let slot = match refusal {
+        LoginRefusal::FailuresFromIp(_) => 0,
+        LoginRefusal::LoginsFromIp(_) => 1,
+        LoginRefusal::LoginsForUser(_) => 2,
+    };
+    let level = if THROTTLE_LOG[slot].first() {
+        Level::Warn
+    } else {
+        Level::Debug
+    };
+    crate::log::write(
+        level,
+        format_args!(
+            "login throttled for {username:?} from {peer}: {refusal} ({} per minute)",
+            refusal.option()
+        ),
+    );
 }
 
 /// `429 rate_limited` with `Retry-After` in whole seconds, rounded up.
@@ -265,7 +297,7 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
                 shared.metrics().token_rejected(reason);
             }
             crate::info!(
-                "upgrade refused for {peer} ({}): {error:?}",
+                "upgrade refused for {peer} ({:?}): {error}",
                 crate::log::redact_target(&request.target)
             );
             let response = error.response();
@@ -275,6 +307,10 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
             return;
         }
     };
+    crate::debug!(
+        "{peer}: GET {:?} 101, upgraded to WebSocket",
+        crate::log::redact_target(&request.target)
+    );
     let switching = handshake::switching_protocols(&accepted.accept);
     trace.response(&switching);
     print_trace(trace);

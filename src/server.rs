@@ -132,9 +132,8 @@ impl Server {
         if let Some(path) = &config.secret_file {
             if let Some(mode) = config::loose_permissions(path) {
                 crate::warn!(
-                    "--secret-file {} can be read or written by group or others (mode {mode:04o}); \
-                     chmod 600 it",
-                    path.display()
+                    "--secret-file {path:?} can be read or written by group or others \
+                     (mode {mode:04o}); chmod 600 it"
                 );
             }
         }
@@ -206,6 +205,7 @@ impl Server {
 
     fn serve(self, stop: &Arc<AtomicBool>) {
         crate::info!("listening on http://{}", self.local_addr());
+        crate::info!("{}", summary(&self.shared));
         spawn_sweeper(self.shared.clone(), stop.clone());
         if self.shared.config.metrics_public {
             crate::info!("metrics on http://{}/metrics", self.local_addr());
@@ -230,6 +230,46 @@ impl Server {
         }
         accept_loop(&self.listener, &self.shared, Role::Main, stop);
     }
+}
+
+/// The start-up line: where the users and the secret came from (never the
+/// secret itself) and the limits in force, so one line of the log says how
+/// this server was started.
+fn summary(shared: &Shared) -> String {
+    let c = &shared.config;
+    let n = shared.users.len();
+    let users = if n == 1 { "user" } else { "users" };
+    let users = match &c.users_file {
+        Some(path) => format!("{n} {users} from {path:?}"),
+        None => format!("{n} demo {users}"),
+    };
+    let secret = match (&c.secret_file, &c.secret) {
+        (Some(path), _) => format!("secret from --secret-file {path:?}"),
+        (None, Some(_)) => "secret from JWTCHAT_SECRET".to_string(),
+        (None, None) => "random secret".to_string(),
+    };
+    let per_minute = |n: u32| match n {
+        0 => "off".to_string(),
+        n => n.to_string(),
+    };
+    format!(
+        "starting: {users}, {secret}, token ttl {} s, max session {} s, \
+         message rate {}/s burst {} (user {}/s burst {}), \
+         max connections {} ({} per IP), \
+         logins per minute: {} failures per IP, {} per IP, {} per user; history {}",
+        c.token_ttl_secs,
+        c.max_session_secs,
+        c.message_rate,
+        c.message_burst,
+        c.user_rate(),
+        c.user_burst(),
+        c.max_connections,
+        c.max_connections_per_ip,
+        per_minute(c.max_login_failures),
+        per_minute(c.max_logins_per_ip),
+        per_minute(c.max_logins_per_user),
+        c.history,
+    )
 }
 
 /// Accepts connections until `stop` is set.
@@ -347,7 +387,7 @@ fn cluster(
     let cluster = crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
         .map_err(|e| StartError::RedisUrl(e.0))?;
     crate::info!(
-        "sharing the room over Redis at {} (key prefix {}, instance {})",
+        "sharing the room over Redis at {} (key prefix {:?}, instance {})",
         crate::cluster::without_password(url),
         config.redis_prefix,
         cluster.id()
@@ -400,13 +440,14 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
     let permit = match shared.connections.admit((!trusted).then_some(peer.ip())) {
         Ok(permit) => permit,
         Err(refusal) => {
-            crate::warn!("refused a connection from {peer}: {refusal:?}");
+            crate::warn!("refused a connection from {peer}: {refusal}");
             let response = too_busy();
             // A fresh socket's buffer has room for this; never wait here.
             let _ = crate::sys::send_nonblocking(&stream, &response.to_bytes(false, false));
             return;
         }
     };
+    crate::debug!("connection from {peer} accepted");
     let shared = shared.clone();
     let spawned = thread::Builder::new()
         .name("conn".into())
@@ -444,6 +485,7 @@ fn serve_connection(
     if outcome.is_err() {
         crate::error!("the connection from {peer} ended in a panic (see above); still serving");
     }
+    crate::debug!("connection from {peer} closed");
     drop(permit);
 }
 
@@ -479,6 +521,12 @@ fn handle_connection(
             Role::Main => routes::route(shared, &request, peer, &conn),
             Role::Metrics => routes::route_metrics_only(shared, &request),
         };
+        crate::debug!(
+            "{peer}: {} {:?} {}",
+            request.method,
+            crate::log::redact_target(&request.target),
+            response.status
+        );
         let head_only = request.method == "HEAD";
         if conn
             .write_response(&response, head_only, keep_alive)

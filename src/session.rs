@@ -382,7 +382,7 @@ fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
             return notify(
                 outbox,
                 ErrorCode::BadToken,
-                &format!("the token is not valid ({reason})"),
+                &format!("the token is not valid ({})", reason.as_str()),
             );
         }
     };

@@ -369,7 +369,7 @@ fn a_secret_file_others_can_read_is_warned_about() {
         let file = secret_file_with_mode("loose-secret", mode);
         let (server, _) = serve(&["--secret-file", file.arg(), "--bind", "127.0.0.1:0"]);
         let warning = format!(
-            "--secret-file {} can be read or written by group or others (mode {mode:04o}); \
+            "--secret-file {:?} can be read or written by group or others (mode {mode:04o}); \
              chmod 600 it",
             file.arg()
         );

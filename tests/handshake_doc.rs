@@ -135,8 +135,94 @@ fn transcript() -> String {
         "text",
     );
     out.push_str(&explain(&broadcast));
+    out.push_str("```\n\n");
+
+    // 6. A refused upgrade: a token that expired a minute ago.
+    let expired = mint(-60);
+    let refused = send_raw(
+        addr,
+        upgrade_request_for(&expired, "dGhlIHNhbXBsZSBub25jZQ==").as_bytes(),
+    );
+    assert_eq!(refused.status, 401);
+    let mut trace = Vec::new();
+    let mut started = false;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        started |= line.starts_with("== WebSocket handshake");
+        if !started || line.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let done = line.starts_with("< {");
+        trace.push(normalise(&line));
+        if done {
+            break;
+        }
+    }
+    section(
+        &mut out,
+        "6. A refused upgrade: an expired token gets `401`, and the trace says why",
+        "text",
+    );
+    out.push_str(&trace.join("\n"));
+    out.push_str("\n```\n\n");
+
+    // 7. A token that runs out during the session: the server's last two
+    // frames. (A token minted here to expire in 2 s; the sweep finds it
+    // within --sweep-interval.)
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let short = mint(2);
+    stream
+        .write_all(upgrade_request_for(&short, "x3JJHMbDL1EzLkh9GBhXDw==").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut stream, true).status, 101);
+    let mut frames = Vec::new();
+    loop {
+        let frame = read_frame(&mut stream);
+        let close = frame[0] & 0x0f == 0x8;
+        frames.push(frame);
+        if close {
+            break;
+        }
+    }
+    let last_two = &frames[frames.len().saturating_sub(2)..];
+    section(
+        &mut out,
+        "7. The token runs out mid-session: `token_expired`, then close `4001`",
+        "text",
+    );
+    for frame in last_two {
+        out.push_str(&explain(frame));
+    }
     out.push_str("```\n");
     out
+}
+
+/// An upgrade request for `token`, as in step 2.
+fn upgrade_request_for(token: &str, key: &str) -> String {
+    format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: localhost:3000\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A token for userA signed with the test secret, expiring `exp_in`
+/// seconds from now (in the past if negative).
+fn mint(exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "sub": "1", "username": "userA", "iat": now - 600, "exp": now + exp_in,
+        "iss": "jwtchat",
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
 }
 
 fn section(out: &mut String, title: &str, lang: &str) {
@@ -168,12 +254,21 @@ fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).unwrap();
     assert!(
-        head[1] & 0x80 == 0 && head[1] & 0x7f < 126,
-        "small unmasked frame"
+        head[1] & 0x80 == 0 && head[1] & 0x7f < 127,
+        "unmasked frame under 64 KiB"
     );
-    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    let mut head = head.to_vec();
+    let mut len = usize::from(head[1] & 0x7f);
+    if len == 126 {
+        // §5.2: a 16-bit length follows.
+        let mut extended = [0u8; 2];
+        stream.read_exact(&mut extended).unwrap();
+        head.extend_from_slice(&extended);
+        len = usize::from(u16::from_be_bytes(extended));
+    }
+    let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).unwrap();
-    [head.to_vec(), payload].concat()
+    [head, payload].concat()
 }
 
 /// A frame byte by byte, every header bit named (RFC 6455 §5.2).
@@ -188,7 +283,11 @@ fn explain(frame: &[u8]) -> String {
         (b0 >> 5) & 1,
         (b0 >> 4) & 1,
         b0 & 0x0f,
-        if b0 & 0x0f == 1 { "text" } else { "other" }
+        match b0 & 0x0f {
+            0x1 => "text",
+            0x8 => "close",
+            _ => "other",
+        }
     );
     let masked = b1 & 0x80 != 0;
     let len = usize::from(b1 & 0x7f);
@@ -206,6 +305,16 @@ fn explain(frame: &[u8]) -> String {
             *b ^= key[i % 4];
         }
         let _ = writeln!(out, "    unmasked (byte i XOR key[i mod 4]):");
+    } else if b0 & 0x0f == 0x8 {
+        // §5.5.1: a close payload is a 2-byte status code, then a reason.
+        let _ = writeln!(out, "{}  payload", hex(&payload));
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        let _ = writeln!(
+            out,
+            "    {:02x} {:02x} = {code}, the status code (big-endian, RFC 6455 §5.5.1 and §7.4); then the reason:",
+            payload[0], payload[1]
+        );
+        payload.drain(..2);
     } else {
         let _ = writeln!(out, "{}  payload", hex(&normalise_bytes(&payload)));
     }

@@ -63,10 +63,17 @@ fn events_are_logged_without_secrets() {
         "upgrade refused",
         "token=[redacted]",
         "connected: \"userA\"",
-        "evicted: TokenExpired",
+        "evicted: token expired",
         "disconnected: closed by server, code 4001",
     ] {
         assert!(log.contains(event), "no {event:?} in the log:\n{log}");
+    }
+    // Names are quoted the same way in every line: no bare userA.
+    for line in others.iter().filter(|l| l.contains("userA")) {
+        assert!(
+            line.matches("userA").count() == line.matches("\"userA\"").count(),
+            "an unquoted username: {line}"
+        );
     }
     for line in &lines {
         // 2026-11-28T23:59:59.123Z LEVEL message
@@ -197,4 +204,204 @@ fn usernames_are_escaped_in_every_line() {
             .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
         "a forged line or a raw escape:\n{log}"
     );
+}
+
+/// A token signed with the test secret, with these changes to its claims.
+fn mint(issuer: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({
+        "sub": "1", "username": "userA", "iat": now - 100,
+        "exp": now + exp_offset, "iss": issuer,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn refusals_are_logged_in_words_and_throttling_is_counted() {
+    let (mut binary, addr) = spawn_binary(&[
+        "--log-level",
+        "debug",
+        "--max-login-failures",
+        "1",
+        "--max-connections-per-ip",
+        "2",
+        "--metrics-public",
+    ]);
+    // Token refusals, each for its own reason.
+    let refused = [
+        ("not-a-jwt".to_string(), "malformed token"),
+        (mint("jwtchat", -60), "expired token"),
+        (mint("someone-else", 600), "wrong issuer"),
+        (format!("{}x", mint("jwtchat", 600)), "bad signature"),
+    ];
+    for (token, _) in &refused {
+        let r = send_raw(
+            addr,
+            upgrade_request(&format!("/ws?token={token}"), "").as_bytes(),
+        );
+        assert_eq!(r.status, 401);
+    }
+    let evil = send_raw(
+        addr,
+        upgrade_request("/ws", "Origin: https://evil.example\r\n").as_bytes(),
+    );
+    assert_eq!(evil.status, 403);
+    // A connection over the per-IP cap, from an address of its own (the
+    // other requests' connections may still be closing).
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 5);
+    let held: Vec<_> = (0..2).map(|_| connect_from(other, addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let over = send_raw_from(other, addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(over.status, 503);
+    drop(held);
+    // A failed login, then one refused by --max-login-failures.
+    let wrong = json!({"username":"userA","password":"wrong"}).to_string();
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 401);
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 429);
+    let metrics = get(addr, "/metrics").text();
+    assert!(
+        metrics.contains("jwtchat_logins_throttled_total{limit=\"failures_per_ip\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jwtchat_logins_throttled_total{limit=\"logins_per_user\"} 0\n"),
+        "{metrics}"
+    );
+
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let log = lines.join("\n");
+    for (_, words) in &refused {
+        assert!(
+            log.contains(&format!("): {words}")),
+            "no upgrade refused ...: {words} in the log:\n{log}"
+        );
+    }
+    for words in [
+        "): forbidden origin",
+        ": too many connections from this address",
+        "WARN  login failed for \"userA\" from 127.0.0.1:",
+        "WARN  login throttled for \"userA\" from 127.0.0.1:",
+        ": too many failed logins (--max-login-failures per minute)",
+    ] {
+        assert!(log.contains(words), "no {words:?} in the log:\n{log}");
+    }
+    // No Rust debug names.
+    for debug in [
+        "Token(",
+        "Malformed",
+        "Expired",
+        "TooManyFromIp",
+        "ForbiddenOrigin",
+        "FailuresFromIp",
+    ] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn startup_line_and_each_connections_life_at_debug() {
+    let dir = std::env::temp_dir().join(format!("jwtchat-logs-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut binary = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+            .args(["--bind", "127.0.0.1:0", "--log-level", "debug"])
+            .args(["--message-rate", "7", "--history", "12", "--secret-file"])
+            .arg(&secret_file),
+    );
+    let addr = binary.wait_listening();
+    let server = TestServer::at(addr);
+    assert_eq!(get(addr, "/healthz?probe=x").status, 200);
+    let (client, _) = server.connect("userA");
+    drop(client);
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = lines.join("\n");
+    let start = format!(
+        "INFO  starting: 3 demo users, secret from --secret-file {secret_file:?}, \
+         token ttl 900 s, max session 43200 s, message rate 7/s burst 40 (user 14/s burst 80), \
+         max connections 10000 (256 per IP), \
+         logins per minute: 10 failures per IP, 30 per IP, 6 per user; history 12"
+    );
+    assert!(log.contains(&start), "no {start:?} in the log:\n{log}");
+    assert!(
+        !log.contains(std::str::from_utf8(SECRET).unwrap()),
+        "the secret is in the log:\n{log}"
+    );
+    for event in [
+        "DEBUG connection from 127.0.0.1:",
+        " accepted",
+        ": GET \"/healthz?probe=[redacted]\" 200",
+        ": POST \"/auth\" 200",
+        ": GET \"/ws?token=[redacted]\" 101, upgraded to WebSocket",
+        "INFO  client 1 connected: \"userA\"",
+        " closed",
+    ] {
+        assert!(log.contains(event), "no {event:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn json_format_is_one_object_per_line() {
+    let mut binary = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+            .args(["--bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--trace-handshake", "--log-level", "debug"])
+            .env("JWTCHAT_SECRET", std::str::from_utf8(SECRET).unwrap()),
+    );
+    let mut addr = None;
+    while addr.is_none() {
+        let line = binary.lines.recv_timeout(PATIENCE).expect("a log line");
+        binary.seen.push(line.clone());
+        let object: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        addr = object["msg"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("listening on http://"))
+            .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+    }
+    let addr = addr.unwrap();
+    let forger = "eve\"}\n{\"level\":\"info\"";
+    let wrong = json!({ "username": forger, "password": "no" }).to_string();
+    assert_eq!(post_json(addr, "/auth", &wrong).status, 401);
+    let r = send_raw(addr, upgrade_request("/ws?token=nope", "").as_bytes());
+    assert_eq!(r.status, 401);
+    let lines = drain_log(&mut binary, Duration::from_millis(500));
+    let objects: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    for o in &objects {
+        let ts = o["ts"].as_str().expect("ts");
+        assert!(ts.len() == 24 && ts.ends_with('Z'), "{o}");
+        assert!(
+            ["error", "warn", "info", "debug", "trace"].contains(&o["level"].as_str().unwrap()),
+            "{o}"
+        );
+        assert!(o["msg"].is_string(), "{o}");
+        assert_eq!(o.as_object().unwrap().len(), 3, "{o}");
+    }
+    let find = |level: &str, needle: &str| {
+        objects
+            .iter()
+            .any(|o| o["level"] == level && o["msg"].as_str().unwrap().contains(needle))
+    };
+    assert!(
+        find("warn", &format!("login failed for {forger:?}")),
+        "{lines:#?}"
+    );
+    assert!(find("info", "upgrade refused"), "{lines:#?}");
+    assert!(
+        find("trace", ": malformed token\n< HTTP/1.1 401"),
+        "{lines:#?}"
+    );
+    assert!(find("info", "starting: 3 demo users"), "{lines:#?}");
 }

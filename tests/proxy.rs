@@ -19,11 +19,15 @@ use support::*;
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
-/// An nginx on a free loopback port, proxying to `upstream`, killed on drop.
+/// An nginx running `deploy/nginx-jwtchat.conf` on free loopback ports,
+/// proxying to a test server, killed on drop.
 struct Nginx {
     child: Child,
     dir: PathBuf,
+    /// The TLS site.
     port: u16,
+    /// The plain-HTTP site, which redirects.
+    http_port: u16,
 }
 
 impl Drop for Nginx {
@@ -63,6 +67,83 @@ fn make_certificate(dir: &Path) {
     assert!(status.success(), "openssl made a certificate");
 }
 
+/// The shipped site, as an operator installs it.
+const SITE: &str = include_str!("../deploy/nginx-jwtchat.conf");
+
+/// The shipped site with what must differ in a test, and nothing else,
+/// replaced: ports (free ones on loopback; the IPv6 listens are dropped, as
+/// a test host may have no IPv6), the upstream (the test server) and the
+/// certificate paths (one made now). Each must be found, so the site cannot
+/// drift away from the test unnoticed.
+fn site_for_test(dir: &Path, upstream: SocketAddr, http_port: u16, https_port: u16) -> String {
+    let d = dir.display();
+    let substitutions = [
+        ("listen 80;", format!("listen 127.0.0.1:{http_port};")),
+        ("listen [::]:80;", String::new()),
+        (
+            "listen 443 ssl;",
+            format!("listen 127.0.0.1:{https_port} ssl;"),
+        ),
+        ("listen [::]:443 ssl;", String::new()),
+        (
+            "proxy_pass http://127.0.0.1:3000;",
+            format!("proxy_pass http://{upstream};"),
+        ),
+        (
+            "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+            format!("{d}/cert.pem"),
+        ),
+        (
+            "/etc/ssl/private/ssl-cert-snakeoil.key",
+            format!("{d}/key.pem"),
+        ),
+    ];
+    let mut site = SITE.to_string();
+    for (from, to) in substitutions {
+        assert_eq!(
+            site.matches(from).count(),
+            1,
+            "deploy/nginx-jwtchat.conf should contain {from:?} once"
+        );
+        site = site.replace(from, &to);
+    }
+    site
+}
+
+/// The minimal `nginx.conf` around a site, everything nginx writes kept in
+/// `dir`, as Debian's `/etc/nginx/nginx.conf` includes `sites-enabled/*`
+/// inside `http`.
+fn main_config(dir: &Path) -> String {
+    let d = dir.display();
+    // Workers run as the current user: as root, nginx would switch them
+    // to `nobody`, who cannot read the test's key.
+    let user = if is_root() { "user root;" } else { "" };
+    format!(
+        r#"daemon off;
+{user}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/site.conf;
+}}
+"#
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
 fn start_nginx(upstream: SocketAddr) -> Option<Nginx> {
     let Some(binary) = find_nginx() else {
         let required = std::env::var("JWTCHAT_REQUIRE_NGINX").is_ok_and(|v| v == "1");
@@ -81,55 +162,39 @@ fn start_nginx(upstream: SocketAddr) -> Option<Nginx> {
     std::fs::create_dir_all(&dir).expect("temp dir");
     make_certificate(&dir);
     let port = free_port();
-    let d = dir.display();
-    // The same proxy settings as deploy/nginx-jwtchat.conf.
-    let config = format!(
-        r#"daemon off;
-user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {d}/cert.pem;
-        ssl_certificate_key {d}/key.pem;
-        location / {{
-            proxy_pass http://{upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_read_timeout 1h;
-            proxy_buffering off;
-        }}
-    }}
-}}
-"#
-    );
+    let http_port = free_port();
+    let site = site_for_test(&dir, upstream, http_port, port);
+    std::fs::write(dir.join("site.conf"), site).expect("write site.conf");
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config).expect("write nginx.conf");
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&dir)
+    std::fs::write(&conf, main_config(&dir)).expect("write nginx.conf");
+    let nginx = |test: bool| {
+        let mut command = Command::new(&binary);
+        command.arg("-c").arg(&conf).arg("-p").arg(&dir);
+        command.arg("-e").arg(dir.join("error.log"));
+        if test {
+            command.arg("-t");
+        }
+        command
+    };
+    // What an operator runs before every reload.
+    let checked = nginx(true).output().expect("run nginx -t");
+    assert!(
+        checked.status.success(),
+        "nginx -t refuses deploy/nginx-jwtchat.conf:\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let child = nginx(false)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let nginx = Nginx { child, dir, port };
+    let nginx = Nginx {
+        child,
+        dir,
+        port,
+        http_port,
+    };
     let deadline = Instant::now() + PATIENCE;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -151,6 +216,27 @@ fn tls(source: Ipv4Addr, port: u16) -> TlsStream<TcpStream> {
         .build()
         .expect("TLS connector");
     connector.connect("localhost", tcp).expect("TLS handshake")
+}
+
+/// `GET path` over https; returns the status.
+fn https_get(port: u16, path: &str) -> u16 {
+    let mut stream = tls(Ipv4Addr::LOCALHOST, port);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    status_of(&response)
+}
+
+fn status_of(response: &[u8]) -> u16 {
+    String::from_utf8_lossy(response)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `POST /auth` over https; returns the status and the JSON body.
@@ -184,6 +270,8 @@ fn chat_over_https_and_wss_through_nginx() {
     let server = start_with(|c| {
         c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         c.max_login_failures = 2;
+        // nginx must keep /metrics off the public site even so.
+        c.metrics_public = true;
     });
     let Some(nginx) = start_nginx(server.addr) else {
         return;
@@ -235,5 +323,24 @@ fn chat_over_https_and_wss_through_nginx() {
     assert_eq!(
         https_login(Ipv4Addr::LOCALHOST, port, "userB", "passwordB").0,
         200
+    );
+
+    // /metrics is not proxied, though this jwtchat would serve it; the
+    // rest of the site is.
+    assert_eq!(https_get(port, "/healthz"), 200);
+    assert_eq!(https_get(port, "/metrics"), 404);
+
+    // Plain HTTP is sent to https, but for certbot's challenge.
+    let mut plain = TcpStream::connect(("127.0.0.1", nginx.http_port)).expect("connect :80");
+    plain
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = plain.read_to_end(&mut response);
+    assert_eq!(status_of(&response), 301);
+    assert!(
+        String::from_utf8_lossy(&response).contains("Location: https://localhost/ws"),
+        "{}",
+        String::from_utf8_lossy(&response)
     );
 }
