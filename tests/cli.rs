@@ -24,15 +24,71 @@ fn jwtchat() -> Command {
     command
 }
 
-fn run(args: &[&str]) -> Output {
-    run_command(jwtchat().args(args))
+/// [`jwtchat`] with `--bind 127.0.0.1:0`, for [`run_command`].
+fn jwtchat_on_a_free_port() -> Command {
+    let mut command = jwtchat();
+    command.args(["--bind", "127.0.0.1:0"]);
+    command
 }
 
+/// Runs the binary to completion with `args`, on a free port: a test of
+/// an error that must stop the server never depends on port 3000 being
+/// free, and if the check it is about regresses, the server that starts
+/// instead is killed after [`PATIENCE`] and the test fails saying so.
+/// A later `--bind` in `args` wins over this one.
+fn run(args: &[&str]) -> Output {
+    let mut command = jwtchat();
+    // A command (`serve`, `hash-password`, ...) must come first.
+    match args.split_first() {
+        Some((first, rest)) if !first.starts_with('-') => command
+            .arg(first)
+            .args(["--bind", "127.0.0.1:0"])
+            .args(rest),
+        _ => command.args(["--bind", "127.0.0.1:0"]).args(args),
+    };
+    run_command(&mut command)
+}
+
+/// Runs `command` to completion with stdin empty, output captured, and a
+/// deadline: a binary still running after [`PATIENCE`] is killed and the
+/// test fails with what it printed, instead of hanging `cargo test`.
 fn run_command(command: &mut Command) -> Output {
-    command
+    let mut child = command
         .stdin(Stdio::null())
-        .output()
-        .expect("run the jwtchat binary")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the jwtchat binary");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for jwtchat") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!(
+                "{command:?} was still running after {PATIENCE:?} and was killed: \
+                 it should have exited (did a start-up check stop refusing?); stderr: {err:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -263,7 +319,9 @@ fn late_start_errors_are_one_line() {
 
 #[test]
 fn short_env_secret_is_exit_2() {
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "short")));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", "short"),
+    ));
     assert!(line.contains("32"), "{line}");
     assert!(line.contains("JWTCHAT_SECRET"), "{line}");
     assert!(!line.contains("short"), "the secret was echoed: {line}");
@@ -284,7 +342,9 @@ fn short_secret_file_is_exit_2() {
 #[test]
 fn the_old_placeholder_secret_is_exit_2() {
     let placeholder = "change-me-to-at-least-32-random-bytes-please";
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", placeholder)));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", placeholder),
+    ));
     assert!(line.contains("placeholder"), "{line}");
     let file = TempFile::new("placeholder-secret", placeholder.as_bytes());
     let line = assert_usage_error(&run(&["--secret-file", file.arg()]));
@@ -295,7 +355,9 @@ fn the_old_placeholder_secret_is_exit_2() {
 #[test]
 fn a_secret_with_few_distinct_bytes_is_exit_2() {
     for secret in ["x".repeat(40), "abcdefghijklmno".repeat(3)] {
-        let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", &secret)));
+        let line = assert_usage_error(&run_command(
+            jwtchat_on_a_free_port().env("JWTCHAT_SECRET", &secret),
+        ));
         assert!(line.contains("distinct"), "{line}");
         assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
         assert!(!line.contains(&secret), "the secret was echoed: {line}");
@@ -315,7 +377,9 @@ fn a_secret_with_few_distinct_bytes_is_exit_2() {
 /// secret.
 #[test]
 fn an_empty_env_secret_is_exit_2() {
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "")));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", ""),
+    ));
     assert!(line.contains("JWTCHAT_SECRET is empty"), "{line}");
     assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
 }
@@ -334,7 +398,9 @@ fn the_example_env_file_leaves_the_secret_empty() {
         .filter_map(|l| l.strip_prefix("JWTCHAT_SECRET="))
         .collect();
     assert_eq!(values, [""], "{example}");
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", values[0])));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", values[0]),
+    ));
     assert!(line.contains("empty"), "{line}");
 }
 
