@@ -25,8 +25,22 @@ fn main() -> ExitCode {
             print!("{}", config::USAGE);
             ExitCode::SUCCESS
         }
+        Command::HashPasswordHelp => {
+            print!("{}", config::HASH_PASSWORD_USAGE);
+            ExitCode::SUCCESS
+        }
         Command::Version => {
-            println!("jwtchat {}", env!("CARGO_PKG_VERSION"));
+            // Which optional features this binary was built with: `--redis`
+            // only works in a build that says `redis` here.
+            let features = if cfg!(feature = "redis") {
+                "redis"
+            } else {
+                "none"
+            };
+            println!(
+                "jwtchat {} (features: {features})",
+                env!("CARGO_PKG_VERSION")
+            );
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),

@@ -198,12 +198,62 @@ fn version_prints_name_and_version() {
     for flag in ["--version", "-V"] {
         let output = run(&[flag]);
         assert_eq!(output.status.code(), Some(0), "{flag}");
+        let features = if cfg!(feature = "redis") {
+            "redis"
+        } else {
+            "none"
+        };
         assert_eq!(
             stdout(&output),
-            format!("jwtchat {}\n", env!("CARGO_PKG_VERSION"))
+            format!(
+                "jwtchat {} (features: {features})\n",
+                env!("CARGO_PKG_VERSION")
+            )
         );
-        assert_eq!(stdout(&output), "jwtchat 0.1.0\n");
     }
+}
+
+/// `jwtchat help` is `--help`; the help is grouped and points to the README.
+#[test]
+fn help_command_is_grouped_help() {
+    let output = run(&["help"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), stdout(&run(&["--help"])));
+    let out = stdout(&output);
+    for heading in [
+        "NETWORK:",
+        "ACCOUNTS AND TOKENS:",
+        "LIMITS:",
+        "HISTORY:",
+        "LOGGING AND METRICS:",
+        "CLUSTER:",
+    ] {
+        assert!(out.contains(heading), "{heading} missing from {out}");
+    }
+    assert!(out.contains("See the README for the protocol"), "{out}");
+}
+
+#[test]
+fn hash_password_has_its_own_help() {
+    for args in [&["hash-password", "--help"][..], &["help", "hash-password"]] {
+        let output = run_command(jwtchat().args(args));
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let out = stdout(&output);
+        assert!(out.starts_with("jwtchat hash-password - "), "{out}");
+        assert!(out.contains("twice"), "{out}");
+        assert!(!out.contains("--max-connections"), "the whole help: {out}");
+    }
+}
+
+/// Out of range says what the range is.
+#[test]
+fn out_of_range_values_give_the_range() {
+    let line = assert_usage_error(&run(&["--max-message-bytes", "0"]));
+    assert_eq!(
+        line,
+        "jwtchat: invalid value \"0\" for --max-message-bytes: out of range \
+         (expected 1 to 1073741824)"
+    );
 }
 
 // ---------------------------------------------------------------------------
