@@ -695,3 +695,106 @@ fn empty_password_is_exit_2() {
         );
     }
 }
+
+/// Drives `jwtchat hash-password` through a pseudo-terminal (python3's
+/// `pty`), typing each of `typed` after the next prompt (`"\x03"` is
+/// Ctrl-C). Returns the exit status, everything the terminal showed, and
+/// whether echo was on again afterwards (`stty` in the same terminal);
+/// `None` without python3.
+fn hash_password_on_a_terminal(typed: &[&str]) -> Option<(i32, String, bool)> {
+    const DRIVER: &str = r#"
+import os, pty, select, sys
+binary, typed = sys.argv[1], sys.argv[2:]
+# The shell outlives a Ctrl-C (`trap :`; the program gets the default
+# action) to report the terminal's echo setting afterwards.
+script = 'trap : INT; "$0" hash-password; s=$?; stty -a | tr " ;" "\n\n" | grep -x -- "-\\?echo"; exit $s'
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/bin/sh", ["sh", "-c", script, binary])
+seen = b""
+def read(until=None):
+    global seen
+    while until is None or until not in seen:
+        ready, _, _ = select.select([fd], [], [], 10)
+        if not ready:
+            sys.exit("timed out waiting for %r; saw %r" % (until, seen))
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if until is None:
+                return
+            sys.exit("the terminal closed before %r; saw %r" % (until, seen))
+        seen += chunk
+for line, prompt in zip(typed, [b"Password: ", b"Again: "]):
+    read(prompt)
+    os.write(fd, line.encode() + (b"" if line == "\x03" else b"\n"))
+read()
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let output = match Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(BIN)
+        .args(typed)
+        .env_remove("JWTCHAT_SECRET")
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("SKIPPED: hash-password on a terminal needs python3 ({e})");
+            return None;
+        }
+    };
+    let shown = stdout(&output).replace("\r\n", "\n");
+    assert!(stderr(&output).is_empty(), "driver: {}", stderr(&output));
+    let echo_back = shown.lines().last() == Some("echo");
+    Some((output.status.code().unwrap_or(-1), shown, echo_back))
+}
+
+#[test]
+fn hash_password_on_a_terminal_asks_twice_without_echo() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "hunter2"])
+    else {
+        return;
+    };
+    assert_eq!(status, 0, "{shown}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the password was echoed: {shown}"
+    );
+    assert!(
+        shown.starts_with("Password: \nAgain: \n$argon2id$"),
+        "{shown}"
+    );
+    assert!(echo_back, "echo was left off: {shown}");
+}
+
+#[test]
+fn hash_password_on_a_terminal_refuses_two_different_entries() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "hunter3"])
+    else {
+        return;
+    };
+    assert_eq!(status, 2, "{shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+    assert!(
+        shown.contains("jwtchat: the two passwords differ; nothing was hashed\n"),
+        "{shown}"
+    );
+    assert!(echo_back, "echo was left off: {shown}");
+}
+
+/// Ctrl-C at the second prompt ends the program and gives the echo back.
+#[test]
+fn hash_password_on_a_terminal_restores_echo_on_ctrl_c() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "\x03"]) else {
+        return;
+    };
+    assert_eq!(status, 130, "128 + SIGINT: {shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+    assert!(echo_back, "echo was left off: {shown}");
+}

@@ -231,16 +231,15 @@ fn walkthrough() -> BTreeMap<&'static str, String> {
     let client = TcpStream::connect(addr).expect("connect");
     client.set_read_timeout(Some(PATIENCE)).unwrap();
     let (mut ws, _) = tungstenite::client(request, client).expect("upgrade");
-    let mut next_text = || loop {
-        match ws.read().expect("a message") {
-            Message::Text(text) => return text.to_string(),
+    let welcome = loop {
+        match ws.read().expect("the welcome") {
+            Message::Text(text) => break text.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),
         }
     };
-    session.push_str(&shown(&next_text()));
+    session.push_str(&shown(&welcome));
     session.push('\n');
-    drop(next_text);
     for typed in TYPED {
         ws.send(Message::text(typed)).expect("send");
         session.push_str(typed);
