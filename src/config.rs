@@ -273,7 +273,11 @@ pub enum Command {
     Serve(Box<Config>),
     /// Read a password from stdin, print its argon2id PHC string.
     HashPassword,
+    /// `--help`, `-h` or `help`: print [`USAGE`].
     Help,
+    /// `hash-password --help` (or `help hash-password`): print
+    /// [`HASH_PASSWORD_USAGE`].
+    HashPasswordHelp,
     Version,
 }
 
@@ -287,6 +291,13 @@ pub enum CliError {
         flag: &'static str,
         value: String,
         why: &'static str,
+    },
+    /// A number outside what the flag accepts, or not a whole number.
+    OutOfRange {
+        flag: &'static str,
+        value: String,
+        min: u64,
+        max: u64,
     },
     WeakSecret {
         source: &'static str,
@@ -304,11 +315,27 @@ impl fmt::Display for CliError {
             CliError::UnknownFlag(flag) => write!(f, "unknown flag {flag} (see --help)"),
             CliError::UnknownCommand(cmd) => write!(
                 f,
-                "unknown command {cmd:?}: expected serve or hash-password (see --help)"
+                "unknown command {cmd:?}: expected serve, hash-password or help (see --help)"
             ),
             CliError::MissingValue(flag) => write!(f, "{flag} needs a value (see --help)"),
             CliError::BadValue { flag, value, why } => {
                 write!(f, "invalid value {value:?} for {flag}: {why}")
+            }
+            CliError::OutOfRange {
+                flag,
+                value,
+                min,
+                max,
+            } => {
+                let why = if value.parse::<i128>().is_ok() {
+                    "out of range"
+                } else {
+                    "not a whole number"
+                };
+                write!(
+                    f,
+                    "invalid value {value:?} for {flag}: {why} (expected {min} to {max})"
+                )
             }
             CliError::WeakSecret { source, why } => write!(f, "the secret from {source} {why}"),
             CliError::SecretFile { path, error } => {
@@ -320,25 +347,45 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// `jwtchat --help` (and `jwtchat help`). Flags are grouped by what they
+/// are about; within a group, the one people reach for first comes first.
 pub const USAGE: &str = "\
 jwtchat - a WebSocket chat server that authenticates every connection with a JWT
 
 USAGE:
     jwtchat [serve] [OPTIONS]     start the server (the default command)
-    jwtchat hash-password         read a password on stdin, print its argon2id hash
+    jwtchat hash-password         read a password, print its argon2id hash
+                                  for the users file (--help for more)
+    jwtchat help                  print this help
 
-OPTIONS:
+See the README for the protocol: logging in, the WebSocket messages, close
+codes and token claims.
+
+NETWORK:
     --bind ADDR                 address to listen on [default: 127.0.0.1:3000]
                                 (port 0 picks a free port)
-    --users FILE                JSON users file; without it, demo users
-                                userA/passwordA, userB/passwordB, userC/passwordC
     --static DIR                serve the front end from DIR instead of the
                                 copy embedded in the binary
+    --allowed-origin ORIGIN     an origin (e.g. https://chat.example) allowed to
+                                open a WebSocket; repeatable [default: the
+                                server's own origin, from the Host header]
+    --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
+                                X-Forwarded-For names the client; repeatable
+
+ACCOUNTS AND TOKENS:
+    --users FILE                JSON users file; without it, demo users
+                                userA/passwordA, userB/passwordB, userC/passwordC
+    --secret-file FILE          HS256 secret: at least 32 bytes with at least 16
+                                distinct byte values, not the old example's
+                                placeholder; a trailing newline is dropped
+                                (make one with: head -c 32 /dev/urandom | base64)
     --token-ttl SECS            token lifetime in seconds [default: 900]
     --issuer NAME               the token issuer (iss claim) [default: jwtchat]
+    --max-session SECS          how long after a login tokens can be refreshed
+                                [default: 43200]
+
+LIMITS:
     --max-message-bytes N       largest chat message text in bytes [default: 4096]
-    --secret-file FILE          HS256 secret (at least 32 bytes, 16 distinct;
-                                make one with: head -c 32 /dev/urandom | base64)
     --message-rate PER_SEC      chat messages per second per connection,
                                 0 = no limit [default: 20]
     --message-burst N           messages allowed at once before the rate
@@ -351,9 +398,6 @@ OPTIONS:
                                 [default: 2 x --message-burst]
     --client-queue-bytes N      unsent bytes one client may fall behind before
                                 it is disconnected (4008) [default: 1048576]
-    --allowed-origin ORIGIN     an origin (e.g. https://chat.example) allowed to
-                                open a WebSocket; repeatable [default: the
-                                server's own origin, from the Host header]
     --max-connections N         open connections at most [default: 10000]
     --max-connections-per-ip N  open connections per client IP [default: 256]
     --max-login-failures N      failed logins per IP per minute before 429,
@@ -364,36 +408,57 @@ OPTIONS:
                                 before 429, 0 = no limit [default: 6]
     --max-refreshes N           token refreshes per user per minute before 429,
                                 0 = no limit [default: 6]
-    --max-session SECS          how long after a login tokens can be refreshed
-                                [default: 43200]
+
+HISTORY:
     --history N                 messages a newcomer's welcome carries, 0 = none
                                 [default: 100]
+
+LOGGING AND METRICS:
+    --log-level LEVEL           error, warn, info or debug [default: info]
+    --log-format FORMAT         text, or json for one JSON object per line
+                                [default: text]
     --trace-handshake           print every WebSocket handshake step by step
-    --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
-                                X-Forwarded-For names the client; repeatable
     --metrics-bind ADDR         serve /metrics on ADDR (e.g. 127.0.0.1:9100);
                                 without it or --metrics-public, /metrics is
                                 not served at all
     --metrics-public            also serve /metrics on the main listener (it
                                 tells why tokens were rejected: keep private)
-    --log-level LEVEL           error, warn, info or debug [default: info]
-    --log-format FORMAT         text, or json for one JSON object per line
-                                [default: text]
+
+CLUSTER:
     --redis URL                 share one room with every instance using this
                                 Redis, e.g. redis://127.0.0.1:6379/0 (builds
                                 with --features redis only)
     --redis-prefix NAME         prefix of jwtchat's Redis keys [default: jwtchat]
+
+OTHER:
     --echo                      test aid: echo each message back to its sender
                                 only, instead of chatting (for Autobahn)
     -h, --help                  print this help
-    -V, --version               print the version
+    -V, --version               print the version and the features built in
 
 ENVIRONMENT:
-    JWTCHAT_SECRET              HS256 secret (at least 32 bytes, 16 distinct),
-                                used when --secret-file is not given; set but
-                                empty is an error. With neither, a random
-                                secret is generated at start-up and tokens do
-                                not survive a restart.
+    JWTCHAT_SECRET              HS256 secret, used when --secret-file is not
+                                given, with the same rules (taken as raw
+                                bytes); set but empty is an error. With
+                                neither, a random secret is generated at
+                                start-up and tokens do not survive a restart.
+";
+
+/// `jwtchat hash-password --help`.
+pub const HASH_PASSWORD_USAGE: &str = "\
+jwtchat hash-password - print the argon2id hash of a password, for the users file
+
+USAGE:
+    jwtchat hash-password
+
+On a terminal, asks for the password twice without echoing it and refuses
+two different entries. Otherwise reads one line from stdin (the newline is
+not part of the password):
+
+    echo 'correct horse battery staple' | jwtchat hash-password
+
+Prints one line, a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$...,
+to put in the users file as \"password_hash\" (see the README, \"Users file\").
 ";
 
 /// Parses the arguments after the program name. `env_secret` is the value of
@@ -423,7 +488,13 @@ where
 
         match flag.as_str() {
             "serve" if is_first => {}
-            "hash-password" if is_first => return Ok(Command::HashPassword),
+            "hash-password" if is_first => return hash_password_command(args),
+            "help" if is_first => {
+                return Ok(match args.next().as_deref() {
+                    Some("hash-password") => Command::HashPasswordHelp,
+                    _ => Command::Help,
+                });
+            }
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--bind" => config.bind = non_empty("--bind", value("--bind")?)?,
@@ -624,18 +695,24 @@ fn non_empty(flag: &'static str, value: String) -> Result<String, CliError> {
     Ok(value)
 }
 
+/// `hash-password` takes no arguments but `--help`.
+fn hash_password_command(mut args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    match args.next().as_deref() {
+        None => Ok(Command::HashPassword),
+        Some("-h" | "--help") => Ok(Command::HashPasswordHelp),
+        Some(other) => Err(CliError::UnknownFlag(format!("{other} for hash-password"))),
+    }
+}
+
+/// A whole number from `min` to `max`; the error says which range.
 fn number(flag: &'static str, value: String, min: u64, max: u64) -> Result<u64, CliError> {
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(_) => Err(CliError::BadValue {
+        _ => Err(CliError::OutOfRange {
             flag,
             value,
-            why: "out of range",
-        }),
-        Err(_) => Err(CliError::BadValue {
-            flag,
-            value,
-            why: "expected a whole number",
+            min,
+            max,
         }),
     }
 }
@@ -706,14 +783,36 @@ mod tests {
             parse_strs(&["--bind"]).err(),
             Some(CliError::MissingValue("--bind"))
         );
-        assert!(matches!(
-            parse_strs(&["--token-ttl", "soon"]),
-            Err(CliError::BadValue { .. })
-        ));
-        assert!(matches!(
-            parse_strs(&["--max-message-bytes", "0"]),
-            Err(CliError::BadValue { .. })
-        ));
+        assert_eq!(
+            parse_strs(&["--max-message-bytes", "0"])
+                .err()
+                .map(|e| e.to_string()),
+            Some(
+                "invalid value \"0\" for --max-message-bytes: out of range \
+                 (expected 1 to 1073741824)"
+                    .into()
+            )
+        );
+        // Negative and too big for any integer are out of range too.
+        for value in ["-5", "99999999999999999999999"] {
+            let error = parse_strs(&["--history", value]).err().unwrap();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "invalid value {value:?} for --history: out of range (expected 0 to 100000)"
+                )
+            );
+        }
+        assert_eq!(
+            parse_strs(&["--token-ttl", "soon"])
+                .err()
+                .map(|e| e.to_string()),
+            Some(
+                "invalid value \"soon\" for --token-ttl: not a whole number \
+                 (expected 1 to 31536000)"
+                    .into()
+            )
+        );
         assert!(matches!(
             parse_strs(&["--log-format", "xml"]),
             Err(CliError::BadValue { .. })
@@ -722,6 +821,63 @@ mod tests {
             parse_strs(&["frobnicate"]),
             Err(CliError::UnknownCommand(_))
         ));
+    }
+
+    #[test]
+    fn help_and_hash_password_help() {
+        for args in [&["help"][..], &["--help"], &["-h"], &["serve", "--help"]] {
+            assert!(matches!(parse_strs(args), Ok(Command::Help)), "{args:?}");
+        }
+        for args in [
+            &["hash-password", "--help"][..],
+            &["hash-password", "-h"],
+            &["help", "hash-password"],
+        ] {
+            assert!(
+                matches!(parse_strs(args), Ok(Command::HashPasswordHelp)),
+                "{args:?}"
+            );
+        }
+        assert!(matches!(
+            parse_strs(&["hash-password"]),
+            Ok(Command::HashPassword)
+        ));
+        assert!(matches!(
+            parse_strs(&["hash-password", "--nope"]),
+            Err(CliError::UnknownFlag(_))
+        ));
+    }
+
+    /// Every flag the parser takes is in `--help`, under a group heading.
+    #[test]
+    fn usage_is_grouped_and_complete() {
+        let headings = [
+            "NETWORK:",
+            "ACCOUNTS AND TOKENS:",
+            "LIMITS:",
+            "HISTORY:",
+            "LOGGING AND METRICS:",
+            "CLUSTER:",
+        ];
+        let mut at = 0;
+        for heading in headings {
+            let found = USAGE[at..].find(&format!("\n{heading}\n"));
+            at += found.unwrap_or_else(|| panic!("{heading} missing or out of order"));
+        }
+        let source = include_str!("config.rs");
+        let (_, parser) = source
+            .split_once("match flag.as_str() {")
+            .expect("the flag match");
+        let parser = parser.split("other if is_first").next().unwrap();
+        for flag in parser
+            .split('"')
+            .filter(|s| s.starts_with("--") && !s.contains(' '))
+        {
+            assert!(
+                USAGE.contains(&format!("    {flag} ")) || USAGE.contains(&format!(", {flag} ")),
+                "{flag} is not in USAGE"
+            );
+        }
     }
 
     #[test]

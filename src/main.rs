@@ -3,7 +3,8 @@
 //! Exit status: 0 on success, 2 for a usage or configuration error (one
 //! line on stderr saying what is wrong), 1 if serving fails at run time.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,8 +26,22 @@ fn main() -> ExitCode {
             print!("{}", config::USAGE);
             ExitCode::SUCCESS
         }
+        Command::HashPasswordHelp => {
+            print!("{}", config::HASH_PASSWORD_USAGE);
+            ExitCode::SUCCESS
+        }
         Command::Version => {
-            println!("jwtchat {}", env!("CARGO_PKG_VERSION"));
+            // Which optional features this binary was built with: `--redis`
+            // only works in a build that says `redis` here.
+            let features = if cfg!(feature = "redis") {
+                "redis"
+            } else {
+                "none"
+            };
+            println!(
+                "jwtchat {} (features: {features})",
+                env!("CARGO_PKG_VERSION")
+            );
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
@@ -74,20 +89,54 @@ fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `jwtchat hash-password`: one line from stdin (without its newline) to an
-/// argon2id PHC string for the users file.
+/// `jwtchat hash-password`: a password to an argon2id PHC string for the
+/// users file. On a terminal it is asked for twice, not echoed; from a pipe
+/// it is one line (without its newline).
 fn hash_password() -> ExitCode {
-    let mut line = String::new();
-    if let Err(error) = std::io::stdin().lock().read_line(&mut line) {
-        eprintln!("jwtchat: cannot read the password from stdin: {error}");
-        return ExitCode::from(2);
-    }
-    let password = line.strip_suffix('\n').unwrap_or(&line);
-    let password = password.strip_suffix('\r').unwrap_or(password);
+    let password = if std::io::stdin().is_terminal() {
+        read_password_twice()
+    } else {
+        read_line().map_err(|e| format!("cannot read the password from stdin: {e}"))
+    };
+    let password = match password {
+        Ok(password) => password,
+        Err(why) => {
+            eprintln!("jwtchat: {why}");
+            return ExitCode::from(2);
+        }
+    };
     if password.is_empty() {
-        eprintln!("jwtchat: the password on stdin is empty");
+        eprintln!("jwtchat: the password is empty");
         return ExitCode::from(2);
     }
-    println!("{}", auth::hash_password(password));
+    println!("{}", auth::hash_password(&password));
     ExitCode::SUCCESS
+}
+
+/// Prompts on stderr (stdout is for the hash) with echo off; both entries
+/// must match, so a typo typed blind does not lock anyone out.
+fn read_password_twice() -> Result<String, String> {
+    let _echo_off = sys::EchoOff::new(std::io::stdin().as_raw_fd())
+        .map_err(|e| format!("cannot turn off terminal echo: {e}"))?;
+    let ask = |prompt: &str| {
+        eprint!("{prompt}");
+        read_line().map_err(|e| format!("cannot read the password: {e}"))
+    };
+    let first = ask("Password: ")?;
+    if first.is_empty() {
+        return Ok(first);
+    }
+    let again = ask("Again: ")?;
+    if first != again {
+        return Err("the two passwords differ; nothing was hashed".into());
+    }
+    Ok(first)
+}
+
+/// One line from stdin without its line ending.
+fn read_line() -> std::io::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(password.strip_suffix('\r').unwrap_or(password).to_string())
 }

@@ -52,7 +52,11 @@ enum Wire {
 /// `{"type":"error","code":"bad_message","message":<Display>}` and stays.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MessageError {
-    /// Not JSON, not an object, no or unknown `type`, missing `text`.
+    /// Not JSON, or JSON but not an object: someone typing `hello` into a
+    /// WebSocket client. serde's "expected value" would not tell them what
+    /// to send instead; this does.
+    NotAnObject,
+    /// An object with no or an unknown `type`, or a missing `text`.
     Invalid(String),
     EmptyText,
     TextTooLong {
@@ -64,6 +68,10 @@ pub enum MessageError {
 impl std::fmt::Display for MessageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            MessageError::NotAnObject => write!(
+                f,
+                "invalid message: expected a JSON object such as {EXAMPLE_MESSAGE}"
+            ),
             MessageError::Invalid(why) => write!(f, "invalid message: {why}"),
             MessageError::EmptyText => write!(f, "text must not be empty"),
             MessageError::TextTooLong { len, max } => {
@@ -73,10 +81,22 @@ impl std::fmt::Display for MessageError {
     }
 }
 
+/// What a `bad_message` error for text that is not a JSON object shows.
+pub const EXAMPLE_MESSAGE: &str = r#"{"type":"message","text":"hi"}"#;
+
 /// Decodes and checks one client text frame.
 pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, MessageError> {
-    let wire: Wire =
-        serde_json::from_str(raw).map_err(|e| MessageError::Invalid(short_json_error(&e)))?;
+    let wire: Wire = serde_json::from_str(raw).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => MessageError::NotAnObject,
+            // Valid JSON whose first character is not `{` is a string, a
+            // number, an array, ...: serde would say "invalid type: ...,
+            // expected internally tagged enum Wire".
+            Category::Data if !raw.trim_start().starts_with('{') => MessageError::NotAnObject,
+            Category::Data => MessageError::Invalid(short_json_error(&e)),
+        }
+    })?;
     match wire {
         Wire::Message { text } => {
             if text.trim().is_empty() {
@@ -187,7 +207,22 @@ mod tests {
     #[test]
     fn bad_messages_are_explained() {
         let cases = [
-            ("hello", "invalid message: expected value"),
+            (
+                "hello",
+                r#"invalid message: expected a JSON object such as {"type":"message","text":"hi"}"#,
+            ),
+            (
+                r#""hello""#,
+                r#"invalid message: expected a JSON object such as {"type":"message","text":"hi"}"#,
+            ),
+            (
+                "[1,2]",
+                r#"invalid message: expected a JSON object such as {"type":"message","text":"hi"}"#,
+            ),
+            (
+                r#"{"type":"message","#,
+                r#"invalid message: expected a JSON object such as {"type":"message","text":"hi"}"#,
+            ),
             (
                 r#"{"type":"dance"}"#,
                 "invalid message: unknown variant `dance`",

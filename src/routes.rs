@@ -273,7 +273,10 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
         other => Err(Response::error(
             415,
             "unsupported_media_type",
-            &format!("Content-Type {other:?}: send application/json"),
+            &format!(
+                "Content-Type {other:?}: send application/json or \
+                 application/x-www-form-urlencoded"
+            ),
         )),
     }
 }

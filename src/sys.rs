@@ -1,13 +1,13 @@
 //! What the standard library cannot do, and the only `unsafe` in the
 //! crate: a send that never blocks on a blocking socket, raising the
-//! open-file limit, waiting for SIGINT/SIGTERM, and tuning the C allocator
-//! for many threads.
+//! open-file limit, waiting for SIGINT/SIGTERM, tuning the C allocator
+//! for many threads, and turning terminal echo off for a password.
 
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Sends what fits in the socket's buffer right now and returns how much
 /// that was; `WouldBlock` if nothing fits. `MSG_DONTWAIT` makes this one
@@ -118,6 +118,102 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// The terminal settings to put back if a signal ends the process while
+/// echo is off; set once, by the first [`EchoOff::new`].
+static SAVED_TERMINAL: std::sync::OnceLock<(RawFd, libc::termios)> = std::sync::OnceLock::new();
+
+/// SIGINT/SIGTERM while echo is off: restore the terminal, then die of the
+/// signal as if no handler had been installed. Only async-signal-safe
+/// calls (tcsetattr, write, signal, raise; the `OnceLock` read is one
+/// atomic load).
+extern "C" fn restore_terminal_and_die(signal: libc::c_int) {
+    if let Some((fd, saved)) = SAVED_TERMINAL.get() {
+        // SAFETY: `saved` is a valid termios read by tcgetattr; `fd` is
+        // the terminal it came from. "\n" is a valid one-byte buffer.
+        unsafe {
+            libc::tcsetattr(*fd, libc::TCSANOW, saved);
+            libc::write(libc::STDERR_FILENO, b"\n".as_ptr().cast(), 1);
+        }
+    }
+    // SAFETY: resetting to the default action and re-raising is how a
+    // handler passes a fatal signal on.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// Terminal echo off on one descriptor (a terminal), for reading a
+/// password; the previous settings come back when this is dropped, and
+/// also if SIGINT (Ctrl-C) or SIGTERM ends the process meanwhile.
+pub struct EchoOff {
+    fd: RawFd,
+    saved: libc::termios,
+    old_handlers: [(libc::c_int, libc::sigaction); 2],
+}
+
+impl EchoOff {
+    /// Turns echo off on `fd` (typed characters are not shown; Enter still
+    /// ends the line). Fails if `fd` is not a terminal.
+    pub fn new(fd: RawFd) -> io::Result<EchoOff> {
+        // SAFETY: a zeroed termios is valid storage for tcgetattr to fill.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is writable; `fd` is only read.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let _ = SAVED_TERMINAL.set((fd, saved));
+        let mut old_handlers = [
+            (libc::SIGINT, zeroed_sigaction()),
+            (libc::SIGTERM, zeroed_sigaction()),
+        ];
+        for (signal, old) in &mut old_handlers {
+            let mut action = zeroed_sigaction();
+            action.sa_sigaction = restore_terminal_and_die as extern "C" fn(libc::c_int) as usize;
+            // SAFETY: `action` is initialised (empty mask, no flags, a
+            // handler that only makes async-signal-safe calls); `old` is
+            // writable.
+            unsafe {
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(*signal, &action, old);
+            }
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
+        // Keep echoing the newline, so the next prompt starts on its own line.
+        quiet.c_lflag |= libc::ECHONL;
+        let guard = EchoOff {
+            fd,
+            saved,
+            old_handlers,
+        };
+        // SAFETY: `quiet` is a valid termios derived from the current one.
+        // TCSAFLUSH drops anything typed before echo went off.
+        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
+            return Err(io::Error::last_os_error()); // `guard` restores
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: `saved` came from tcgetattr on this descriptor, and each
+        // old action from sigaction.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+            for (signal, old) in &self.old_handlers {
+                libc::sigaction(*signal, old, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+fn zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: all-zero is a valid sigaction (SIG_DFL, empty mask, no flags).
+    unsafe { std::mem::zeroed() }
 }
 
 #[cfg(test)]

@@ -161,6 +161,16 @@ fn bad_messages_get_an_error_and_keep_the_connection() {
             "{raw}"
         );
     }
+    // Typing plain words into a WebSocket client is told what to send.
+    for raw in ["hello", "\"hello\"", "42"] {
+        a.ws.send(Message::text(raw)).unwrap();
+        let error = a.recv();
+        assert_eq!(
+            error["message"],
+            r#"invalid message: expected a JSON object such as {"type":"message","text":"hi"}"#,
+            "{raw}"
+        );
+    }
     // Exactly at the limit is fine, and the connection still works.
     a.say(&"x".repeat(16));
     let m = a.recv();

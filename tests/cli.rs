@@ -24,15 +24,71 @@ fn jwtchat() -> Command {
     command
 }
 
-fn run(args: &[&str]) -> Output {
-    run_command(jwtchat().args(args))
+/// [`jwtchat`] with `--bind 127.0.0.1:0`, for [`run_command`].
+fn jwtchat_on_a_free_port() -> Command {
+    let mut command = jwtchat();
+    command.args(["--bind", "127.0.0.1:0"]);
+    command
 }
 
+/// Runs the binary to completion with `args`, on a free port: a test of
+/// an error that must stop the server never depends on port 3000 being
+/// free, and if the check it is about regresses, the server that starts
+/// instead is killed after [`PATIENCE`] and the test fails saying so.
+/// A later `--bind` in `args` wins over this one.
+fn run(args: &[&str]) -> Output {
+    let mut command = jwtchat();
+    // A command (`serve`, `hash-password`, ...) must come first.
+    match args.split_first() {
+        Some((first, rest)) if !first.starts_with('-') => command
+            .arg(first)
+            .args(["--bind", "127.0.0.1:0"])
+            .args(rest),
+        _ => command.args(["--bind", "127.0.0.1:0"]).args(args),
+    };
+    run_command(&mut command)
+}
+
+/// Runs `command` to completion with stdin empty, output captured, and a
+/// deadline: a binary still running after [`PATIENCE`] is killed and the
+/// test fails with what it printed, instead of hanging `cargo test`.
 fn run_command(command: &mut Command) -> Output {
-    command
+    let mut child = command
         .stdin(Stdio::null())
-        .output()
-        .expect("run the jwtchat binary")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the jwtchat binary");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for jwtchat") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!(
+                "{command:?} was still running after {PATIENCE:?} and was killed: \
+                 it should have exited (did a start-up check stop refusing?); stderr: {err:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -142,12 +198,62 @@ fn version_prints_name_and_version() {
     for flag in ["--version", "-V"] {
         let output = run(&[flag]);
         assert_eq!(output.status.code(), Some(0), "{flag}");
+        let features = if cfg!(feature = "redis") {
+            "redis"
+        } else {
+            "none"
+        };
         assert_eq!(
             stdout(&output),
-            format!("jwtchat {}\n", env!("CARGO_PKG_VERSION"))
+            format!(
+                "jwtchat {} (features: {features})\n",
+                env!("CARGO_PKG_VERSION")
+            )
         );
-        assert_eq!(stdout(&output), "jwtchat 0.1.0\n");
     }
+}
+
+/// `jwtchat help` is `--help`; the help is grouped and points to the README.
+#[test]
+fn help_command_is_grouped_help() {
+    let output = run(&["help"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), stdout(&run(&["--help"])));
+    let out = stdout(&output);
+    for heading in [
+        "NETWORK:",
+        "ACCOUNTS AND TOKENS:",
+        "LIMITS:",
+        "HISTORY:",
+        "LOGGING AND METRICS:",
+        "CLUSTER:",
+    ] {
+        assert!(out.contains(heading), "{heading} missing from {out}");
+    }
+    assert!(out.contains("See the README for the protocol"), "{out}");
+}
+
+#[test]
+fn hash_password_has_its_own_help() {
+    for args in [&["hash-password", "--help"][..], &["help", "hash-password"]] {
+        let output = run_command(jwtchat().args(args));
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let out = stdout(&output);
+        assert!(out.starts_with("jwtchat hash-password - "), "{out}");
+        assert!(out.contains("twice"), "{out}");
+        assert!(!out.contains("--max-connections"), "the whole help: {out}");
+    }
+}
+
+/// Out of range says what the range is.
+#[test]
+fn out_of_range_values_give_the_range() {
+    let line = assert_usage_error(&run(&["--max-message-bytes", "0"]));
+    assert_eq!(
+        line,
+        "jwtchat: invalid value \"0\" for --max-message-bytes: out of range \
+         (expected 1 to 1073741824)"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -263,7 +369,9 @@ fn late_start_errors_are_one_line() {
 
 #[test]
 fn short_env_secret_is_exit_2() {
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "short")));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", "short"),
+    ));
     assert!(line.contains("32"), "{line}");
     assert!(line.contains("JWTCHAT_SECRET"), "{line}");
     assert!(!line.contains("short"), "the secret was echoed: {line}");
@@ -284,7 +392,9 @@ fn short_secret_file_is_exit_2() {
 #[test]
 fn the_old_placeholder_secret_is_exit_2() {
     let placeholder = "change-me-to-at-least-32-random-bytes-please";
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", placeholder)));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", placeholder),
+    ));
     assert!(line.contains("placeholder"), "{line}");
     let file = TempFile::new("placeholder-secret", placeholder.as_bytes());
     let line = assert_usage_error(&run(&["--secret-file", file.arg()]));
@@ -295,7 +405,9 @@ fn the_old_placeholder_secret_is_exit_2() {
 #[test]
 fn a_secret_with_few_distinct_bytes_is_exit_2() {
     for secret in ["x".repeat(40), "abcdefghijklmno".repeat(3)] {
-        let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", &secret)));
+        let line = assert_usage_error(&run_command(
+            jwtchat_on_a_free_port().env("JWTCHAT_SECRET", &secret),
+        ));
         assert!(line.contains("distinct"), "{line}");
         assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
         assert!(!line.contains(&secret), "the secret was echoed: {line}");
@@ -315,7 +427,9 @@ fn a_secret_with_few_distinct_bytes_is_exit_2() {
 /// secret.
 #[test]
 fn an_empty_env_secret_is_exit_2() {
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", "")));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", ""),
+    ));
     assert!(line.contains("JWTCHAT_SECRET is empty"), "{line}");
     assert!(line.contains("head -c 32 /dev/urandom | base64"), "{line}");
 }
@@ -334,7 +448,9 @@ fn the_example_env_file_leaves_the_secret_empty() {
         .filter_map(|l| l.strip_prefix("JWTCHAT_SECRET="))
         .collect();
     assert_eq!(values, [""], "{example}");
-    let line = assert_usage_error(&run_command(jwtchat().env("JWTCHAT_SECRET", values[0])));
+    let line = assert_usage_error(&run_command(
+        jwtchat_on_a_free_port().env("JWTCHAT_SECRET", values[0]),
+    ));
     assert!(line.contains("empty"), "{line}");
 }
 
@@ -578,4 +694,107 @@ fn empty_password_is_exit_2() {
             "{err:?}"
         );
     }
+}
+
+/// Drives `jwtchat hash-password` through a pseudo-terminal (python3's
+/// `pty`), typing each of `typed` after the next prompt (`"\x03"` is
+/// Ctrl-C). Returns the exit status, everything the terminal showed, and
+/// whether echo was on again afterwards (`stty` in the same terminal);
+/// `None` without python3.
+fn hash_password_on_a_terminal(typed: &[&str]) -> Option<(i32, String, bool)> {
+    const DRIVER: &str = r#"
+import os, pty, select, sys
+binary, typed = sys.argv[1], sys.argv[2:]
+# The shell outlives a Ctrl-C (`trap :`; the program gets the default
+# action) to report the terminal's echo setting afterwards.
+script = 'trap : INT; "$0" hash-password; s=$?; stty -a | tr " ;" "\n\n" | grep -x -- "-\\?echo"; exit $s'
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/bin/sh", ["sh", "-c", script, binary])
+seen = b""
+def read(until=None):
+    global seen
+    while until is None or until not in seen:
+        ready, _, _ = select.select([fd], [], [], 10)
+        if not ready:
+            sys.exit("timed out waiting for %r; saw %r" % (until, seen))
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if until is None:
+                return
+            sys.exit("the terminal closed before %r; saw %r" % (until, seen))
+        seen += chunk
+for line, prompt in zip(typed, [b"Password: ", b"Again: "]):
+    read(prompt)
+    os.write(fd, line.encode() + (b"" if line == "\x03" else b"\n"))
+read()
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let output = match Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(BIN)
+        .args(typed)
+        .env_remove("JWTCHAT_SECRET")
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("SKIPPED: hash-password on a terminal needs python3 ({e})");
+            return None;
+        }
+    };
+    let shown = stdout(&output).replace("\r\n", "\n");
+    assert!(stderr(&output).is_empty(), "driver: {}", stderr(&output));
+    let echo_back = shown.lines().last() == Some("echo");
+    Some((output.status.code().unwrap_or(-1), shown, echo_back))
+}
+
+#[test]
+fn hash_password_on_a_terminal_asks_twice_without_echo() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "hunter2"])
+    else {
+        return;
+    };
+    assert_eq!(status, 0, "{shown}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the password was echoed: {shown}"
+    );
+    assert!(
+        shown.starts_with("Password: \nAgain: \n$argon2id$"),
+        "{shown}"
+    );
+    assert!(echo_back, "echo was left off: {shown}");
+}
+
+#[test]
+fn hash_password_on_a_terminal_refuses_two_different_entries() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "hunter3"])
+    else {
+        return;
+    };
+    assert_eq!(status, 2, "{shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+    assert!(
+        shown.contains("jwtchat: the two passwords differ; nothing was hashed\n"),
+        "{shown}"
+    );
+    assert!(echo_back, "echo was left off: {shown}");
+}
+
+/// Ctrl-C at the second prompt ends the program and gives the echo back.
+#[test]
+fn hash_password_on_a_terminal_restores_echo_on_ctrl_c() {
+    let Some((status, shown, echo_back)) = hash_password_on_a_terminal(&["hunter2", "\x03"]) else {
+        return;
+    };
+    assert_eq!(status, 130, "128 + SIGINT: {shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+    assert!(echo_back, "echo was left off: {shown}");
 }
