@@ -647,6 +647,12 @@ impl Tokens {
         self
     }
 
+    /// When the session these claims belong to can no longer be renewed
+    /// (Unix seconds): the login time plus `--max-session`.
+    pub fn session_end(&self, claims: &Claims) -> u64 {
+        claims.login_time().saturating_add(self.max_session_secs)
+    }
+
     pub fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }

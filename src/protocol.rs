@@ -1,7 +1,8 @@
 //! The chat protocol: the JSON objects inside WebSocket text frames, and the
 //! close codes the server uses (RFC 6455 §7.4).
 //!
-//! Client → server: `{"type":"message","text":"..."}`.
+//! Client → server: `{"type":"message","text":"...","id":"..."}` (`id`
+//! optional) and `{"type":"reauth","token":"..."}`.
 //! Server → client: `welcome`, `join`, `leave`, `message` and `error`, see
 //! [`Outgoing`]. Each is serialised and framed once by [`Outgoing::frame`].
 
@@ -31,11 +32,16 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
+/// The longest client-chosen message `id`, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+
 /// A message from a client, after checks.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// Chat text to broadcast.
-    Chat(String),
+    /// Chat text to broadcast, with the sender's own `id` for it, if any:
+    /// echoed on the broadcast and on any error about it, so the sender can
+    /// tell which of its messages was taken or refused.
+    Chat { text: String, id: Option<String> },
     /// A renewed token for this connection.
     Reauth(String),
 }
@@ -44,7 +50,7 @@ pub enum Incoming {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Wire {
-    Message { text: String },
+    Message { text: String, id: Option<String> },
     Reauth { token: String },
 }
 
@@ -58,6 +64,10 @@ pub enum MessageError {
     NotAnObject,
     /// An object with no or an unknown `type`, or a missing `text`.
     Invalid(String),
+    /// An `id` over [`MAX_ID_BYTES`].
+    IdTooLong {
+        len: usize,
+    },
     EmptyText,
     TextTooLong {
         len: usize,
@@ -73,6 +83,9 @@ impl std::fmt::Display for MessageError {
                 "invalid message: expected a JSON object such as {EXAMPLE_MESSAGE}"
             ),
             MessageError::Invalid(why) => write!(f, "invalid message: {why}"),
+            MessageError::IdTooLong { len } => {
+                write!(f, "id is {len} bytes; the limit is {MAX_ID_BYTES}")
+            }
             MessageError::EmptyText => write!(f, "text must not be empty"),
             MessageError::TextTooLong { len, max } => {
                 write!(f, "text is {len} bytes; the limit is {max}")
@@ -84,8 +97,28 @@ impl std::fmt::Display for MessageError {
 /// What a `bad_message` error for text that is not a JSON object shows.
 pub const EXAMPLE_MESSAGE: &str = r#"{"type":"message","text":"hi"}"#;
 
+/// A refused client message, with the `id` it carried (if it was readable
+/// and not itself the problem) for the error that answers it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub error: MessageError,
+    pub id: Option<String>,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<MessageError> for Rejected {
+    fn from(error: MessageError) -> Self {
+        Rejected { error, id: None }
+    }
+}
+
 /// Decodes and checks one client text frame.
-pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, MessageError> {
+pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
     let wire: Wire = serde_json::from_str(raw).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -98,17 +131,23 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, MessageError
         }
     })?;
     match wire {
-        Wire::Message { text } => {
-            if text.trim().is_empty() {
-                Err(MessageError::EmptyText)
+        Wire::Message { text, id } => {
+            if let Some(id) = &id {
+                if id.len() > MAX_ID_BYTES {
+                    return Err(MessageError::IdTooLong { len: id.len() }.into());
+                }
+            }
+            let error = if text.trim().is_empty() {
+                MessageError::EmptyText
             } else if text.len() > max_text_bytes {
-                Err(MessageError::TextTooLong {
+                MessageError::TextTooLong {
                     len: text.len(),
                     max: max_text_bytes,
-                })
+                }
             } else {
-                Ok(Incoming::Chat(text))
-            }
+                return Ok(Incoming::Chat { text, id });
+            };
+            Err(Rejected { error, id })
         }
         Wire::Reauth { token } => Ok(Incoming::Reauth(token)),
     }
@@ -137,6 +176,16 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+/// The limits a client should keep to, in `welcome`, so a page can check a
+/// message before sending it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-message-bytes`: the longest `text`, in UTF-8 bytes.
+    pub max_message_bytes: usize,
+    /// `--message-rate`: messages per second per connection (0: no limit).
+    pub message_rate: u32,
+}
+
 /// Everything the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -148,23 +197,16 @@ pub enum Outgoing<'a> {
         online: Vec<&'a str>,
         /// Recent messages, oldest first (see `--history`).
         history: Vec<Outgoing<'a>>,
+        limits: Limits,
     },
     /// The token expires in a minute or less: time to renew it.
-    Expiring {
-        expires_at: u64,
-    },
+    Expiring { expires_at: u64 },
     /// A `reauth` was accepted: the connection now lasts until this.
-    Reauthed {
-        expires_at: u64,
-    },
+    Reauthed { expires_at: u64 },
     /// A user came online (their first connection).
-    Join {
-        user: &'a str,
-    },
+    Join { user: &'a str },
     /// A user went offline (their last connection closed).
-    Leave {
-        user: &'a str,
-    },
+    Leave { user: &'a str },
     /// A chat message, to everyone, the sender included.
     Message {
         seq: u64,
@@ -172,10 +214,16 @@ pub enum Outgoing<'a> {
         text: &'a str,
         /// Unix milliseconds, when the server accepted it.
         ts: u64,
+        /// The sender's `id` for it, if it gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
     Error {
         code: ErrorCode,
         message: &'a str,
+        /// The `id` of the client message this error is about, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
 }
 
@@ -200,8 +248,47 @@ mod tests {
     fn chat_messages_decode() {
         assert_eq!(
             decode(r#"{"type":"message","text":"hi"}"#, 10),
-            Ok(Incoming::Chat("hi".into()))
+            Ok(Incoming::Chat {
+                text: "hi".into(),
+                id: None
+            })
         );
+        assert_eq!(
+            decode(r#"{"type":"message","text":"hi","id":"c1"}"#, 10),
+            Ok(Incoming::Chat {
+                text: "hi".into(),
+                id: Some("c1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_message_id() {
+        let refused = decode(r#"{"type":"message","text":"12345678901","id":"c7"}"#, 10);
+        assert_eq!(
+            refused,
+            Err(Rejected {
+                error: MessageError::TextTooLong { len: 11, max: 10 },
+                id: Some("c7".into())
+            })
+        );
+        let empty = decode(r#"{"type":"message","text":" ","id":"c8"}"#, 10);
+        assert_eq!(empty.unwrap_err().id.as_deref(), Some("c8"));
+        // An id over the limit is the problem itself: it is not echoed.
+        let long = format!(
+            r#"{{"type":"message","text":"hi","id":"{}"}}"#,
+            "x".repeat(65)
+        );
+        let refused = decode(&long, 10).unwrap_err();
+        assert_eq!(refused.error, MessageError::IdTooLong { len: 65 });
+        assert_eq!(refused.id, None);
+        let longest = format!(
+            r#"{{"type":"message","text":"hi","id":"{}"}}"#,
+            "x".repeat(64)
+        );
+        assert!(decode(&longest, 10).is_ok());
+        // Not a string: invalid, like any other bad field.
+        assert!(decode(r#"{"type":"message","text":"hi","id":5}"#, 10).is_err());
     }
 
     #[test]
@@ -258,25 +345,50 @@ mod tests {
                 seq: 1,
                 from: "a",
                 text: "<b>",
-                ts: 5
+                ts: 5,
+                id: None
             }),
             serde_json::json!({"type":"message","seq":1,"from":"a","text":"<b>","ts":5})
         );
         assert_eq!(
+            json(Outgoing::Message {
+                seq: 1,
+                from: "a",
+                text: "<b>",
+                ts: 5,
+                id: Some("c1")
+            }),
+            serde_json::json!({"type":"message","seq":1,"from":"a","text":"<b>","ts":5,"id":"c1"})
+        );
+        assert_eq!(
             json(Outgoing::Error {
                 code: ErrorCode::TokenExpired,
-                message: "m"
+                message: "m",
+                id: None
             }),
             serde_json::json!({"type":"error","code":"token_expired","message":"m"})
+        );
+        assert_eq!(
+            json(Outgoing::Error {
+                code: ErrorCode::RateLimited,
+                message: "m",
+                id: Some("c2")
+            }),
+            serde_json::json!({"type":"error","code":"rate_limited","message":"m","id":"c2"})
         );
         assert_eq!(
             json(Outgoing::Welcome {
                 user: "a",
                 expires_at: 9,
                 online: vec!["a"],
-                history: vec![]
+                history: vec![],
+                limits: Limits {
+                    max_message_bytes: 10,
+                    message_rate: 3
+                }
             }),
-            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],"history":[]})
+            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],"history":[],
+                "limits":{"max_message_bytes":10,"message_rate":3}})
         );
     }
 }

@@ -31,7 +31,7 @@ use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::presence::Presence;
 pub use crate::presence::RemotePresence;
-use crate::protocol::{ErrorCode, Outgoing, TOKEN_EXPIRED_TEXT, close_code};
+use crate::protocol::{ErrorCode, Limits, Outgoing, TOKEN_EXPIRED_TEXT, close_code};
 
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
@@ -44,10 +44,10 @@ pub const EXPIRY_WARNING_SECS: u64 = 60;
 pub trait Relay: Send + Sync {
     /// Stores a chat message for every instance and returns its `seq`. The
     /// message is not fanned out here: it comes back through
-    /// [`Room::deliver`] like everyone else's. An error means it was not
+    /// [`Room::deliver`] like everyone else's, with the sender's `id`. An error means it was not
     /// stored, or (if Redis's reply was lost) that it is not known whether
     /// it was: the sender must be told either way.
-    fn publish(&self, from: &str, text: &str) -> Result<u64, Unavailable>;
+    fn publish(&self, from: &str, text: &str, id: Option<&str>) -> Result<u64, Unavailable>;
     /// `user` came online or went offline on this instance
     /// ([`Room::which_are_here`] says which, when the relay gets to it). Called
     /// under the room's lock: it must only take note, never wait.
@@ -91,6 +91,8 @@ pub struct Delivery {
     pub text: String,
     /// Unix milliseconds, when the relay stored it.
     pub ts: u64,
+    /// The sender's `id` for it, if it gave one.
+    pub id: Option<String>,
 }
 
 /// One connected client, as the room sees it.
@@ -133,6 +135,9 @@ impl Stored {
             from: &self.from,
             text: &self.text,
             ts: self.ts,
+            // Only the live broadcast needs it: a sender waits for its own
+            // message live, never in a later welcome.
+            id: None,
         }
     }
 }
@@ -189,6 +194,8 @@ pub struct Room {
     metrics: Arc<Metrics>,
     timeline: Mutex<Timeline>,
     next_id: AtomicU64,
+    /// Told to every client in its `welcome`.
+    limits: Limits,
 }
 
 impl Default for Room {
@@ -225,6 +232,7 @@ impl Room {
                 history_limit: history,
             }),
             next_id: AtomicU64::new(1),
+            limits: Limits::default(),
         }
     }
 
@@ -233,6 +241,13 @@ impl Room {
     /// [`Refused::Busy`] until a fan-out takes the batch.
     pub fn with_max_pending(self, bytes: usize) -> Room {
         self.timeline().max_pending = bytes;
+        self
+    }
+
+    /// The limits every `welcome` announces (the server's
+    /// `--max-message-bytes` and `--message-rate`).
+    pub fn with_limits(mut self, limits: Limits) -> Room {
+        self.limits = limits;
         self
     }
 
@@ -288,6 +303,7 @@ impl Room {
             expires_at: client.exp(),
             online,
             history,
+            limits: self.limits,
         }
         .frame();
         // A fresh queue has room for its first frame.
@@ -315,7 +331,7 @@ impl Room {
     }
 
     /// Broadcasts a chat message from `from` to everyone, the sender
-    /// included, and returns its `seq`.
+    /// included, with the sender's `id` for it, and returns its `seq`.
     ///
     /// The message gets its `seq` and joins the pending batch under the
     /// timeline lock. If no other thread is fanning out, this one does,
@@ -331,7 +347,13 @@ impl Room {
     /// or its token has expired: then it is evicted like on any broadcast),
     /// if the pending batch is full, or if the relay cannot take the
     /// message.
-    pub fn broadcast(&self, sender: ClientId, from: &str, text: &str) -> Result<u64, Refused> {
+    pub fn broadcast(
+        &self,
+        sender: ClientId,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<u64, Refused> {
         let mut timeline = self.timeline();
         let sender_exp = self.read().get(&sender).map(Client::exp);
         match sender_exp {
@@ -345,13 +367,13 @@ impl Room {
         if let Some(relay) = &self.relay {
             // Never wait on Redis while holding the room.
             drop(timeline);
-            return relay.publish(from, text).map_err(Refused::Unavailable);
+            return relay.publish(from, text, id).map_err(Refused::Unavailable);
         }
         if timeline.pending.len() >= timeline.max_pending {
             return Err(Refused::Busy);
         }
         let seq = timeline.seq + 1;
-        self.enqueue(&mut timeline, seq, from, text, unix_millis());
+        self.enqueue(&mut timeline, seq, from, text, unix_millis(), id);
         self.flush_unless_flushing(timeline);
         Ok(seq)
     }
@@ -368,7 +390,14 @@ impl Room {
         let mut timeline = self.timeline();
         for m in messages {
             if m.seq > timeline.seq {
-                self.enqueue(&mut timeline, m.seq, &m.from, &m.text, m.ts);
+                self.enqueue(
+                    &mut timeline,
+                    m.seq,
+                    &m.from,
+                    &m.text,
+                    m.ts,
+                    m.id.as_deref(),
+                );
             }
         }
         self.flush_unless_flushing(timeline);
@@ -397,13 +426,22 @@ impl Room {
     }
 
     /// Adds one numbered message to the pending batch and the history.
-    fn enqueue(&self, timeline: &mut Timeline, seq: u64, from: &str, text: &str, ts: u64) {
+    fn enqueue(
+        &self,
+        timeline: &mut Timeline,
+        seq: u64,
+        from: &str,
+        text: &str,
+        ts: u64,
+        id: Option<&str>,
+    ) {
         timeline.seq = seq;
         let message = Outgoing::Message {
             seq,
             from,
             text,
             ts,
+            id,
         }
         .frame();
         timeline.pending.extend_from_slice(&message);
@@ -687,6 +725,7 @@ fn send_farewell(outbox: &Arc<Outbox>, why: Departure) {
             let notice = Outgoing::Error {
                 code: ErrorCode::TokenExpired,
                 message: TOKEN_EXPIRED_TEXT,
+                id: None,
             }
             .frame();
             let close = frame::close(close_code::TOKEN_EXPIRED, "token expired");
@@ -727,16 +766,20 @@ mod tests {
         now_secs() + 600
     }
 
-    /// The JSON `type`s queued for a client so far (frames < 126 bytes).
+    /// The JSON in one unfragmented server text frame under 64 KiB.
+    fn payload(frame: &[u8]) -> serde_json::Value {
+        // RFC 6455 §5.2: a 7-bit length, or 126 and a 16-bit one.
+        let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    /// The JSON `type`s queued for a client so far (one message a frame).
     fn types(outbox: &Outbox) -> Vec<String> {
         outbox
             .take_queued()
             .iter()
             .filter(|f| f[0] == 0x81)
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
-                v["type"].as_str().unwrap().to_string()
-            })
+            .map(|f| payload(f)["type"].as_str().unwrap().to_string())
             .collect()
     }
 
@@ -758,7 +801,7 @@ mod tests {
         let room = Room::new(10);
         let (a_id, a) = client(&room, "a", later());
         let (_, old) = client(&room, "old", now_secs());
-        assert_eq!(room.broadcast(a_id, "a", "hi"), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
         let batch = old.take_queued();
@@ -789,7 +832,7 @@ mod tests {
         })
         .join();
         assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
-        assert_eq!(room.broadcast(a_id, "a", "still works"), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "still works", None), Ok(1));
         assert_eq!(types(&a), ["welcome", "message"]);
     }
 
@@ -800,7 +843,7 @@ mod tests {
         // Another thread is fanning out: messages wait in the batch.
         room.flushing.store(true, Ordering::Release);
         let mut taken = 0;
-        while room.broadcast(a_id, "a", "0123456789") != Err(Refused::Busy) {
+        while room.broadcast(a_id, "a", "0123456789", None) != Err(Refused::Busy) {
             taken += 1;
             assert!(taken < 10, "the batch never filled");
         }
@@ -811,7 +854,7 @@ mod tests {
         let queued = a.take_queued();
         assert_eq!(queued.len(), 1 + 1, "the welcome, then the batch");
         assert!(queued[1].len() > 100, "the batch holds every message taken");
-        assert_eq!(room.broadcast(a_id, "a", "again"), Ok(taken + 1));
+        assert_eq!(room.broadcast(a_id, "a", "again", None), Ok(taken + 1));
     }
 
     /// A relay that numbers messages but, like Redis, delivers them only
@@ -820,7 +863,7 @@ mod tests {
     struct Numbering(std::sync::atomic::AtomicU64);
 
     impl Relay for Numbering {
-        fn publish(&self, _from: &str, _text: &str) -> Result<u64, Unavailable> {
+        fn publish(&self, _from: &str, _text: &str, _id: Option<&str>) -> Result<u64, Unavailable> {
             Ok(self.0.fetch_add(1, Ordering::Relaxed) + 1)
         }
         fn presence_changed(&self, _user: &Arc<str>) {}
@@ -833,24 +876,21 @@ mod tests {
     fn with_a_relay_messages_go_out_when_delivered_and_only_once() {
         let room = Room::with_relay(10, Some(Arc::new(Numbering::default())), Arc::default());
         let (a_id, a) = client(&room, "a", later());
-        assert_eq!(room.broadcast(a_id, "a", "hi"), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
         assert_eq!(types(&a), ["welcome"], "nothing before the relay delivers");
         let hi = |seq| Delivery {
             seq,
             from: "a".into(),
             text: "hi".into(),
             ts: 0,
+            id: None,
         };
         room.deliver(&[hi(1)]);
         room.deliver(&[hi(1), hi(2)]);
         let seqs: Vec<u64> = a
             .take_queued()
             .iter()
-            .map(|f| {
-                serde_json::from_slice::<serde_json::Value>(&f[2..]).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|f| payload(f)["seq"].as_u64().unwrap())
             .collect();
         assert_eq!(seqs, [1, 2]);
         assert_eq!(room.last_seq(), 2);

@@ -138,7 +138,7 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
     let (token, claims) = shared.tokens.issue(user);
     metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {:?} from {peer}", user.username);
-    token_response(&token, &claims)
+    token_response(&token, &claims, shared.tokens.session_end(&claims))
 }
 
 /// One WARN line a second for each login limit, the rest at DEBUG: a flood
@@ -207,7 +207,7 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
         Ok((token, claims)) => {
             metrics::inc(&shared.metrics().refreshes);
             crate::info!("token refreshed: {:?} from {peer}", claims.username);
-            token_response(&token, &claims)
+            token_response(&token, &claims, shared.tokens.session_end(&claims))
         }
         Err(RefreshError::Token(reason)) => {
             shared.metrics().token_rejected(reason);
@@ -222,15 +222,17 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     }
 }
 
-/// `{"token":..,"token_type":"Bearer","expires_in":..}`, never cached
-/// (RFC 6749 §5.1).
-fn token_response(token: &str, claims: &Claims) -> Response {
+/// `{"token":..,"token_type":"Bearer","expires_in":..,"session_expires_at":..}`,
+/// never cached (RFC 6749 §5.1). `session_expires_at` (Unix seconds) is
+/// when `--max-session` stops renewals, so a page can warn before it.
+fn token_response(token: &str, claims: &Claims, session_end: u64) -> Response {
     Response::json(
         200,
         &serde_json::json!({
             "token": token,
             "token_type": "Bearer",
             "expires_in": claims.exp.saturating_sub(claims.iat),
+            "session_expires_at": session_end,
         }),
     )
     .with_header("Cache-Control", "no-store")

@@ -18,7 +18,7 @@ use crate::limits::{
     ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit, SharedBudgets,
 };
 use crate::metrics::Metrics;
-use crate::protocol::close_code;
+use crate::protocol::{Limits, close_code};
 use crate::room::{MAX_PENDING_BYTES, Room};
 use crate::{Shared, proxy, routes};
 
@@ -142,7 +142,11 @@ impl Server {
         // A batch must fit a client's queue with room to spare, or clients
         // that keep up would be cut off for one batch.
         let room = Room::with_relay(config.history, relay, metrics)
-            .with_max_pending(MAX_PENDING_BYTES.min(config.client_queue_bytes / 4));
+            .with_max_pending(MAX_PENDING_BYTES.min(config.client_queue_bytes / 4))
+            .with_limits(Limits {
+                max_message_bytes: config.max_message_bytes,
+                message_rate: config.message_rate,
+            });
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,

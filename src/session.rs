@@ -31,7 +31,7 @@ use crate::frame::{self, HeaderScanner};
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
-use crate::protocol::{self, ErrorCode, Incoming, Outgoing, close_code};
+use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
 use crate::room::{Client, ClientId, Refused};
 
 /// `tungstenite`'s read buffer per connection. Chat frames are small; a
@@ -274,6 +274,13 @@ fn read_loop(
         }
         match message {
             Message::Text(text) => {
+                // Decoded first, so that a refusal can name the message it
+                // refuses (its `id`).
+                let decoded = protocol::decode(&text, shared.config.max_message_bytes);
+                let id = match &decoded {
+                    Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
+                    Ok(Incoming::Reauth(_)) => None,
+                };
                 // Every text frame counts against the rate, whatever it
                 // holds: a flood of bad messages or reauths is a flood too.
                 let rate = ws.get_mut().rate.as_mut();
@@ -284,6 +291,7 @@ fn read_loop(
                             outbox,
                             ErrorCode::RateLimited,
                             "too many messages: slow down",
+                            id,
                         );
                         continue;
                     }
@@ -295,9 +303,10 @@ fn read_loop(
                         );
                     }
                 }
-                match protocol::decode(&text, shared.config.max_message_bytes) {
-                    Ok(Incoming::Chat(text)) => {
-                        match shared.room.broadcast(me.id, me.username, &text) {
+                match decoded {
+                    Ok(Incoming::Chat { text, id }) => {
+                        let id = id.as_deref();
+                        match shared.room.broadcast(me.id, me.username, &text, id) {
                             Ok(_) => {}
                             // Evicted (expired) meanwhile: nothing more from it.
                             Err(Refused::Gone) => return closed_by_room(outbox),
@@ -307,6 +316,7 @@ fn read_loop(
                                 outbox,
                                 ErrorCode::RateLimited,
                                 "the room is busy: slow down and send it again",
+                                id,
                             ),
                             // Redis is away: the client should know, not
                             // wait for a message that is not coming.
@@ -314,11 +324,17 @@ fn read_loop(
                                 outbox,
                                 ErrorCode::Unavailable,
                                 &format!("could not send the message: {why}"),
+                                id,
                             ),
                         }
                     }
                     Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
-                    Err(error) => notify(outbox, ErrorCode::BadMessage, &error.to_string()),
+                    Err(rejected) => notify(
+                        outbox,
+                        ErrorCode::BadMessage,
+                        &rejected.to_string(),
+                        rejected.id.as_deref(),
+                    ),
                 }
             }
             Message::Binary(_) => {
@@ -375,7 +391,12 @@ fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
     let claims = match shared.tokens.verify_current(token, &shared.users) {
         Ok(claims) if claims.sub == me.sub => claims,
         Ok(_) => {
-            return notify(outbox, ErrorCode::BadToken, "the token is for another user");
+            return notify(
+                outbox,
+                ErrorCode::BadToken,
+                "the token is for another user",
+                None,
+            );
         }
         Err(reason) => {
             shared.metrics().token_rejected(reason);
@@ -383,6 +404,7 @@ fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
                 outbox,
                 ErrorCode::BadToken,
                 &format!("the token is not valid ({})", reason.as_str()),
+                None,
             );
         }
     };
@@ -397,10 +419,11 @@ fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
     }
 }
 
-/// Tells this client (only) what was wrong, keeping the connection.
-fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str) {
+/// Tells this client (only) what was wrong, keeping the connection; `id`
+/// names the client message it is about, if it had one.
+fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str, id: Option<&str>) {
     // A full queue here means the room is evicting this client anyway.
-    let _ = outbox.push(Outgoing::Error { code, message }.frame());
+    let _ = outbox.push(Outgoing::Error { code, message, id }.frame());
 }
 
 /// Maps a read error to how the session ends: a protocol fault gets the

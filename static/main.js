@@ -3,7 +3,13 @@
  * Rule: user and server strings reach the DOM only via textContent. */
 'use strict';
 
-const MAX_MESSAGE_BYTES = 4096;  // server default, in UTF-8 bytes
+const DEFAULT_MAX_BYTES = 4096;  // until welcome brings the server's limit
+const COUNTER_FROM = 0.8;        // show the byte counter from 80 % of the limit
+const SESSION_WARN_S = 5 * 60;   // show the countdown when the session cap is this near
+const RENEW_LEAD_S = 120;        // renew this long before expiry (at most half the life):
+                                 // survives a hidden tab's timers running once a minute
+const STORAGE_KEY = 'jwtchat.session';  // in sessionStorage only (see README)
+const RESTARTED_TEXT = 'The server was restarted — please log in again.';
 const BACKOFF_FIRST_MS = 500;    // reconnect delay doubles from here…
 const BACKOFF_MAX_MS = 10000;    // …up to this cap
 const NEAR_BOTTOM_PX = 40;       // "at the bottom" tolerance for auto-scroll
@@ -21,7 +27,7 @@ const el = {
   logout: $('logout-button'), online: $('online'), onlineCount: $('online-count'),
   messages: $('messages'), newMessages: $('new-messages'), notice: $('notice'),
   composer: $('composer'), input: $('message-input'), send: $('send-button'),
-  counter: $('counter'),
+  counter: $('counter'), expiry: $('expiry'), empty: $('empty'),
 };
 
 // Everything tied to one login, in one place, so logout/expiry can reset it.
@@ -30,17 +36,22 @@ const session = {
   token: null,
   me: '',
   expiresAt: 0,        // unix seconds
+  sessionEndsAt: Infinity,  // unix seconds: --max-session stops renewals here
+  limits: { maxBytes: DEFAULT_MAX_BYTES, rate: 0 },
+  pending: null,       // { id, text }: sent, not yet taken or refused
+  unread: 0,           // messages that arrived while the tab was hidden
+  stuck: true,         // the view was at the bottom: keep it there on resize
   socket: null,        // events from any other (older) socket are ignored
   online: new Set(),
   seenSeqs: new Set(), // a replayed history must not duplicate messages
   retries: 0,          // failed attempts since the last welcome
   reconnectTimer: 0,
   countdownTimer: 0,
-  renewTimer: 0,       // a pending token renewal (see onExpiring)
-  lastActivity: 0,     // Date.now() of the last key or pointer use
+  renewTimer: 0,       // the next token renewal (see scheduleRenewal)
   noticeTimer: 0,
 };
 let socketsOpened = 0;
+let sentCount = 0;     // numbers this tab's message ids
 
 const nowSeconds = () => Date.now() / 1000;
 const tokenExpired = () => nowSeconds() >= session.expiresAt;
@@ -55,15 +66,71 @@ function make(tag, className, text) {
   return node;
 }
 
-/** Initial-letter circle; same name → same colour. The letter is drawn by
- *  CSS from data-initial so it stays out of the surrounding textContent. */
+/** Two letters for a name: the first letters of its first and last words
+ *  ("userA" → "UA", "ada_lovelace" → "AL"), or its first two ("bob" → "Bo"). */
+function initials(name) {
+  const words = name.split(/[\s._-]+|(?<=\p{Ll})(?=[\p{Lu}\d])/u).filter(Boolean);
+  const first = (word) => Array.from(word)[0] || '';
+  if (words.length >= 2) return (first(words[0]) + first(words[words.length - 1])).toUpperCase();
+  const chars = Array.from(name);
+  return (chars[0] || '?').toUpperCase() + (chars[1] || '').toLowerCase();
+}
+
+/** Initials circle; same name → same colour. The letters are drawn by
+ *  CSS from data-initial so they stay out of the surrounding textContent. */
 function avatar(name) {
   let hash = 0;
   for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
   const node = make('span', `avatar hue-${hash % AVATAR_HUES}`);
-  node.dataset.initial = (Array.from(name)[0] || '?').toUpperCase();
+  node.dataset.initial = initials(name);
   node.setAttribute('aria-hidden', 'true');
   return node;
+}
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/** "14:02" today, "Yesterday 14:02", "28 Nov 14:02", "28 Nov 2023 14:02". */
+function formatTime(date, now = new Date()) {
+  const time = `${pad2(date.getHours())}:${pad2(date.getMinutes())}`;
+  const midnight = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  const today = midnight(now);
+  const yesterday = midnight(new Date(today - 12 * 3600 * 1000));  // DST-safe
+  const day = midnight(date);
+  if (day === today) return time;
+  if (day === yesterday) return `Yesterday ${time}`;
+  const year = date.getFullYear() === now.getFullYear() ? '' : ` ${date.getFullYear()}`;
+  return `${date.getDate()} ${MONTHS[date.getMonth()]}${year} ${time}`;
+}
+
+/** Appends `text` to `parent`, with each http(s) URL in it as a link. Built
+ *  node by node: the text never goes through an HTML parser. */
+function appendLinked(parent, text) {
+  const pattern = /https?:\/\/\S+/g;
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    // Punctuation that ends a sentence is not part of the link.
+    const url = match[0].replace(/[.,;:!?)\]'"]+$/, '');
+    const href = safeHref(url);
+    if (!href) continue;
+    parent.append(text.slice(last, match.index));
+    const link = make('a', 'link', url);
+    link.href = href;
+    link.rel = 'noopener noreferrer';
+    link.target = '_blank';
+    parent.append(link);
+    last = match.index + url.length;
+  }
+  parent.append(text.slice(last));
+}
+
+/** The URL if it parses as http: or https:, else null. */
+function safeHref(url) {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? parsed.href : null;
+  } catch {
+    return null;
+  }
 }
 
 // ---- State and views ----
@@ -87,6 +154,7 @@ function showLogin(message, isInfo) {
   el.login.hidden = false;
   el.loginError.textContent = message;
   el.loginError.classList.toggle('info', isInfo);
+  session.unread = 0;
   document.title = 'jwtchat';
 }
 
@@ -125,7 +193,7 @@ function failLogin(message) {
   field.select();
 }
 
-/** POST /auth → { token, expiresIn }, or throw an Error with a human message.
+/** POST /auth → { token, expiresIn, sessionEndsAt }, or throw an Error with a human message.
  *  Credentials travel only in the request body, never in a URL. */
 async function requestToken(username, password) {
   let response;
@@ -139,10 +207,18 @@ async function requestToken(username, password) {
     throw new Error('Cannot reach the server.');
   }
   const body = (await response.json().catch(() => null)) || {};
-  if (response.ok && typeof body.token === 'string') {
-    return { token: body.token, expiresIn: Number(body.expires_in) };
-  }
+  if (response.ok && typeof body.token === 'string') return grantFrom(body);
   throw new Error(authErrorText(response, body));
+}
+
+/** The parts of a /auth or /auth/refresh answer the page keeps. */
+function grantFrom(body) {
+  const end = Number(body.session_expires_at);
+  return {
+    token: body.token,
+    expiresIn: Number(body.expires_in),
+    sessionEndsAt: Number.isFinite(end) && end > 0 ? end : Infinity,
+  };
 }
 
 function authErrorText(response, body) {
@@ -163,33 +239,75 @@ function authErrorText(response, body) {
 
 // ---- Session lifecycle ----
 
-function startSession({ token, expiresIn }, username) {
+function startSession({ token, expiresIn, sessionEndsAt }, username) {
   session.token = token;
   session.me = username;
   // An estimate until "welcome" brings the exact expires_at.
   session.expiresAt = expiresIn > 0 ? nowSeconds() + expiresIn : Infinity;
+  session.sessionEndsAt = sessionEndsAt;
+  resumeSession();
+}
+
+/** Opens the chat for the token in `session` (a login, or a reload). */
+function resumeSession() {
   session.retries = 0;
+  session.pending = null;
   session.online.clear();
   session.seenSeqs.clear();
   el.messages.replaceChildren();   // the new login may be someone else
-  el.me.textContent = username;
+  el.me.textContent = session.me;
+  el.empty.hidden = false;
+  saveSession();
   renderOnline();
   showChat();
   startCountdown();
+  scheduleRenewal();
   connect();
   el.input.focus();
+}
+
+// The session survives a reload in sessionStorage: this tab only, gone
+// when the tab closes (README, "The browser front end", says why not
+// localStorage).
+function saveSession() {
+  const { token, me, expiresAt, sessionEndsAt } = session;
+  try {
+    sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
+      token, me, expiresAt, sessionEndsAt: Number.isFinite(sessionEndsAt) ? sessionEndsAt : null,
+    }));
+  } catch { /* storage disabled or full: the session just won't survive a reload */ }
+}
+
+/** The stored session, if its token has not expired yet. */
+function loadSession() {
+  let stored = null;
+  try {
+    stored = JSON.parse(sessionStorage.getItem(STORAGE_KEY));
+  } catch { /* unreadable: start from the login form */ }
+  if (!stored || typeof stored.token !== 'string' || typeof stored.me !== 'string') return null;
+  if (!(Number(stored.expiresAt) > nowSeconds())) return null;
+  return stored;
+}
+
+function forgetSession() {
+  try {
+    sessionStorage.removeItem(STORAGE_KEY);
+  } catch { /* nothing stored */ }
 }
 
 /** Drop everything tied to the current token. */
 function endSession() {
   clearTimeout(session.reconnectTimer);
   clearTimeout(session.renewTimer);
+  session.renewTimer = 0;
   clearInterval(session.countdownTimer);
   hideNotice();
+  forgetSession();
   const socket = session.socket;
   session.socket = null;           // so its close event is ignored
   if (socket) socket.close(CLOSE_NORMAL);
   session.token = null;
+  session.pending = null;
 }
 
 function logout() {
@@ -199,11 +317,17 @@ function logout() {
   el.username.focus();
 }
 
-function expireSession() {
+/** The token is dead: back to the login form, saying why. */
+function endWith(state, message) {
   endSession();
-  setState('expired');
-  showLogin('Your session expired — please log in again.', true);
+  setState(state);
+  el.username.value = el.username.value || session.me;
+  showLogin(message, true);
   el.password.focus();             // the username is still filled in
+}
+
+function expireSession() {
+  endWith('expired', 'Your session expired — please log in again.');
 }
 
 // ---- WebSocket ----
@@ -215,6 +339,7 @@ function connect() {
     `${scheme}//${location.host}/ws?token=${encodeURIComponent(session.token)}`);
   socketsOpened += 1;
   session.socket = socket;
+  session.welcomed = false;
   setState('connecting');
   socket.addEventListener('message', (event) => {
     if (socket === session.socket) onFrame(event.data);
@@ -226,13 +351,42 @@ function connect() {
 
 function onSocketClose(event) {
   session.socket = null;
+  // Its fate is unknown: the text stays in the composer to send again.
+  session.pending = null;
   // A refused upgrade (e.g. 401 for a stale token) only shows up as 1006,
   // so checking the expiry locally covers that case too.
   if (event.code === CLOSE_TOKEN_EXPIRED || tokenExpired()) return expireSession();
   const delay = Math.min(BACKOFF_FIRST_MS * 2 ** session.retries, BACKOFF_MAX_MS);
   session.retries += 1;
   setState('disconnected');
-  session.reconnectTimer = setTimeout(reconnect, delay);
+  if (session.welcomed) {
+    session.reconnectTimer = setTimeout(reconnect, delay);
+  } else {
+    // Closed before welcome with a token we believe valid: the upgrade may
+    // have been refused. A page cannot read that status, so ask
+    // /auth/refresh: a 401 means the server no longer knows the token
+    // (restarted with another secret, or the user was changed).
+    checkToken().then((alive) => {
+      if (alive && session.state === 'disconnected') {
+        session.reconnectTimer = setTimeout(reconnect, delay);
+      }
+    });
+  }
+}
+
+/** Whether the server still accepts our token. False after ending the
+ *  session; true when unsure (offline, rate-limited): then keep trying. */
+async function checkToken() {
+  const result = await refreshToken();
+  if (result === 'dead') {
+    endWith('login', RESTARTED_TEXT);
+    return false;
+  }
+  if (result === 'over') {
+    expireSession();
+    return false;
+  }
+  return session.token !== null;
 }
 
 function reconnect() {
@@ -253,8 +407,8 @@ function onFrame(data) {
     case 'welcome': return onWelcome(frame);
     case 'join': return onPresence(String(frame.user), true);
     case 'leave': return onPresence(String(frame.user), false);
-    case 'message': return addMessages([frame]);
-    case 'error': return showNotice(String(frame.message || frame.code || 'Error'));
+    case 'message': return addMessages([frame], true);
+    case 'error': return onError(frame);
     case 'expiring': return onExpiring(frame);
     case 'reauthed': return onExpiry(frame.expires_at);
     default: return;               // unknown type from a newer server
@@ -264,12 +418,19 @@ function onFrame(data) {
 function onWelcome(frame) {
   const wasReconnect = session.retries > 0;
   session.retries = 0;
+  session.welcomed = true;
   session.me = String(frame.user);
   if (Number.isFinite(frame.expires_at)) session.expiresAt = frame.expires_at;
+  const limits = frame.limits || {};
+  if (Number.isFinite(limits.max_message_bytes) && limits.max_message_bytes > 0) {
+    session.limits.maxBytes = limits.max_message_bytes;
+  }
+  if (Number.isFinite(limits.message_rate)) session.limits.rate = limits.message_rate;
+  saveSession();
   session.online = new Set(Array.isArray(frame.online) ? frame.online.map(String) : []);
   session.online.add(session.me);
   el.me.textContent = session.me;
-  document.title = `jwtchat — ${session.me}`;
+  renderTitle();
   renderOnline();
   renderCountdown();
   if (Array.isArray(frame.history)) addMessages(frame.history);
@@ -286,28 +447,28 @@ function onPresence(name, joined) {
 
 // ---- Renewal ----
 
-const IN_USE_MS = 5 * 60 * 1000;   // "in use": visible, or touched recently
-
-function inUse() {
-  return document.visibilityState === 'visible'
-    || Date.now() - session.lastActivity < IN_USE_MS;
-}
-
-/** The server warns a minute before expiry. If the tab is in use, renew
- *  half-way through what is left (at most 30 s before the end), so a short
- *  token does not renew in a tight loop. An idle tab lets it lapse. */
-function onExpiring(frame) {
-  onExpiry(frame.expires_at);
-  if (!inUse() || session.renewTimer) return;
-  const left = session.expiresAt - nowSeconds();
-  const wait = Math.max(0, left - Math.min(30, left / 2));
+/** Renews the token before it expires, in the background too (a hidden
+ *  tab keeps its session), for as long as --max-session allows: a token
+ *  that already runs to the session's end cannot be renewed further. */
+function scheduleRenewal() {
+  clearTimeout(session.renewTimer);
+  session.renewTimer = 0;
+  if (!session.token || !(session.expiresAt < session.sessionEndsAt)) return;
+  const left = Math.max(0, session.expiresAt - nowSeconds());
+  const wait = left - Math.min(RENEW_LEAD_S, left / 2);
   session.renewTimer = setTimeout(renew, wait * 1000);
 }
 
-/** POST /auth/refresh with the current token, then hand the new one to the
- *  open socket ({"type":"reauth"}); reconnects will use it too. */
-async function renew() {
-  session.renewTimer = 0;
+/** The server warns a minute before expiry; renewal is normally under way. */
+function onExpiring(frame) {
+  onExpiry(frame.expires_at);
+  if (!session.renewTimer) scheduleRenewal();
+}
+
+/** POST /auth/refresh with the current token → 'ok' (the session has the
+ *  new token), 'dead' (401 invalid_token), 'over' (401 session_expired),
+ *  or 'unsure' (offline, rate-limited, logged out meanwhile). */
+async function refreshToken() {
   const old = session.token;
   let response;
   try {
@@ -316,21 +477,45 @@ async function renew() {
       headers: { Authorization: `Bearer ${old}` },
     });
   } catch {
-    return;                        // offline: the reconnect logic takes over
+    return 'unsure';
   }
   const body = (await response.json().catch(() => null)) || {};
-  if (session.token !== old) return;   // logged out or in again meanwhile
-  if (!response.ok || typeof body.token !== 'string') {
-    return showNotice('Your session is ending: please log in again soon.');
+  if (session.token !== old || !old) return 'unsure';   // logged out or in again meanwhile
+  if (response.status === 401) return body.error === 'session_expired' ? 'over' : 'dead';
+  if (!response.ok || typeof body.token !== 'string') return 'unsure';
+  const grant = grantFrom(body);
+  session.token = grant.token;
+  session.sessionEndsAt = grant.sessionEndsAt;
+  if (grant.expiresIn > 0) session.expiresAt = nowSeconds() + grant.expiresIn;
+  saveSession();
+  return 'ok';
+}
+
+/** Renews, then hands the new token to the open socket ({"type":"reauth"});
+ *  reconnects will use it too. */
+async function renew() {
+  session.renewTimer = 0;
+  const result = await refreshToken();
+  if (result === 'ok') {
+    if (session.socket && session.socket.readyState === WebSocket.OPEN) {
+      session.socket.send(JSON.stringify({ type: 'reauth', token: session.token }));
+    }
+    scheduleRenewal();
+  } else if (result === 'unsure' && session.token) {
+    session.renewTimer = setTimeout(renew, 10000);
+  } else if (result === 'dead') {
+    endWith('login', 'Your session is no longer valid — please log in again.');
+  } else if (result === 'over') {
+    // The session cap is here: the countdown shows what is left.
+    session.sessionEndsAt = Math.min(session.sessionEndsAt, session.expiresAt);
+    saveSession();
   }
-  session.token = body.token;
-  if (session.socket && session.socket.readyState === WebSocket.OPEN) {
-    session.socket.send(JSON.stringify({ type: 'reauth', token: body.token }));
-  }
+  renderCountdown();
 }
 
 function onExpiry(expiresAt) {
   if (Number.isFinite(expiresAt)) session.expiresAt = expiresAt;
+  saveSession();
   renderCountdown();
 }
 
@@ -350,14 +535,25 @@ function onlineItem(name) {
   return item;
 }
 
-function addMessages(frames) {
+/** Shows messages: `live` ones as they happen, or a welcome's history. */
+function addMessages(frames, live = false) {
   const stick = isNearBottom();    // measure before the list grows
   let mine = false;
+  let added = 0;
   for (const frame of frames) {
     if (!frame || session.seenSeqs.has(frame.seq)) continue;
     if (frame.seq !== undefined) session.seenSeqs.add(frame.seq);
     el.messages.append(renderMessage(frame));
-    mine = mine || String(frame.from) === session.me;
+    added += 1;
+    const own = String(frame.from) === session.me;
+    if (own) onOwnMessage(frame);
+    mine = mine || own;
+  }
+  if (added) el.empty.hidden = true;
+  // History is not news; live messages from others are, while hidden.
+  if (document.hidden && live && added && !mine) {
+    session.unread += 1;
+    renderTitle();
   }
   // My own message coming back means I just sent it: always show it.
   if (stick || mine) scrollToBottom();
@@ -368,27 +564,51 @@ function renderMessage(frame) {
   const from = String(frame.from ?? '?');
   const item = make('div', 'message');
   item.dataset.seq = String(frame.seq);
-  if (from === session.me) item.classList.add('own');
+  const own = from === session.me;
+  if (own) item.classList.add('own');
 
   const date = new Date(frame.ts);
   const time = make('time', 'time');
   if (!isNaN(date)) {
-    time.textContent = `${pad2(date.getHours())}:${pad2(date.getMinutes())}`;
+    time.textContent = formatTime(date);
     time.dateTime = date.toISOString();
     time.title = date.toLocaleString();
   }
   const meta = make('div', 'meta');
-  meta.append(make('span', 'from', from), ' ', time);
+  // Your own bubbles are marked by their side and colour, not your name.
+  if (!own) meta.append(make('span', 'from', from), ' ');
+  meta.append(time);
+  const text = make('div', 'text');
+  appendLinked(text, String(frame.text ?? ''));
   const bubble = make('div', 'bubble');
-  bubble.append(meta, make('div', 'text', String(frame.text ?? '')));
+  bubble.append(meta, text);
   item.append(avatar(from), bubble);
   return item;
+}
+
+/** `(N) jwtchat — me` while hidden messages wait unread. */
+function renderTitle() {
+  const base = session.me ? `jwtchat — ${session.me}` : 'jwtchat';
+  document.title = session.unread ? `(${session.unread}) ${base}` : base;
+}
+
+function onVisibilityChange() {
+  if (!document.hidden && session.unread) {
+    session.unread = 0;
+    renderTitle();
+  }
 }
 
 function addSystemLine(text) {
   const stick = isNearBottom();
   el.messages.append(make('div', 'system', text));
   if (stick) scrollToBottom();     // a mere notice never yanks the view
+}
+
+/** After a resize (narrower window, on-screen keyboard), a view that was at
+ *  the bottom stays there. */
+function onResize() {
+  if (session.stuck) scrollToBottom();
 }
 
 function isNearBottom() {
@@ -399,6 +619,7 @@ function isNearBottom() {
 function scrollToBottom() {
   el.messages.scrollTop = el.messages.scrollHeight;
   el.newMessages.hidden = true;
+  session.stuck = true;
 }
 
 function showNotice(text) {
@@ -419,28 +640,37 @@ function startCountdown() {
   session.countdownTimer = setInterval(renderCountdown, 1000);
 }
 
+/** The session's end, shown only when the cap (--max-session) is near:
+ *  renewal keeps the token alive until then, so its own expiry is noise. */
 function renderCountdown() {
-  const left = Math.max(0, Math.floor(session.expiresAt - nowSeconds()));
+  const end = session.sessionEndsAt;
+  const left = Math.max(0, Math.floor(end - nowSeconds()));
+  el.expiry.hidden = !(left < SESSION_WARN_S);
   el.countdown.textContent = Number.isFinite(left)
     ? `${pad2(Math.floor(left / 60))}:${pad2(left % 60)}` : '--:--';
   el.countdown.classList.toggle('soon', left < 60);
 }
+
 
 // ---- Composer ----
 
 function canSend(text) {
   return session.state === 'connected'
     && session.socket?.readyState === WebSocket.OPEN
+    && !session.pending            // one message in flight at a time
     && text.trim() !== ''
-    && byteLength(text) <= MAX_MESSAGE_BYTES;
+    && byteLength(text) <= session.limits.maxBytes;
 }
 
-/** Refresh the byte counter and the Send button after any change. */
+/** Refresh the byte counter and the Send button after any change. The
+ *  counter shows only near the server's limit. */
 function updateComposer() {
   const text = el.input.value;
   const bytes = byteLength(text);
-  const over = bytes > MAX_MESSAGE_BYTES;
-  el.counter.textContent = `${bytes} / ${MAX_MESSAGE_BYTES}`;
+  const max = session.limits.maxBytes;
+  const over = bytes > max;
+  el.counter.textContent = `${bytes} / ${max}`;
+  el.counter.hidden = bytes < max * COUNTER_FROM;
   el.counter.classList.toggle('over', over);
   el.input.classList.toggle('over', over);
   el.input.setAttribute('aria-invalid', String(over));
@@ -450,12 +680,38 @@ function updateComposer() {
 function sendMessage() {
   const text = el.input.value;
   if (!canSend(text)) return;
-  // No local echo: the message shows when the server sends it back,
-  // so every client sees the server's order.
-  session.socket.send(JSON.stringify({ type: 'message', text }));
-  el.input.value = '';
+  // No local echo: the message shows when the server sends it back, so
+  // every client sees the server's order. The text stays in the composer
+  // until then: a refused message is not lost.
+  sentCount += 1;
+  const id = `${Date.now().toString(36)}-${sentCount}`;
+  session.pending = { id, text };
+  session.socket.send(JSON.stringify({ type: 'message', text, id }));
   updateComposer();
   el.input.focus();
+}
+
+/** My message came back: taken. Clear the composer unless it was edited. */
+function onOwnMessage(frame) {
+  const pending = session.pending;
+  // An older server does not echo ids: then the same text is the match.
+  if (!pending || (frame.id ?? pending.id) !== pending.id) return;
+  if (frame.id === undefined && frame.text !== pending.text) return;
+  session.pending = null;
+  if (el.input.value === pending.text) el.input.value = '';
+  updateComposer();
+}
+
+function onError(frame) {
+  const message = String(frame.message || frame.code || 'Error');
+  const pending = session.pending;
+  if (pending && frame.id === pending.id) {
+    // Refused: the text is still in the composer, ready to send again.
+    session.pending = null;
+    updateComposer();
+    return showNotice(`Not sent: ${message}`);
+  }
+  showNotice(message);
 }
 
 function onInputKeydown(event) {
@@ -482,9 +738,10 @@ function init() {
   });
   el.newMessages.addEventListener('click', scrollToBottom);
   el.notice.addEventListener('click', hideNotice);
-  for (const type of ['keydown', 'pointerdown']) {
-    window.addEventListener(type, () => { session.lastActivity = Date.now(); });
-  }
+  el.messages.addEventListener('scroll', () => { session.stuck = isNearBottom(); });
+  new ResizeObserver(onResize).observe(el.messages);
+  window.visualViewport?.addEventListener('resize', onResize);
+  document.addEventListener('visibilitychange', onVisibilityChange);
   // Network is back: no point waiting out the backoff.
   window.addEventListener('online', () => {
     if (session.state === 'disconnected') reconnect();
@@ -496,8 +753,21 @@ function init() {
       get state() { return session.state; },
       get socketsOpened() { return socketsOpened; },
       get expiresAt() { return session.expiresAt; },
+      get sessionEndsAt() { return session.sessionEndsAt; },
+      formatTime: (ms, nowMs) => formatTime(new Date(ms), new Date(nowMs)),
+      initials,
     }),
   });
+  const stored = loadSession();
+  if (stored) {
+    // A reload: carry on with the same session.
+    session.token = stored.token;
+    session.me = stored.me;
+    session.expiresAt = Number(stored.expiresAt);
+    session.sessionEndsAt = Number(stored.sessionEndsAt) || Infinity;
+    return resumeSession();
+  }
+  forgetSession();
   setState('login');
   el.username.focus();
 }

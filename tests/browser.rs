@@ -177,6 +177,410 @@ fn an_active_page_renews_its_token_and_stays_connected() {
     cdp.assert_no_page_errors();
 }
 
+#[test]
+fn a_server_restarted_with_a_new_secret_sends_the_page_to_log_in() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    // The real binary without JWTCHAT_SECRET: each run makes up a secret.
+    let (first, addr) = jwtchat_binary("127.0.0.1:0");
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{addr}/"), (800, 600));
+    cdp.log_in(&page, "userA", "passwordA");
+
+    // Restarted on the same port: the page's token, good for 15 more
+    // minutes, is refused by the new secret.
+    drop(first);
+    let (_second, _) = jwtchat_binary(&addr.to_string());
+    cdp.wait_for(
+        &page,
+        "document.querySelector('#login-form').offsetParent !== null",
+    );
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#login-error').textContent"),
+        json!("The server was restarted — please log in again.")
+    );
+    assert_eq!(
+        cdp.eval(&page, "sessionStorage.length"),
+        json!(0),
+        "the dead token is forgotten"
+    );
+    // Logging in again works against the new server.
+    cdp.type_into(&page, "#password", "passwordA");
+    cdp.press_enter(&page);
+    cdp.wait_for(&page, "window.jwtchat.state === 'connected'");
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_refused_message_stays_in_the_composer() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    // One message, then the rate refuses the next.
+    let server = start_with(|c| {
+        c.message_rate = 1;
+        c.message_burst = 1;
+    });
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    cdp.log_in(&page, "userA", "passwordA");
+    cdp.send_chat(&page, "first");
+    cdp.wait_for(&page, "texts().length === 1");
+
+    cdp.type_into(&page, "#message-input", "second, refused");
+    cdp.wait_for(&page, "!document.querySelector('#send-button').disabled");
+    cdp.press_enter(&page);
+    cdp.wait_for(&page, "!document.querySelector('#notice').hidden");
+    let notice = cdp.eval(&page, "document.querySelector('#notice').textContent");
+    assert!(
+        notice.as_str().is_some_and(|n| n.starts_with("Not sent:")),
+        "{notice}"
+    );
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#message-input').value"),
+        json!("second, refused"),
+        "the text is kept"
+    );
+    assert_eq!(cdp.eval(&page, "texts()"), json!(["first"]));
+
+    // Sent again once the rate allows: taken, and only now cleared.
+    std::thread::sleep(Duration::from_millis(1100));
+    cdp.wait_for(&page, "!document.querySelector('#send-button').disabled");
+    cdp.press_enter(&page);
+    cdp.wait_for(&page, "texts().length === 2");
+    cdp.wait_for(
+        &page,
+        "document.querySelector('#message-input').value === ''",
+    );
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn the_counter_follows_the_servers_limit() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start_with(|c| c.max_message_bytes = 10);
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    cdp.log_in(&page, "userA", "passwordA");
+    let counter = "document.querySelector('#counter')";
+    assert_eq!(
+        cdp.eval(&page, &format!("{counter}.hidden")),
+        json!(true),
+        "far from the limit: no counter"
+    );
+    cdp.type_into(&page, "#message-input", "1234567");
+    assert_eq!(cdp.eval(&page, &format!("{counter}.hidden")), json!(true));
+    cdp.type_into(&page, "#message-input", "8");
+    assert_eq!(
+        cdp.eval(
+            &page,
+            &format!("{counter}.hidden ? 'hidden' : {counter}.textContent")
+        ),
+        json!("8 / 10")
+    );
+    cdp.type_into(&page, "#message-input", "901");
+    assert_eq!(
+        cdp.eval(&page, &format!("{counter}.textContent")),
+        json!("11 / 10")
+    );
+    assert_eq!(
+        cdp.eval(&page, &format!("{counter}.classList.contains('over')")),
+        json!(true)
+    );
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#send-button').disabled"),
+        json!(true),
+        "over the server's limit: cannot send"
+    );
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_reload_keeps_the_session() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start_with(|c| c.history = 10);
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    cdp.log_in(&page, "userB", "passwordB");
+    cdp.send_chat(&page, "before the reload");
+    cdp.wait_for(&page, "texts().length === 1");
+
+    cdp.reload(&page);
+    cdp.wait_for(&page, "window.jwtchat.state === 'connected'");
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#login').hidden"),
+        json!(true),
+        "no login form"
+    );
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#me').textContent"),
+        json!("userB")
+    );
+    cdp.wait_for(&page, "texts().includes('before the reload')");
+    assert_eq!(
+        cdp.eval(&page, "[localStorage.length, sessionStorage.length]"),
+        json!([0, 1]),
+        "sessionStorage only"
+    );
+    // Logging out ends it for good: a reload then shows the login form.
+    cdp.eval(
+        &page,
+        "document.querySelector('#logout-button').click(); true",
+    );
+    cdp.reload(&page);
+    assert_eq!(cdp.eval(&page, "window.jwtchat.state"), json!("login"));
+    assert_eq!(cdp.eval(&page, "sessionStorage.length"), json!(0));
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_hidden_tab_counts_unread_messages_in_its_title() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let url = format!("http://{}/", server.addr);
+    let mut cdp = browser.connect();
+    let a = cdp.new_page(&url, (800, 600));
+    let b = cdp.new_page(&url, (800, 600));
+    cdp.log_in(&a, "userA", "passwordA");
+    cdp.log_in(&b, "userB", "passwordB");
+    assert_eq!(cdp.eval(&a, "document.title"), json!("jwtchat — userA"));
+
+    // Headless Chromium keeps every page visible, and freezing a page
+    // stops its script: so the page is told it is hidden the way a browser
+    // tells it, document.hidden plus a visibilitychange event.
+    set_hidden(&mut cdp, &a, true);
+    cdp.send_chat(&b, "one");
+    cdp.send_chat(&b, "two");
+    cdp.wait_for(&a, "texts().length === 2");
+    assert_eq!(cdp.eval(&a, "document.title"), json!("(2) jwtchat — userA"));
+    // Its own messages (another tab of the same user) are not unread.
+    set_hidden(&mut cdp, &a, false);
+    assert_eq!(cdp.eval(&a, "document.title"), json!("jwtchat — userA"));
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn links_can_be_clicked_and_cannot_run_script() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let url = format!("http://{}/", server.addr);
+    let mut cdp = browser.connect();
+    let a = cdp.new_page(&url, (800, 600));
+    let b = cdp.new_page(&url, (800, 600));
+    cdp.log_in(&a, "userA", "passwordA");
+    cdp.log_in(&b, "userB", "passwordB");
+    let text = "see https://example.com/a?b=1&c=2. or javascript:alert(1) \
+                or http://x.test/\"><img src=x onerror=alert(1)>";
+    cdp.send_chat(&b, text);
+    cdp.wait_for(&a, "texts().length === 1");
+    assert_eq!(
+        cdp.eval(&a, "texts()[0]"),
+        json!(text),
+        "the text is intact"
+    );
+    let links = cdp.eval(
+        &a,
+        "[...document.querySelectorAll('#messages .text a')].map(l => \
+           [l.getAttribute('href'), l.rel, l.target, l.textContent])",
+    );
+    assert_eq!(
+        links,
+        json!([
+            [
+                "https://example.com/a?b=1&c=2",
+                "noopener noreferrer",
+                "_blank",
+                "https://example.com/a?b=1&c=2"
+            ],
+            [
+                "http://x.test/%22%3E%3Cimg",
+                "noopener noreferrer",
+                "_blank",
+                "http://x.test/\"><img"
+            ]
+        ])
+    );
+    assert_eq!(
+        cdp.eval(&a, "document.querySelectorAll('#messages img').length"),
+        json!(0)
+    );
+    // Following the javascript: text does nothing either: it is no link.
+    cdp.eval(
+        &a,
+        "document.querySelectorAll('#messages .text a').forEach(l => l.target = '_self'); \
+         [...document.querySelectorAll('#messages .text a')].some(l => l.protocol === 'javascript:')",
+    );
+    assert_eq!(cdp.eval(&a, "window.__alerted === true"), json!(false));
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_phone_sized_page_stays_tidy() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let url = format!("http://{}/", server.addr);
+    let mut cdp = browser.connect();
+    let a = cdp.new_page(&url, (390, 844));
+    let b = cdp.new_page(&url, (800, 600));
+    cdp.log_in(&a, "userA", "passwordA");
+    cdp.log_in(&b, "userB", "passwordB");
+
+    let empty = "document.querySelector('#empty')";
+    assert_eq!(
+        cdp.eval(&a, &format!("!{empty}.hidden && {empty}.textContent")),
+        json!("No messages yet — say hello!")
+    );
+
+    // The header is one row: every item on the same line.
+    let rows = cdp.eval(
+        &a,
+        "new Set([...document.querySelectorAll('.topbar > *')].filter(e => e.offsetParent) \
+           .map(e => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))).size",
+    );
+    assert!(rows.as_u64().is_some_and(|n| n <= 2), "centres: {rows}");
+    let height = cdp.eval(
+        &a,
+        "document.querySelector('.topbar').getBoundingClientRect().height",
+    );
+    assert!(
+        height.as_f64().is_some_and(|h| h < 56.0),
+        "header height {height}"
+    );
+    let width = cdp.eval(&a, "document.documentElement.scrollWidth");
+    assert_eq!(width, json!(390), "nothing sticks out sideways");
+
+    for i in 0..25 {
+        cdp.send_chat(&b, &format!("message {i} from B"));
+    }
+    cdp.send_chat(&a, "mine");
+    cdp.wait_for(&a, "texts().length === 26");
+    assert_eq!(cdp.eval(&a, &format!("{empty}.hidden")), json!(true));
+    // Own bubbles don't repeat my name; others' avatars tell users apart.
+    assert_eq!(
+        cdp.eval(
+            &a,
+            "document.querySelectorAll('#messages .own .from').length"
+        ),
+        json!(0)
+    );
+    assert_eq!(
+        cdp.eval(
+            &a,
+            "[...document.querySelectorAll('#online .avatar')].map(e => e.dataset.initial)"
+        ),
+        json!(["UA", "UB"])
+    );
+    let hues = cdp.eval(
+        &a,
+        "new Set([...document.querySelectorAll('#online .avatar')].map(e => e.className)).size",
+    );
+    assert_eq!(hues, json!(2), "two users, two colours");
+
+    // At the bottom before the keyboard opens (the view gets shorter):
+    // still at the bottom after.
+    let at_bottom = "(m => m.scrollHeight - m.scrollTop - m.clientHeight < 2)(document.querySelector('#messages'))";
+    cdp.wait_for(&a, at_bottom);
+    cdp.set_viewport(&a, (390, 500));
+    cdp.wait_for(&a, "innerHeight === 500");
+    cdp.wait_for(&a, at_bottom);
+    cdp.set_viewport(&a, (390, 844));
+    cdp.save_png(&a, "phone-screenshot.png");
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn message_times_say_the_day_when_it_is_not_today() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    // Local times, so the answer does not depend on the machine's zone.
+    let cases = [
+        ("new Date(2026, 10, 30, 14, 2)", "14:02"),
+        ("new Date(2026, 10, 29, 14, 2)", "Yesterday 14:02"),
+        ("new Date(2026, 10, 28, 9, 5)", "28 Nov 09:05"),
+        ("new Date(2025, 11, 31, 23, 59)", "31 Dec 2025 23:59"),
+        // Just after midnight, yesterday evening is yesterday.
+        ("new Date(2026, 0, 31, 23, 0)", "Yesterday 23:00"),
+    ];
+    for (date, want) in cases {
+        let now = if want == "Yesterday 23:00" {
+            "new Date(2026, 1, 1, 0, 10)"
+        } else {
+            "new Date(2026, 10, 30, 18, 0)"
+        };
+        assert_eq!(
+            cdp.eval(
+                &page,
+                &format!("window.jwtchat.formatTime({date}.getTime(), {now}.getTime())")
+            ),
+            json!(want),
+            "{date}"
+        );
+    }
+    assert_eq!(
+        cdp.eval(
+            &page,
+            "['userA', 'ada_lovelace', 'bob', 'Émile Zola', 'x'].map(window.jwtchat.initials)"
+        ),
+        json!(["UA", "AL", "Bo", "ÉZ", "X"])
+    );
+    cdp.assert_no_page_errors();
+}
+
+/// Tells a page it is hidden (or visible again), as a browser does when
+/// its tab goes to the background.
+fn set_hidden(cdp: &mut Cdp, page: &Page, hidden: bool) {
+    cdp.eval(
+        page,
+        &format!(
+            "Object.defineProperty(document, 'hidden', {{ configurable: true, get: () => {hidden} }}); \
+             Object.defineProperty(document, 'visibilityState', {{ configurable: true, \
+               get: () => {hidden} ? 'hidden' : 'visible' }}); \
+             document.dispatchEvent(new Event('visibilitychange')); true"
+        ),
+    );
+}
+
+/// The `jwtchat` binary listening on `bind`, with no `JWTCHAT_SECRET`.
+/// Retries while the port, just freed by another run, is unavailable.
+fn jwtchat_binary(bind: &str) -> (Binary, std::net::SocketAddr) {
+    for _ in 0..20 {
+        let mut binary = Binary::spawn(
+            Command::new(env!("CARGO_BIN_EXE_jwtchat"))
+                .args(["--bind", bind])
+                .env_remove("JWTCHAT_SECRET"),
+        );
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match binary.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("listening on http://") => {
+                    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+                    return (binary, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+                Ok(_) => {}
+                Err(_) if matches!(binary.child.try_wait(), Ok(Some(_))) => break,
+                Err(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("jwtchat cannot listen on {bind}");
+}
+
 // ---------------------------------------------------------------------------
 // Chromium
 
@@ -479,9 +883,36 @@ impl Cdp {
         );
     }
 
+    fn reload(&mut self, page: &Page) {
+        self.call(Some(&page.session), "Page.reload", json!({}));
+        std::thread::sleep(Duration::from_millis(200));
+        self.wait_for(
+            page,
+            "document.readyState === 'complete' && !!window.jwtchat",
+        );
+    }
+
+    fn set_viewport(&mut self, page: &Page, (width, height): (u32, u32)) {
+        self.call(
+            Some(&page.session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+    }
+
     /// Saves a PNG of the page under the target directory (and, with
     /// `JWTCHAT_UPDATE_SCREENSHOT=1`, as `docs/screenshot.png`).
     fn screenshot(&mut self, page: &Page) {
+        let png = self.save_png(page, "chat-screenshot.png");
+        if std::env::var("JWTCHAT_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+            let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+            std::fs::create_dir_all(&docs).expect("docs/");
+            std::fs::write(docs.join("screenshot.png"), &png).expect("write docs/screenshot.png");
+        }
+    }
+
+    /// Saves a PNG of the page as `name` under the target directory.
+    fn save_png(&mut self, page: &Page, name: &str) -> Vec<u8> {
         let shot = self.call(
             Some(&page.session),
             "Page.captureScreenshot",
@@ -491,13 +922,9 @@ impl Cdp {
             .decode(shot["data"].as_str().expect("PNG data"))
             .expect("base64 PNG");
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-screenshot.png");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         std::fs::write(&out, &png).expect("write screenshot");
-        if std::env::var("JWTCHAT_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
-            let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
-            std::fs::create_dir_all(&docs).expect("docs/");
-            std::fs::write(docs.join("screenshot.png"), &png).expect("write docs/screenshot.png");
-        }
+        png
     }
 
     fn assert_no_page_errors(&mut self) {

@@ -281,3 +281,64 @@ fn frames_sent_with_the_upgrade_request_are_not_lost() {
     assert_eq!(m["text"], "early");
     assert_eq!(m["from"], "userA");
 }
+
+#[test]
+fn welcome_tells_the_client_the_limits() {
+    let server = start_with(|c| {
+        c.max_message_bytes = 10;
+        c.message_rate = 7;
+    });
+    let (_a, welcome) = server.connect("userA");
+    assert_eq!(
+        welcome["limits"],
+        json!({ "max_message_bytes": 10, "message_rate": 7 })
+    );
+    // Every field it had before is still there.
+    for field in ["user", "expires_at", "online", "history"] {
+        assert!(!welcome[field].is_null(), "welcome keeps {field}");
+    }
+}
+
+#[test]
+fn a_message_id_comes_back_on_the_message_and_on_its_refusal() {
+    let server = start_with(|c| {
+        c.max_message_bytes = 10;
+        c.message_rate = 1;
+        c.message_burst = 2;
+    });
+    let (mut a, _) = server.connect("userA");
+    let (mut b, _) = server.connect("userB");
+    a.recv_type("join");
+
+    // Taken: everyone gets the id (the sender's other tabs know it too).
+    a.send_json(&json!({ "type": "message", "text": "hi", "id": "m1" }));
+    let message = a.recv_type("message");
+    assert_eq!(message["id"], "m1");
+    assert_eq!(message["text"], "hi");
+    assert_eq!(b.recv_type("message")["id"], "m1");
+
+    // Too long: the error names the message.
+    a.send_json(&json!({ "type": "message", "text": "12345678901", "id": "m2" }));
+    let error = a.recv_type("error");
+    assert_eq!(error["code"], "bad_message");
+    assert_eq!(error["id"], "m2");
+
+    // Over the rate (the burst of 2 is spent): so does this one.
+    a.send_json(&json!({ "type": "message", "text": "again", "id": "m3" }));
+    let error = a.recv_type("error");
+    assert_eq!(error["code"], "rate_limited");
+    assert_eq!(error["id"], "m3");
+
+    // Without an id, nothing changes: no `id` field at all.
+    let (mut c, _) = server.connect("userC");
+    c.say("plain");
+    let message = c.recv_type("message");
+    assert!(message.get("id").is_none(), "{message}");
+
+    // An id longer than 64 bytes is itself refused, and not echoed.
+    let long = "x".repeat(65);
+    c.send_json(&json!({ "type": "message", "text": "hi", "id": long }));
+    let error = c.recv_type("error");
+    assert_eq!(error["code"], "bad_message");
+    assert!(error.get("id").is_none(), "{error}");
+}

@@ -251,20 +251,19 @@ fn normalise(text: &str) -> String {
 }
 
 fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
-    let mut head = [0u8; 2];
+    let mut head = vec![0u8; 2];
     stream.read_exact(&mut head).unwrap();
     assert!(
         head[1] & 0x80 == 0 && head[1] & 0x7f < 127,
-        "unmasked frame under 64 KiB"
+        "an unmasked frame under 64 KiB"
     );
-    let mut head = head.to_vec();
     let mut len = usize::from(head[1] & 0x7f);
     if len == 126 {
         // §5.2: a 16-bit length follows.
         let mut extended = [0u8; 2];
         stream.read_exact(&mut extended).unwrap();
-        head.extend_from_slice(&extended);
         len = usize::from(u16::from_be_bytes(extended));
+        head.extend_from_slice(&extended);
     }
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).unwrap();
@@ -297,6 +296,17 @@ fn explain(frame: &[u8]) -> String {
         u8::from(masked)
     );
     let mut payload = frame[2..].to_vec();
+    if len == 126 {
+        // RFC 6455 §5.2: "If 126, the following 2 bytes interpreted as a
+        // 16-bit unsigned integer are the payload length."
+        let extended: Vec<u8> = payload.drain(..2).collect();
+        let _ = writeln!(
+            out,
+            "{}  extended payload length={}",
+            hex(&extended),
+            u16::from_be_bytes([extended[0], extended[1]])
+        );
+    }
     if masked {
         let key: Vec<u8> = payload.drain(..4).collect();
         let _ = writeln!(out, "{}  masking key", hex(&key));

@@ -34,7 +34,10 @@ fn claims(token: &str) -> Value {
 
 #[test]
 fn refresh_gives_a_new_token_for_the_same_login() {
-    let server = start_with(|c| c.token_ttl_secs = 60);
+    let server = start_with(|c| {
+        c.token_ttl_secs = 60;
+        c.max_session_secs = 3600;
+    });
     let token = server.token("userA");
     let first = claims(&token);
     std::thread::sleep(Duration::from_millis(1100));
@@ -53,6 +56,19 @@ fn refresh_gives_a_new_token_for_the_same_login() {
     assert_eq!(renewed["auth_time"], first["iat"]);
     assert!(renewed["iat"].as_u64() > first["iat"].as_u64());
     assert!(renewed["exp"].as_u64() > first["exp"].as_u64());
+    // Both answers say when the session cap ends renewals: login + cap.
+    let session_end = first["iat"].as_u64().unwrap() + 3600;
+    assert_eq!(body["session_expires_at"], session_end);
+    let login = post_json(
+        server.addr,
+        "/auth",
+        r#"{"username":"userA","password":"passwordA"}"#,
+    )
+    .json();
+    let login_time = claims(login["token"].as_str().unwrap())["iat"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(login["session_expires_at"], login_time + 3600);
 }
 
 #[test]

@@ -259,5 +259,6 @@ fn delivery(entry: &StreamId) -> Option<Delivery> {
         from: entry.get("from")?,
         text: entry.get("text")?,
         ts: entry.get("ts").unwrap_or(0),
+        id: entry.get("cid"),
     })
 }

@@ -310,7 +310,12 @@ impl Cluster {
     }
 
     /// Publishes on one of the pooled connections, taking turns.
-    fn publish_on_pool(&self, from: &str, text: &str) -> Result<u64, Unavailable> {
+    fn publish_on_pool(
+        &self,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<u64, Unavailable> {
         let turn = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
         let mut slot = lock(&self.publishers[turn]);
         // Waiting for the slot may have outlasted Redis (a hung Redis
@@ -326,6 +331,7 @@ impl Cluster {
                 .arg(text)
                 .arg(self.stream_len)
                 .arg(floor)
+                .arg(id.unwrap_or(""))
                 .invoke::<u64>(con)
         });
         stored.map_err(|error| {
@@ -382,9 +388,9 @@ impl Cluster {
 }
 
 impl Relay for Cluster {
-    fn publish(&self, from: &str, text: &str) -> Result<u64, Unavailable> {
+    fn publish(&self, from: &str, text: &str, id: Option<&str>) -> Result<u64, Unavailable> {
         self.health()?;
-        self.publish_on_pool(from, text)
+        self.publish_on_pool(from, text, id)
     }
 
     fn presence_changed(&self, user: &Arc<str>) {

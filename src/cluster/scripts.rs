@@ -18,7 +18,8 @@ use redis::Script;
 
 /// Numbers and stores one message. KEYS: seq counter, message stream.
 /// ARGV: from, text, stream length, floor (the highest `seq` the caller
-/// has delivered). Returns the `seq`.
+/// has delivered), the sender's message id ("" for none, then the entry has
+/// no `cid` field). Returns the `seq`.
 const PUBLISH: &str = r"
 local seq = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[4])
@@ -35,8 +36,14 @@ if seq <= floor then
 end
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], string.format('%d-0', seq),
-  'from', ARGV[1], 'text', ARGV[2], 'ts', ts)
+local entry = string.format('%d-0', seq)
+if ARGV[5] == '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], entry,
+    'from', ARGV[1], 'text', ARGV[2], 'ts', ts)
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], entry,
+    'from', ARGV[1], 'text', ARGV[2], 'ts', ts, 'cid', ARGV[5])
+end
 return seq
 ";
 
