@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::log::{Format as LogFormat, Level};
 use crate::proxy::Cidr;
 
@@ -183,6 +184,9 @@ pub struct Config {
     pub log_level: Level,
     /// Text lines, or one JSON object per line (`--log-format json`).
     pub log_format: LogFormat,
+    /// Where time comes from: the system clock, or a test's
+    /// [`crate::clock::ManualClock`] (token expiry, the sweep, the limits).
+    pub clock: Clock,
     /// How long after a password login `/auth/refresh` keeps renewing a
     /// session, in seconds.
     pub max_session_secs: u64,
@@ -230,6 +234,7 @@ impl Default for Config {
             metrics_public: false,
             log_level: Level::Info,
             log_format: LogFormat::Text,
+            clock: Clock::system(),
             max_session_secs: 12 * 3600,
             history: 100,
             trace_handshake: false,

@@ -68,16 +68,6 @@ pub fn close(code: u16, reason: &str) -> Frame {
     encode(OPCODE_CLOSE, &payload)
 }
 
-/// The status code in a close frame this module encoded (short, unmasked).
-pub fn close_code(frame: &[u8]) -> Option<u16> {
-    match frame {
-        [b0, len, hi, lo, ..] if *b0 == FIN | OPCODE_CLOSE && *len >= 2 => {
-            Some(u16::from_be_bytes([*hi, *lo]))
-        }
-        _ => None,
-    }
-}
-
 fn encode(opcode: u8, payload: &[u8]) -> Frame {
     let len = payload.len();
     let mut out = Vec::with_capacity(len + 10);
@@ -176,8 +166,6 @@ mod tests {
     #[test]
     fn close_frames_carry_code_and_bounded_reason() {
         assert_eq!(&close(4001, "expired")[..], b"\x88\x09\x0f\xa1expired");
-        assert_eq!(close_code(&close(4008, "slow")), Some(4008));
-        assert_eq!(close_code(&text("hi")), None);
         let long = close(1000, &"é".repeat(100));
         assert!(long.len() <= 2 + 125);
         assert!(std::str::from_utf8(&long[4..]).is_ok());

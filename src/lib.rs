@@ -42,6 +42,8 @@ pub mod log;
 
 pub mod assets;
 pub mod auth;
+pub mod clock;
+pub mod close;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod config;

@@ -26,7 +26,8 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use crate::frame::{self, Frame};
+use crate::close::CloseReason;
+use crate::frame::Frame;
 use crate::sys;
 
 /// How long one socket write may block before the client is given up on.
@@ -60,8 +61,9 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     wake: Condvar,
     limit: QueueLimit,
-    /// `None` only in tests, where frames just queue.
-    socket: Option<Arc<TcpStream>>,
+    socket: Arc<TcpStream>,
+    /// Where the socket goes to wait for the client's close reply.
+    reaper: Arc<Reaper>,
 }
 
 struct Queue {
@@ -74,8 +76,8 @@ struct Queue {
     bytes: usize,
     state: State,
     writer: Writer,
-    /// The status code of the close frame the server sent, for the log.
-    close_code: Option<u16>,
+    /// The status code of the close the server started, for the log.
+    closed_with: Option<u16>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -101,17 +103,9 @@ enum Writer {
 }
 
 impl Outbox {
-    /// An outbox for `socket`, holding at most `limit`.
-    pub fn for_socket(limit: QueueLimit, socket: Arc<TcpStream>) -> Arc<Outbox> {
-        Outbox::build(limit, Some(socket))
-    }
-
-    /// An outbox with no socket behind it: frames only queue (for tests).
-    pub fn new(limit: QueueLimit) -> Arc<Outbox> {
-        Outbox::build(limit, None)
-    }
-
-    fn build(limit: QueueLimit, socket: Option<Arc<TcpStream>>) -> Arc<Outbox> {
+    /// An outbox for `socket`, holding at most `limit`; after a close, the
+    /// socket waits in `reaper` for the client's answer.
+    pub fn new(limit: QueueLimit, socket: Arc<TcpStream>, reaper: Arc<Reaper>) -> Arc<Outbox> {
         Arc::new(Outbox {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
@@ -119,7 +113,7 @@ impl Outbox {
                 bytes: 0,
                 state: State::Open,
                 writer: Writer::None,
-                close_code: None,
+                closed_with: None,
             }),
             wake: Condvar::new(),
             limit: QueueLimit {
@@ -127,6 +121,7 @@ impl Outbox {
                 bytes: limit.bytes,
             },
             socket,
+            reaper,
         })
     }
 
@@ -153,23 +148,23 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues `last` frames (a notice, then the close frame) and stops
-    /// accepting more. With `discard_queued`, frames not yet sent are
-    /// dropped first: a slow consumer would never read them anyway, and the
-    /// close frame should not wait behind them. Returns false if the
+    /// Queues the frames that close the connection for `reason` (a notice,
+    /// then the close frame) and stops accepting more. For a slow consumer,
+    /// frames not yet sent are dropped first: it would never read them, and
+    /// the close frame should not wait behind them. Returns false if the
     /// connection was already closing.
-    pub fn close(self: &Arc<Self>, last: &[Frame], discard_queued: bool) -> bool {
+    pub fn close(self: &Arc<Self>, reason: &CloseReason) -> bool {
         let mut queue = self.lock();
         if queue.state != State::Open {
             return false;
         }
-        if discard_queued {
+        if reason.discards_queued() {
             queue.discard();
         }
-        for frame in last {
-            queue.push(frame.clone());
+        for frame in reason.frames() {
+            queue.push(frame);
         }
-        queue.close_code = last.last().and_then(|f| frame::close_code(f));
+        queue.closed_with = Some(reason.code);
         queue.state = State::Closing;
         self.deliver(queue);
         true
@@ -187,7 +182,7 @@ impl Outbox {
 
     /// The code of the close frame the server sent, if it sent one.
     pub fn close_code(&self) -> Option<u16> {
-        self.lock().close_code
+        self.lock().closed_with
     }
 
     /// True once everything is sent and the socket shut down (or failed).
@@ -203,9 +198,7 @@ impl Outbox {
     /// Moves queued frames towards the socket: directly if the socket is
     /// free, else by waking or starting the writer.
     fn deliver(self: &Arc<Self>, mut queue: MutexGuard<'_, Queue>) {
-        let Some(socket) = &self.socket else {
-            return;
-        };
+        let socket = &self.socket;
         if queue.writer != Writer::Writing {
             // Nobody else can write while we hold the lock.
             queue.send_what_fits(socket);
@@ -214,7 +207,7 @@ impl Outbox {
             if queue.writer == Writer::Asleep && queue.state != State::Open {
                 self.wake.notify_one(); // let it finish and exit
             } else if queue.writer == Writer::None && queue.state != State::Open {
-                end(socket, queue.state);
+                self.end(queue.state);
                 queue.state = State::Done;
             }
             return;
@@ -235,6 +228,26 @@ impl Outbox {
         }
     }
 
+    /// After the last frame: once we sent a close frame, half-close our side
+    /// and give the client [`CLOSE_GRACE`] to answer before the reader gives
+    /// up (the server closes the TCP connection first, §7.1.1). When the
+    /// reader is done, close both ways.
+    fn end(&self, state: State) {
+        match state {
+            State::Closing => {
+                let _ = self.socket.shutdown(Shutdown::Write);
+                // The reader may be blocked in a read that no timeout set
+                // now would end; the reaper shuts the socket if the client
+                // has not closed by then.
+                self.reaper.linger(&self.socket);
+            }
+            State::Finished => {
+                let _ = self.socket.shutdown(Shutdown::Both);
+            }
+            State::Open | State::Done => {}
+        }
+    }
+
     fn spawn_writer(self: &Arc<Self>) -> io::Result<()> {
         let outbox = self.clone();
         std::thread::Builder::new()
@@ -247,9 +260,7 @@ impl Outbox {
     /// The writer thread: blocking, batched writes until the queue stays
     /// empty for [`WRITER_LINGER`] or the connection ends.
     fn write_loop(&self) {
-        let Some(socket) = &self.socket else {
-            return;
-        };
+        let socket = &self.socket;
         // A write that cannot finish in this time means the client has
         // stopped reading; the error ends the connection.
         let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -275,7 +286,7 @@ impl Outbox {
                 }
                 if queue.frames.is_empty() {
                     // Closing or finished, all sent.
-                    end(socket, queue.state);
+                    self.end(queue.state);
                     queue.state = State::Done;
                     queue.writer = Writer::None;
                     return;
@@ -294,12 +305,6 @@ impl Outbox {
             }
             batch.clear();
         }
-    }
-
-    /// Takes everything queued (tests look at what a client was sent).
-    #[cfg(test)]
-    pub(crate) fn take_queued(&self) -> Vec<Frame> {
-        self.lock().frames.drain(..).collect()
     }
 }
 
@@ -362,49 +367,42 @@ impl Queue {
     }
 }
 
-/// After the last frame: once we sent a close frame, half-close our side
-/// and give the client [`CLOSE_GRACE`] to answer before the reader gives up
-/// (the server closes the TCP connection first, §7.1.1). When the reader is
-/// done, close both ways.
-fn end(socket: &Arc<TcpStream>, state: State) {
-    match state {
-        State::Closing => {
-            let _ = socket.shutdown(Shutdown::Write);
-            // The reader may be blocked in a read that no timeout set now
-            // would end; the sweep shuts the socket if the client has not
-            // closed by then.
-            lock_lingering().push((Instant::now() + CLOSE_GRACE, Arc::downgrade(socket)));
-        }
-        State::Finished => {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        State::Open | State::Done => {}
+/// Sockets the server has sent a close frame on, each with the time after
+/// which the client has had its chance to answer. The room owns one and
+/// reaps it on every sweep, so an embedder that runs a room gets this too.
+#[derive(Default)]
+pub struct Reaper {
+    lingering: Mutex<Vec<(Instant, Weak<TcpStream>)>>,
+}
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, Vec<(Instant, Weak<TcpStream>)>> {
+        self.lingering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-/// Sockets the server has sent a close frame on, with the time after which
-/// the client has had its chance to answer.
-static LINGERING: Mutex<Vec<(Instant, Weak<TcpStream>)>> = Mutex::new(Vec::new());
+    fn linger(&self, socket: &Arc<TcpStream>) {
+        self.lock()
+            .push((Instant::now() + CLOSE_GRACE, Arc::downgrade(socket)));
+    }
 
-fn lock_lingering() -> MutexGuard<'static, Vec<(Instant, Weak<TcpStream>)>> {
-    LINGERING.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Shuts down every socket whose close handshake is past [`CLOSE_GRACE`]
-/// (RFC 6455 §7.1.1: the server may then drop the connection), which wakes
-/// its reader. Called by the expiry sweep.
-pub fn reap_lingering() {
-    let now = Instant::now();
-    lock_lingering().retain(|(deadline, socket)| {
-        let Some(socket) = socket.upgrade() else {
-            return false; // already gone
-        };
-        if now < *deadline {
-            return true;
-        }
-        let _ = socket.shutdown(Shutdown::Both);
-        false
-    });
+    /// Shuts down every socket whose close handshake is past
+    /// [`CLOSE_GRACE`] (RFC 6455 §7.1.1: the server may then drop the
+    /// connection), which wakes its reader.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        self.lock().retain(|(deadline, socket)| {
+            let Some(socket) = socket.upgrade() else {
+                return false; // already gone
+            };
+            if now < *deadline {
+                return true;
+            }
+            let _ = socket.shutdown(Shutdown::Both);
+            false
+        });
+    }
 }
 
 /// Writes every frame, in order, the first from `sent_of_first` on, with as
@@ -459,47 +457,102 @@ impl Write for OutboxWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
 
-    fn frame(b: &[u8]) -> Frame {
-        b.to_vec().into()
+    use super::*;
+    use crate::frame;
+
+    /// An outbox on one end of a loopback connection, and the other end, as
+    /// the client.
+    pub(crate) fn pair(limit: QueueLimit) -> (Arc<Outbox>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let outbox = Outbox::new(limit, Arc::new(server), Arc::default());
+        (outbox, client)
     }
 
-    fn limit(frames: usize) -> QueueLimit {
-        QueueLimit {
-            frames,
-            bytes: 1 << 20,
+    /// Reads one server frame (unmasked, §5.2): its opcode and payload, or
+    /// `None` at the end of the stream.
+    pub(crate) fn read_frame(client: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).ok()?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut len = [0u8; 2];
+                client.read_exact(&mut len).ok()?;
+                u64::from(u16::from_be_bytes(len))
+            }
+            127 => {
+                let mut len = [0u8; 8];
+                client.read_exact(&mut len).ok()?;
+                u64::from_be_bytes(len)
+            }
+            len => u64::from(len),
+        };
+        let mut payload = vec![0u8; usize::try_from(len).ok()?];
+        client.read_exact(&mut payload).ok()?;
+        Some((head[0] & 0x0f, payload))
+    }
+
+    fn limit(frames: usize, bytes: usize) -> QueueLimit {
+        QueueLimit { frames, bytes }
+    }
+
+    /// A frame larger than the socket buffers hold: part is sent, the rest
+    /// waits for a client that does not read.
+    fn stalling_frame() -> Frame {
+        frame::binary(&vec![0; 32 << 20])
+    }
+
+    /// Pushes a frame the client will not take, and waits until the writer
+    /// thread is blocked writing it: what is pushed next stays queued.
+    fn stall(outbox: &Arc<Outbox>) {
+        outbox.push(stalling_frame()).unwrap();
+        while !outbox.lock().frames.is_empty() {
+            std::thread::yield_now();
         }
     }
 
-    #[test]
-    fn push_is_bounded() {
-        let outbox = Outbox::new(limit(2));
-        assert_eq!(outbox.push(frame(b"1")), Ok(()));
-        assert_eq!(outbox.push(frame(b"2")), Ok(()));
-        assert_eq!(outbox.push(frame(b"3")), Err(Full));
+    /// Pushes `frame` until the queue is full; how many pushes it took.
+    fn pushes_until_full(outbox: &Arc<Outbox>, frame: &Frame) -> usize {
+        (1..=1000)
+            .find(|_| outbox.push(frame.clone()) == Err(Full))
+            .unwrap_or(usize::MAX)
     }
 
     #[test]
-    fn push_is_bounded_in_bytes_too() {
-        let outbox = Outbox::new(QueueLimit {
-            frames: 8,
-            bytes: 10,
-        });
-        assert_eq!(outbox.push(frame(&[0; 64])), Ok(()), "one frame fits empty");
-        assert_eq!(outbox.push(frame(b"1")), Err(Full));
+    fn a_client_that_reads_gets_frames_at_once() {
+        let (outbox, mut client) = pair(limit(2, 1 << 20));
+        for text in ["1", "2", "3", "4"] {
+            assert_eq!(outbox.push(frame::text(text)), Ok(()), "sent, not queued");
+        }
+        let got: Vec<_> = (0..4).map(|_| read_frame(&mut client).unwrap()).collect();
+        assert_eq!(got[3], (0x1, b"4".to_vec()));
+    }
+
+    #[test]
+    fn push_is_bounded_in_frames() {
+        let (outbox, _client) = pair(limit(2, 1 << 30));
+        stall(&outbox);
+        assert_eq!(pushes_until_full(&outbox, &frame::text("x")), 3);
+    }
+
+    #[test]
+    fn push_is_bounded_in_bytes() {
+        let (outbox, _client) = pair(limit(1000, 64 * 1024));
+        stall(&outbox);
+        // 16 KiB plus a 4-byte header each: three fit, the fourth would not.
+        let pushes = pushes_until_full(&outbox, &frame::binary(&[0; 16 * 1024]));
+        assert_eq!(pushes, 4);
     }
 
     #[test]
     fn a_client_behind_holds_the_shared_frame_not_a_copy() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let outbox = Outbox::for_socket(limit(8), Arc::new(server));
-        // More than the socket buffers hold: part is sent, the rest waits
-        // for a client that does not read.
-        let big = frame(&vec![0; 32 << 20]);
+        let (outbox, client) = pair(limit(8, 1 << 20));
+        let big = stalling_frame();
         outbox.push(big.clone()).unwrap();
         assert!(
             Arc::strong_count(&big) >= 2,
@@ -509,13 +562,22 @@ mod tests {
     }
 
     #[test]
-    fn nothing_follows_a_close() {
-        let outbox = Outbox::new(limit(8));
-        outbox.push(frame(b"old")).unwrap();
-        assert!(outbox.close(&[frame(b"bye")], true));
-        assert!(!outbox.close(&[frame(b"again")], false));
-        assert_eq!(outbox.push(frame(b"late")), Ok(()));
+    fn a_close_goes_out_after_the_queue_then_the_socket_half_closes() {
+        let (outbox, mut client) = pair(limit(8, 1 << 20));
+        outbox.push(frame::text("old")).unwrap();
+        assert!(outbox.close(&CloseReason::token_expired()));
+        assert!(!outbox.close(&CloseReason::going_away()), "closing once");
+        assert_eq!(
+            outbox.push(frame::text("late")),
+            Ok(()),
+            "dropped, not an error"
+        );
         assert!(outbox.is_closing());
-        assert_eq!(outbox.take_queued(), vec![frame(b"bye")]);
+        assert_eq!(outbox.close_code(), Some(4001));
+        let opcodes: Vec<u8> = std::iter::from_fn(|| read_frame(&mut client))
+            .map(|(opcode, _)| opcode)
+            .collect();
+        // old, the token_expired notice, the close frame; then end of stream.
+        assert_eq!(opcodes, [0x1, 0x1, 0x8]);
     }
 }

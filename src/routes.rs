@@ -10,7 +10,6 @@
 //! | `GET`/`HEAD` anything else | a front-end file ([`crate::assets`]) |
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use serde::Deserialize;
 
@@ -104,7 +103,10 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
         Err(response) => return response,
     };
     let username = &credentials.username;
-    let attempt = match shared.logins.begin(peer.ip(), username, Instant::now()) {
+    let attempt = match shared
+        .logins
+        .begin(peer.ip(), username, shared.config.clock.instant())
+    {
         Ok(attempt) => attempt,
         Err(refusal) => {
             shared.metrics().login_throttled(refusal);
@@ -195,7 +197,10 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
     // (The new token is signed first and then thrown away when refused: an
     // HMAC is cheap next to the log line and response this limit saves.)
     if let Ok((_, claims)) = &refreshed {
-        if let Err(wait) = shared.refreshes.take(&claims.sub, Instant::now()) {
+        if let Err(wait) = shared
+            .refreshes
+            .take(&claims.sub, shared.config.clock.instant())
+        {
             crate::debug!(
                 "token refresh for {:?} from {peer} refused: too many",
                 claims.username

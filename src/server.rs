@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
+use crate::close::CloseReason;
 use crate::config::{self, Config, WeakSecret};
 use crate::http::{Connection, RequestError, Response};
 use crate::limits::{
     ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit, SharedBudgets,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{Limits, close_code};
+use crate::protocol::Limits;
 use crate::room::{MAX_PENDING_BYTES, Room};
 use crate::{Shared, proxy, routes};
 
@@ -138,7 +139,8 @@ impl Server {
             }
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
-            .with_max_session(config.max_session_secs);
+            .with_max_session(config.max_session_secs)
+            .with_clock(config.clock.clone());
         // A batch must fit a client's queue with room to spare, or clients
         // that keep up would be cut off for one batch.
         let room = Room::with_relay(config.history, relay, metrics)
@@ -146,7 +148,8 @@ impl Server {
             .with_limits(Limits {
                 max_message_bytes: config.max_message_bytes,
                 message_rate: config.message_rate,
-            });
+            })
+            .with_clock(config.clock.clone());
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -327,10 +330,7 @@ impl ServerHandle {
     /// written.
     pub fn shutdown_gracefully(mut self, grace: Duration) {
         self.stop_accepting();
-        let outboxes = self
-            .shared
-            .room
-            .close_all(close_code::GOING_AWAY, "server shutting down");
+        let outboxes = self.shared.room.close_all(&CloseReason::going_away());
         // After the close frames are on their way: saying goodbye to Redis
         // can take a while if it is unwell.
         self.stop_relay();
@@ -415,7 +415,6 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             while !stop.load(Ordering::Acquire) {
                 thread::sleep(interval);
                 shared.room.sweep();
-                crate::outbox::reap_lingering();
             }
         });
     if let Err(e) = spawned {

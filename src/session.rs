@@ -27,6 +27,8 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::Shared;
 use crate::auth::Claims;
+use crate::clock::Clock;
+use crate::close::CloseReason;
 use crate::frame::{self, HeaderScanner};
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
@@ -52,6 +54,8 @@ struct Duplex<'a> {
     write: OutboxWriter,
     /// This connection's message rate (`None`: no limit).
     rate: Option<MessageRate<'a>>,
+    /// The rate's time.
+    clock: Clock,
     scanner: HeaderScanner,
 }
 
@@ -76,7 +80,7 @@ impl Duplex<'_> {
         let Some(rate) = &mut self.rate else {
             return Ok(());
         };
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut exceeded = false;
         self.scanner.feed(bytes, |opcode| {
             if frame::starts_no_message(opcode) && rate.judge(now) == Verdict::Disconnect {
@@ -168,7 +172,7 @@ pub fn run(
         frames: config.client_queue_frames,
         bytes: config.client_queue_bytes,
     };
-    let outbox = Outbox::for_socket(limit, stream.clone());
+    let outbox = Outbox::new(limit, stream.clone(), shared.room.reaper().clone());
     let username: Arc<str> = claims.username.as_str().into();
     // A conformance suite floods on purpose: no rate in echo mode.
     let rate = (!config.echo)
@@ -181,7 +185,7 @@ pub fn run(
                 config.message_rate,
                 config.message_burst,
                 shared_budgets,
-                Instant::now(),
+                config.clock.instant(),
             )
         })
         .flatten();
@@ -189,6 +193,7 @@ pub fn run(
         read: stream,
         write: OutboxWriter::new(outbox.clone()),
         rate,
+        clock: config.clock.clone(),
         scanner: HeaderScanner::default(),
     };
     // The bytes read with the request are frames too; the scanner must see
@@ -284,7 +289,7 @@ fn read_loop(
                 // Every text frame counts against the rate, whatever it
                 // holds: a flood of bad messages or reauths is a flood too.
                 let rate = ws.get_mut().rate.as_mut();
-                match rate.map(|r| r.judge(Instant::now())) {
+                match rate.map(|r| r.judge(shared.config.clock.instant())) {
                     None | Some(Verdict::Accept) => {}
                     Some(Verdict::Refuse) => {
                         notify(
@@ -296,11 +301,7 @@ fn read_loop(
                         continue;
                     }
                     Some(Verdict::Disconnect) => {
-                        return refuse(
-                            outbox,
-                            close_code::POLICY_VIOLATION,
-                            "message rate exceeded",
-                        );
+                        return refuse(outbox, CloseReason::rate_exceeded());
                     }
                 }
                 match decoded {
@@ -337,13 +338,7 @@ fn read_loop(
                     ),
                 }
             }
-            Message::Binary(_) => {
-                return refuse(
-                    outbox,
-                    close_code::UNSUPPORTED_DATA,
-                    "binary messages are not accepted; send JSON text",
-                );
-            }
+            Message::Binary(_) => return refuse(outbox, CloseReason::binary_refused()),
             Message::Close(frame) => return End::ClientClosed(frame.map(|f| f.code.into())),
             // tungstenite answers pings itself (through the outbox).
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -375,11 +370,7 @@ fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
     };
     if outbox.push(frame).is_err() {
-        return Some(refuse(
-            outbox,
-            close_code::SLOW_CONSUMER,
-            "too slow: echoes were not read",
-        ));
+        return Some(refuse(outbox, CloseReason::slow_consumer()));
     }
     None
 }
@@ -431,25 +422,17 @@ fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str, id: Option<&str>
 fn refuse_on_error(outbox: &Arc<Outbox>, error: WsError) -> End {
     use tungstenite::error::{CapacityError, ProtocolError};
     match error {
-        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<RateExceeded>()) => refuse(
-            outbox,
-            close_code::POLICY_VIOLATION,
-            "message rate exceeded",
-        ),
+        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<RateExceeded>()) => {
+            refuse(outbox, CloseReason::rate_exceeded())
+        }
         // The client vanished without a close frame: nothing to answer.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Dropped,
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => refuse(
-            outbox,
-            close_code::MESSAGE_TOO_BIG,
-            &format!("message of {size} bytes is over the {max_size}-byte limit"),
-        ),
-        WsError::Capacity(_) => refuse(outbox, close_code::MESSAGE_TOO_BIG, "message too big"),
-        WsError::Utf8(_) => refuse(
-            outbox,
-            close_code::INVALID_PAYLOAD,
-            "text is not valid UTF-8",
-        ),
-        WsError::Protocol(e) => refuse(outbox, close_code::PROTOCOL_ERROR, &e.to_string()),
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            refuse(outbox, CloseReason::too_big(Some((size, max_size))))
+        }
+        WsError::Capacity(_) => refuse(outbox, CloseReason::too_big(None)),
+        WsError::Utf8(_) => refuse(outbox, CloseReason::invalid_utf8()),
+        WsError::Protocol(e) => refuse(outbox, CloseReason::protocol_error(e.to_string())),
         _ => End::Dropped,
     }
 }
@@ -479,8 +462,8 @@ fn closed_by_room(outbox: &Outbox) -> End {
     End::Refused(outbox.close_code().unwrap_or(close_code::NORMAL))
 }
 
-/// Closes the connection from the server side with `code`.
-fn refuse(outbox: &Arc<Outbox>, code: u16, reason: &str) -> End {
-    outbox.close(&[frame::close(code, reason)], false);
-    End::Refused(code)
+/// Closes the connection from the server side.
+fn refuse(outbox: &Arc<Outbox>, reason: CloseReason) -> End {
+    outbox.close(&reason);
+    End::Refused(reason.code)
 }

@@ -1,0 +1,616 @@
+//! The room: who is connected, and every broadcast to them.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `mod.rs` | the pool, joining and leaving, broadcast, fan-out, eviction, shutdown, and the lock order |
+//! | [`timeline`] | numbering, the pending batch, history: pure data |
+//! | [`expiry`] | the expiry sweep, `expiring` warnings, `reauth` |
+//! | [`relay`] | the [`Relay`] trait and what a relay feeds back in |
+//!
+//! The pool is a `RwLock<HashMap<ClientId, Client>>`. Everything that must
+//! reach clients *in one order* (messages with their `seq`, joins, leaves,
+//! evictions) runs under one more lock, the timeline mutex, taken before
+//! the pool lock and never after it. That is what makes `seq` order the same
+//! for everyone: two senders cannot interleave their fan-outs.
+//!
+//! A fan-out serialises and frames the message once, then for each client
+//! compares the stored `exp` with the clock (no cryptography: the token was
+//! verified at the handshake) and pushes the shared frame onto the client's
+//! bounded queue. Nobody waits on a socket here. An expired client is sent
+//! `token_expired` and closed with 4001 instead of receiving the message; a
+//! client whose queue is full is closed with 4008. Both leave the pool at
+//! once, and their `leave` goes out in the same order as everything else.
+
+mod expiry;
+mod relay;
+mod timeline;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use self::expiry::EXPIRY_WARNING_SECS;
+pub use self::relay::{Delivery, Relay, Unavailable};
+pub use self::timeline::MAX_PENDING_BYTES;
+use self::timeline::{Numbered, Timeline};
+use crate::auth::is_expired;
+use crate::clock::Clock;
+use crate::close::CloseReason;
+use crate::frame::Frame;
+use crate::metrics::{self, Metrics};
+use crate::outbox::{Outbox, Reaper};
+use crate::presence::Presence;
+pub use crate::presence::RemotePresence;
+use crate::protocol::{Limits, Outgoing};
+
+/// Identifies one connection (a user may have several).
+pub type ClientId = u64;
+
+/// Why [`Room::broadcast`] did not take a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The sender has left the room, or was just evicted (expired token).
+    Gone,
+    /// Messages are arriving faster than they can be fanned out: the
+    /// pending batch is full. The sender should slow down.
+    Busy,
+    /// The relay cannot take messages now (Redis unreachable).
+    Unavailable(Unavailable),
+}
+
+/// One connected client, as the room sees it.
+pub struct Client {
+    pub username: Arc<str>,
+    /// Token expiry, Unix seconds; a `reauth` moves it.
+    exp: AtomicU64,
+    /// Whether this token's `expiring` warning has gone out.
+    warned: AtomicBool,
+    pub outbox: Arc<Outbox>,
+}
+
+impl Client {
+    pub fn new(username: Arc<str>, exp: u64, outbox: Arc<Outbox>) -> Client {
+        Client {
+            username,
+            exp: AtomicU64::new(exp),
+            warned: AtomicBool::new(false),
+            outbox,
+        }
+    }
+
+    fn exp(&self) -> u64 {
+        self.exp.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a client left the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The client closed, or its connection ended.
+    Disconnected,
+    /// Its token expired (close 4001).
+    TokenExpired,
+    /// Its queue overflowed (close 4008).
+    SlowConsumer,
+}
+
+impl Departure {
+    /// How the server closes an evicted client; `None` for one that left.
+    fn close_reason(self) -> Option<CloseReason> {
+        match self {
+            Departure::Disconnected => None,
+            Departure::TokenExpired => Some(CloseReason::token_expired()),
+            Departure::SlowConsumer => Some(CloseReason::slow_consumer()),
+        }
+    }
+}
+
+impl std::fmt::Display for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Departure::Disconnected => "disconnected",
+            Departure::TokenExpired => "token expired",
+            Departure::SlowConsumer => "too slow to read its messages",
+        })
+    }
+}
+
+pub struct Room {
+    clients: RwLock<HashMap<ClientId, Client>>,
+    /// The other instances, with `--redis`.
+    relay: Option<Arc<dyn Relay>>,
+    /// A thread is fanning out chat messages, and will take `pending` too.
+    /// Set and cleared under the timeline lock; an atomic only so that a
+    /// panicking flusher can clear it on its way out without that lock.
+    flushing: AtomicBool,
+    metrics: Arc<Metrics>,
+    timeline: Mutex<Timeline>,
+    next_id: AtomicU64,
+    /// Told to every client in its `welcome`.
+    limits: Limits,
+    /// Token expiry and message timestamps.
+    clock: Clock,
+    /// Closed connections waiting for their client's close reply.
+    reaper: Arc<Reaper>,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room::new(0)
+    }
+}
+
+impl Room {
+    /// A room that keeps the last `history` messages for newcomers.
+    pub fn new(history: usize) -> Room {
+        Room::with_relay(history, None, Arc::default())
+    }
+
+    /// A room that is one instance of several, joined by `relay`, and
+    /// counts into `metrics`.
+    pub fn with_relay(
+        history: usize,
+        relay: Option<Arc<dyn Relay>>,
+        metrics: Arc<Metrics>,
+    ) -> Room {
+        Room {
+            clients: RwLock::new(HashMap::new()),
+            relay,
+            metrics,
+            flushing: AtomicBool::new(false),
+            timeline: Mutex::new(Timeline::new(history)),
+            next_id: AtomicU64::new(1),
+            limits: Limits::default(),
+            clock: Clock::system(),
+            reaper: Arc::default(),
+        }
+    }
+
+    /// Caps the pending batch at `bytes` (the default is
+    /// [`MAX_PENDING_BYTES`]); past it, senders are refused with
+    /// [`Refused::Busy`] until a fan-out takes the batch.
+    pub fn with_max_pending(self, bytes: usize) -> Room {
+        self.timeline().max_pending = bytes;
+        self
+    }
+
+    /// The limits every `welcome` announces (the server's
+    /// `--max-message-bytes` and `--message-rate`).
+    pub fn with_limits(mut self, limits: Limits) -> Room {
+        self.limits = limits;
+        self
+    }
+
+    /// Takes the time (token expiry, message timestamps) from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Room {
+        self.clock = clock;
+        self
+    }
+
+    // A panic elsewhere must not take the room down with it: a poisoned
+    // lock still guards consistent data here (every update is one insert or
+    // remove), so take it anyway.
+    fn timeline(&self) -> MutexGuard<'_, Timeline> {
+        self.timeline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Client>> {
+        self.clients.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Client>> {
+        self.clients.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The counters the room keeps (and the server shares).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where a client's outbox leaves its socket after a close, for the
+    /// client's answer; [`Room::sweep`] reaps it.
+    pub fn reaper(&self) -> &Arc<Reaper> {
+        &self.reaper
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `seq` of the last message numbered or delivered here.
+    pub fn last_seq(&self) -> u64 {
+        self.timeline().seq
+    }
+
+    /// Adds a client: it gets `welcome` (with everyone online, itself
+    /// included) as its first frame, and everyone else gets `join` if this
+    /// is the user's first connection.
+    pub fn join(&self, client: Client) -> ClientId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut timeline = self.timeline();
+        let username = client.username.clone();
+        let change = timeline.presence.connect(&username);
+        if change.here {
+            self.tell_relay(&username);
+        }
+        let welcome = Outgoing::Welcome {
+            user: &username,
+            expires_at: client.exp(),
+            online: timeline.presence.online().collect(),
+            // Messages still pending will reach this client live; the
+            // history stops where they begin, so nothing arrives twice.
+            history: timeline.recent_history(),
+            limits: self.limits,
+        }
+        .frame();
+        // A fresh queue has room for its first frame.
+        let _ = client.outbox.push(welcome);
+        self.write().insert(id, client);
+        if change.everywhere {
+            let join = Outgoing::Join { user: &username }.frame();
+            let evictions = self.fan_out(&join, Some(id));
+            self.settle(&mut timeline, evictions);
+        }
+        id
+    }
+
+    /// Removes a client whose connection ended. Idempotent: whoever removes
+    /// it first (the reader, an eviction) sends the `leave`.
+    pub fn leave(&self, id: ClientId) {
+        let mut timeline = self.timeline();
+        self.settle(&mut timeline, vec![(id, Departure::Disconnected)]);
+    }
+
+    /// Broadcasts a chat message from `from` to everyone, the sender
+    /// included, with the sender's `id` for it, and returns its `seq`.
+    ///
+    /// The message gets its `seq` and joins the pending batch under the
+    /// timeline lock. If no other thread is fanning out, this one does,
+    /// until the batch is empty; otherwise the thread that is will take this
+    /// message with its next batch. Under load, then, several messages
+    /// leave in one system call per client, and when it is quiet a batch is
+    /// one message sent at once.
+    ///
+    /// With a relay, the relay numbers and stores the message instead, and
+    /// the fan-out happens when it comes back through [`Room::deliver`].
+    ///
+    /// Refused if the sender may not speak any more (it has left the room,
+    /// or its token has expired: then it is evicted like on any broadcast),
+    /// if the pending batch is full, or if the relay cannot take the
+    /// message.
+    pub fn broadcast(
+        &self,
+        sender: ClientId,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<u64, Refused> {
+        let mut timeline = self.timeline();
+        let sender_exp = self.read().get(&sender).map(Client::exp);
+        match sender_exp {
+            None => return Err(Refused::Gone),
+            Some(exp) if is_expired(exp, self.clock.unix_secs()) => {
+                self.settle(&mut timeline, vec![(sender, Departure::TokenExpired)]);
+                return Err(Refused::Gone);
+            }
+            Some(_) => {}
+        }
+        if let Some(relay) = &self.relay {
+            // Never wait on Redis while holding the room.
+            drop(timeline);
+            return relay.publish(from, text, id).map_err(Refused::Unavailable);
+        }
+        if timeline.is_full() {
+            return Err(Refused::Busy);
+        }
+        let seq = timeline.seq + 1;
+        let ts = self.clock.unix_millis();
+        self.number(
+            &mut timeline,
+            Numbered {
+                seq,
+                from,
+                text,
+                ts,
+                id,
+            },
+        );
+        self.flush_unless_flushing(timeline);
+        Ok(seq)
+    }
+
+    /// Adds one numbered message to the pending batch and the history.
+    fn number(&self, timeline: &mut Timeline, message: Numbered<'_>) {
+        timeline.push(message);
+        metrics::inc(&self.metrics.messages_broadcast);
+    }
+
+    fn flush_unless_flushing<'a>(&'a self, timeline: MutexGuard<'a, Timeline>) {
+        if !timeline.pending.is_empty() && !self.flushing.swap(true, Ordering::AcqRel) {
+            self.flush(timeline);
+        }
+    }
+
+    /// Fans out pending chat messages until none are left. The timeline
+    /// lock is released during each fan-out so that other senders can add
+    /// to the next batch meanwhile; only one thread flushes at a time, so
+    /// every client still gets the batches in `seq` order.
+    fn flush<'a>(&'a self, mut timeline: MutexGuard<'a, Timeline>) {
+        // Should a fan-out panic, the next broadcast must flush instead of
+        // finding the flag stuck and leaving every message pending.
+        struct Unstick<'f>(&'f AtomicBool);
+        impl Drop for Unstick<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _unstick = Unstick(&self.flushing);
+        while !timeline.pending.is_empty() {
+            let batch: Frame = timeline.take_batch().into();
+            // Take the pool before letting go of the timeline, so that no
+            // client can join between the two and get this batch both in
+            // its welcome's history and live.
+            let pool = self.read();
+            drop(timeline);
+            let evictions = self.fan_out_to(&pool, &batch, None);
+            drop(pool);
+            timeline = self.timeline();
+            self.settle(&mut timeline, evictions);
+        }
+        self.flushing.store(false, Ordering::Release);
+    }
+
+    /// Closes every connection for `reason` (the server is going away) and
+    /// empties the room; no `leave` is sent, since everyone is leaving.
+    /// Returns the outboxes, so the caller can wait for them to drain.
+    pub fn close_all(&self, reason: &CloseReason) -> Vec<Arc<Outbox>> {
+        let mut timeline = self.timeline();
+        timeline.presence = Presence::default();
+        let clients: Vec<Client> = self.write().drain().map(|(_, c)| c).collect();
+        for client in &clients {
+            client.outbox.close(reason);
+        }
+        clients.into_iter().map(|c| c.outbox).collect()
+    }
+
+    fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
+        self.fan_out_to(&self.read(), frame, except)
+    }
+
+    /// Pushes `frame` to every client in `pool` but `except`, and returns
+    /// the clients that must go instead: expired ones (they never get the
+    /// frame) and ones whose queue is full.
+    fn fan_out_to(
+        &self,
+        pool: &HashMap<ClientId, Client>,
+        frame: &Frame,
+        except: Option<ClientId>,
+    ) -> Vec<(ClientId, Departure)> {
+        let now = self.clock.unix_secs();
+        let mut evictions = Vec::new();
+        let mut delivered = 0;
+        for (&id, client) in pool {
+            if Some(id) == except {
+                continue;
+            }
+            if is_expired(client.exp(), now) {
+                evictions.push((id, Departure::TokenExpired));
+            } else if client.outbox.push(frame.clone()).is_err() {
+                evictions.push((id, Departure::SlowConsumer));
+            } else {
+                delivered += 1;
+            }
+        }
+        metrics::add(&self.metrics.deliveries, delivered);
+        metrics::add(&self.metrics.bytes_sent, delivered * frame.len() as u64);
+        evictions
+    }
+
+    /// Takes the departing clients out of the pool, closes the evicted ones
+    /// (the close says why: 4001 after a `token_expired` notice, or 4008
+    /// ahead of the backlog a slow consumer will never read), and fans out a
+    /// `leave` for each user whose last connection this was. A `leave` can
+    /// find more clients to evict; the loop runs until nobody else has to
+    /// go. (A loop, not recursion: a thousand tokens expiring in the same
+    /// second must not grow the stack.)
+    fn settle(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
+        while !departing.is_empty() {
+            let removed: Vec<(ClientId, Client, Departure)> = {
+                let mut pool = self.write();
+                departing
+                    .drain(..)
+                    .filter_map(|(id, why)| pool.remove(&id).map(|c| (id, c, why)))
+                    .collect()
+            };
+            for (id, client, why) in removed {
+                if let Some(reason) = why.close_reason() {
+                    crate::info!("client {id} ({:?}) evicted: {why}", client.username);
+                    let counter = match why {
+                        Departure::TokenExpired => &self.metrics.expiry_disconnects,
+                        _ => &self.metrics.slow_consumer_disconnects,
+                    };
+                    metrics::inc(counter);
+                    client.outbox.close(&reason);
+                }
+                let change = timeline.presence.disconnect(&client.username);
+                if change.here {
+                    self.tell_relay(&client.username);
+                }
+                if change.everywhere {
+                    let leave = Outgoing::Leave {
+                        user: &client.username,
+                    }
+                    .frame();
+                    departing.extend(self.fan_out(&leave, None));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::io::Read;
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::outbox::QueueLimit;
+
+    /// A client of the room at the other end of a loopback connection: the
+    /// test reads what it was sent off the socket, as a client would.
+    pub(in crate::room) struct Peer {
+        pub(in crate::room) outbox: Arc<Outbox>,
+        socket: TcpStream,
+        unread: Vec<u8>,
+    }
+
+    impl Peer {
+        /// The JSON of every text frame sent since the last call (frames
+        /// reach a loopback peer as soon as they are sent).
+        pub(in crate::room) fn messages(&mut self) -> Vec<serde_json::Value> {
+            self.socket.set_nonblocking(true).unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            while let Ok(n @ 1..) = self.socket.read(&mut chunk) {
+                self.unread.extend_from_slice(&chunk[..n]);
+            }
+            let mut messages = Vec::new();
+            // Server frames are unmasked (RFC 6455 §5.1): a 7-bit length,
+            // or 126 and a 16-bit one (nothing here is bigger).
+            while self.unread.len() >= 2 {
+                let (start, len) = match self.unread[1] & 0x7f {
+                    126 if self.unread.len() >= 4 => (
+                        4,
+                        usize::from(u16::from_be_bytes([self.unread[2], self.unread[3]])),
+                    ),
+                    126 => break,
+                    len => (2, usize::from(len)),
+                };
+                if self.unread.len() < start + len {
+                    break;
+                }
+                let frame: Vec<u8> = self.unread.drain(..start + len).collect();
+                if frame[0] == 0x81 {
+                    messages.push(serde_json::from_slice(&frame[start..]).unwrap());
+                }
+            }
+            messages
+        }
+
+        /// The `type` of every message sent since the last call.
+        pub(in crate::room) fn types(&mut self) -> Vec<String> {
+            self.messages()
+                .iter()
+                .map(|m| m["type"].as_str().unwrap().to_string())
+                .collect()
+        }
+    }
+
+    pub(in crate::room) fn client(room: &Room, name: &str, exp: u64) -> (ClientId, Peer) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let limit = QueueLimit {
+            frames: 8,
+            bytes: 1 << 20,
+        };
+        let outbox = Outbox::new(limit, Arc::new(server_side), room.reaper().clone());
+        let id = room.join(Client::new(name.into(), exp, outbox.clone()));
+        let peer = Peer {
+            outbox,
+            socket,
+            unread: Vec::new(),
+        };
+        (id, peer)
+    }
+
+    /// A room on a clock that moves only when the test says.
+    pub(in crate::room) fn clock_at_start() -> (Room, ManualClock) {
+        let clock = ManualClock::new();
+        (Room::new(10).with_clock(clock.clock()), clock)
+    }
+
+    pub(in crate::room) fn later() -> u64 {
+        crate::clock::Clock::system().unix_secs() + 600
+    }
+
+    #[test]
+    fn presence_counts_users_not_connections() {
+        let room = Room::new(10);
+        let (_, mut a) = client(&room, "a", later());
+        let (b1, _b1) = client(&room, "b", later());
+        let (b2, _b2) = client(&room, "b", later());
+        room.leave(b1);
+        room.leave(b1); // idempotent
+        room.leave(b2);
+        assert_eq!(a.types(), ["welcome", "join", "leave"]);
+        assert!(room.len() == 1);
+    }
+
+    #[test]
+    fn an_expired_client_is_closed_instead_of_served() {
+        let (room, clock) = clock_at_start();
+        let start = room.clock.unix_secs();
+        let (a_id, mut a) = client(&room, "a", start + 600);
+        let (_, mut old) = client(&room, "old", start + 5);
+        clock.advance(std::time::Duration::from_secs(5));
+        assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
+        assert_eq!(room.len(), 1);
+        // The expired client got its notice and the close, not the message.
+        assert_eq!(old.types(), ["welcome", "error"]);
+        assert!(old.outbox.is_closing());
+        assert_eq!(old.outbox.close_code(), Some(4001));
+        assert_eq!(a.types(), ["welcome", "join", "message", "leave"]);
+    }
+
+    #[test]
+    fn a_poisoned_lock_does_not_stop_the_room() {
+        let room = Arc::new(Room::new(10));
+        let (a_id, mut a) = client(&room, "a", later());
+        let poisoner = room.clone();
+        let _ = std::thread::spawn(move || {
+            let _timeline = poisoner.timeline();
+            let _pool = poisoner.write();
+            panic!("a client thread dies holding both locks");
+        })
+        .join();
+        assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
+        assert_eq!(room.broadcast(a_id, "a", "still works", None), Ok(1));
+        assert_eq!(a.types(), ["welcome", "message"]);
+    }
+
+    #[test]
+    fn a_full_pending_batch_refuses_senders_instead_of_growing() {
+        let room = Room::new(0).with_max_pending(100);
+        let (a_id, mut a) = client(&room, "a", later());
+        // Another thread is fanning out: messages wait in the batch.
+        room.flushing.store(true, Ordering::Release);
+        let mut taken = 0;
+        while room.broadcast(a_id, "a", "0123456789", None) != Err(Refused::Busy) {
+            taken += 1;
+            assert!(taken < 10, "the batch never filled");
+        }
+        assert_eq!(a.types(), ["welcome"], "nothing fanned out yet");
+        // That fan-out takes the batch; the room takes messages again.
+        room.flushing.store(false, Ordering::Release);
+        room.flush_unless_flushing(room.timeline());
+        assert_eq!(a.messages().len() as u64, taken, "every message taken");
+        assert_eq!(room.broadcast(a_id, "a", "again", None), Ok(taken + 1));
+    }
+
+    #[test]
+    fn closing_all_says_going_away_to_everyone() {
+        let room = Room::new(10);
+        let (_, _a) = client(&room, "a", later());
+        let (_, _b) = client(&room, "b", later());
+        let outboxes = room.close_all(&CloseReason::going_away());
+        assert_eq!(outboxes.len(), 2);
+        assert!(outboxes.iter().all(|o| o.close_code() == Some(1001)));
+        assert!(room.is_empty());
+    }
+}
