@@ -72,15 +72,12 @@ pub struct Shared {
     pub users: auth::Users,
     pub tokens: auth::Tokens,
     pub assets: assets::Assets,
-    pub room: room::Room,
+    pub room: std::sync::Arc<room::Room>,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     pub logins: limits::LoginThrottle,
     /// Message budgets per user and per IP (`None`: no such limit).
     pub message_budgets: Option<limits::SharedBudgets>,
     pub refreshes: limits::RefreshLimit,
-    /// The relay to the other instances, with `--redis`.
-    #[cfg(feature = "redis")]
-    pub cluster: Option<std::sync::Arc<cluster::Cluster>>,
 }
 
 impl Shared {

@@ -20,7 +20,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
-use crate::room::{MAX_PENDING_BYTES, Room};
+use crate::room::{MAX_PENDING_BYTES, Relay, Room};
 use crate::{Shared, proxy, routes};
 
 /// Stack for a connection thread, which becomes the client's reader after
@@ -99,15 +99,7 @@ impl Server {
             None => Assets::Embedded,
         };
         let metrics = Arc::new(Metrics::new(config.redis.is_some()));
-        #[cfg(feature = "redis")]
-        let cluster = cluster(&config, &metrics)?;
-        #[cfg(feature = "redis")]
-        let relay = cluster.clone().map(|c| c as Arc<dyn crate::room::Relay>);
-        #[cfg(not(feature = "redis"))]
-        let relay = match config.redis {
-            Some(_) => return Err(StartError::RedisNotBuilt),
-            None => None,
-        };
+        let relay = relay(&config, &metrics)?;
         // Only once everything else is known to be right: a mistake must
         // not look like "address already in use" because another server
         // holds the port.
@@ -150,6 +142,7 @@ impl Server {
                 message_rate: config.message_rate,
             })
             .with_clock(config.clock.clone());
+        let room = Arc::new(room);
         let shared = Shared {
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -167,8 +160,6 @@ impl Server {
             tokens,
             assets,
             room,
-            #[cfg(feature = "redis")]
-            cluster,
         };
         Ok(Server {
             listener,
@@ -219,10 +210,7 @@ impl Server {
         } else if self.metrics_listener.is_none() {
             crate::info!("metrics not served (see --metrics-bind)");
         }
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.start(&self.shared);
-        }
+        self.shared.room.start_relay();
         if let Some(listener) = self.metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 crate::info!("metrics on http://{addr}/metrics");
@@ -359,10 +347,7 @@ impl ServerHandle {
     /// With `--redis`: stops following Redis and tells the other instances
     /// this one is gone (once; later calls do nothing).
     fn stop_relay(&self) {
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.stop();
-        }
+        self.shared.room.stop_relay();
     }
 }
 
@@ -378,25 +363,31 @@ fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(&addrs[..]).map_err(fail)
 }
 
-/// The relay to the other instances, with `--redis`.
-#[cfg(feature = "redis")]
-fn cluster(
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<Option<Arc<crate::cluster::Cluster>>, StartError> {
+/// The relay to the other instances, with `--redis`: the one place the
+/// `redis` feature shows in the server.
+fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, StartError> {
     let Some(url) = &config.redis else {
         return Ok(None);
     };
-    let counters = metrics.redis.clone().unwrap_or_default();
-    let cluster = crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
-        .map_err(|e| StartError::RedisUrl(e.0))?;
-    crate::info!(
-        "sharing the room over Redis at {} (key prefix {:?}, instance {})",
-        crate::cluster::without_password(url),
-        config.redis_prefix,
-        cluster.id()
-    );
-    Ok(Some(Arc::new(cluster)))
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (url, metrics);
+        Err(StartError::RedisNotBuilt)
+    }
+    #[cfg(feature = "redis")]
+    {
+        let counters = metrics.redis.clone().unwrap_or_default();
+        let cluster =
+            crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
+                .map_err(|e| StartError::RedisUrl(e.0))?;
+        crate::info!(
+            "sharing the room over Redis at {} (key prefix {:?}, instance {})",
+            crate::cluster::without_password(url),
+            config.redis_prefix,
+            cluster.id()
+        );
+        Ok(Some(Arc::new(cluster)))
+    }
 }
 
 fn random_secret() -> Vec<u8> {

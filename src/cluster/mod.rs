@@ -65,7 +65,6 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult};
 
-use crate::Shared;
 use crate::metrics::{self, RedisCounters};
 use crate::room::{Relay, Room, Unavailable};
 use scripts::{Keys, Scripts};
@@ -207,69 +206,20 @@ impl Cluster {
         &self.id
     }
 
-    /// Starts the consumer and the presence thread, which run until
-    /// [`Cluster::stop`], and waits for the consumer's first try at Redis,
-    /// so that a server whose Redis is up takes messages from its first
-    /// client.
-    pub fn start(self: &Arc<Self>, shared: &Arc<Shared>) {
-        self.spawn(shared, "redis-consumer", Cluster::consume);
-        *lock(&self.presence_thread) = self.spawn(shared, "redis-presence", Cluster::keep_present);
-        let deadline = Instant::now() + CONNECT_TIMEOUT + IO_TIMEOUT + SETTLE;
-        while !self.tried.load(Ordering::Acquire) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     fn spawn(
         self: &Arc<Self>,
-        shared: &Arc<Shared>,
+        room: &Arc<Room>,
         name: &str,
         body: fn(&Cluster, &Room),
     ) -> Option<thread::JoinHandle<()>> {
-        let (cluster, shared) = (self.clone(), shared.clone());
+        let (cluster, room) = (self.clone(), room.clone());
         let spawned = thread::Builder::new()
             .name(name.into())
             .stack_size(256 * 1024)
-            .spawn(move || body(&cluster, &shared.room));
+            .spawn(move || body(&cluster, &room));
         spawned
             .inspect_err(|e| crate::error!("cannot start the {name} thread: {e}"))
             .ok()
-    }
-
-    /// Stops the presence thread and tells the other instances that this
-    /// one and its users are gone now, rather than when its heartbeat runs
-    /// out. The consumer ends by itself within one blocking read
-    /// ([`HEARTBEAT`]); it delivers nothing new meanwhile that matters, as
-    /// the server is closing its clients.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        *self.down.write().unwrap_or_else(PoisonError::into_inner) =
-            Some("the server is stopping".to_string());
-        {
-            // Under the lock, so the wake-up cannot fall between the
-            // presence thread's check of `stop` and its wait.
-            let _changed = lock(&self.changed);
-            self.wake.notify_all();
-        }
-        let Some(presence) = lock(&self.presence_thread).take() else {
-            return;
-        };
-        // Its last heartbeat must not land after the goodbye.
-        let _ = presence.join();
-        let goodbye = self.connect(IO_TIMEOUT).and_then(|mut con| {
-            self.scripts
-                .gone
-                .key(&self.keys.online)
-                .key(&self.keys.version)
-                .key(&self.keys.presence)
-                .key(&self.keys.instances)
-                .arg(&self.id)
-                .arg(PRESENCE_EVENTS)
-                .invoke::<()>(&mut con)
-        });
-        if let Err(e) = goodbye {
-            crate::warn!("redis: could not say goodbye: {e}");
-        }
     }
 
     fn stopping(&self) -> bool {
@@ -391,6 +341,55 @@ impl Relay for Cluster {
     fn publish(&self, from: &str, text: &str, id: Option<&str>) -> Result<u64, Unavailable> {
         self.health()?;
         self.publish_on_pool(from, text, id)
+    }
+
+    /// Starts the consumer and the presence thread, which run until
+    /// [`Relay::stop`], and waits for the consumer's first try at Redis,
+    /// so that a server whose Redis is up takes messages from its first
+    /// client.
+    fn start(self: Arc<Self>, room: Arc<Room>) {
+        self.spawn(&room, "redis-consumer", Cluster::consume);
+        *lock(&self.presence_thread) = self.spawn(&room, "redis-presence", Cluster::keep_present);
+        let deadline = Instant::now() + CONNECT_TIMEOUT + IO_TIMEOUT + SETTLE;
+        while !self.tried.load(Ordering::Acquire) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops the presence thread and tells the other instances that this
+    /// one and its users are gone now, rather than when its heartbeat runs
+    /// out. The consumer ends by itself within one blocking read
+    /// ([`HEARTBEAT`]); it delivers nothing new meanwhile that matters, as
+    /// the server is closing its clients.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        *self.down.write().unwrap_or_else(PoisonError::into_inner) =
+            Some("the server is stopping".to_string());
+        {
+            // Under the lock, so the wake-up cannot fall between the
+            // presence thread's check of `stop` and its wait.
+            let _changed = lock(&self.changed);
+            self.wake.notify_all();
+        }
+        let Some(presence) = lock(&self.presence_thread).take() else {
+            return;
+        };
+        // Its last heartbeat must not land after the goodbye.
+        let _ = presence.join();
+        let goodbye = self.connect(IO_TIMEOUT).and_then(|mut con| {
+            self.scripts
+                .gone
+                .key(&self.keys.online)
+                .key(&self.keys.version)
+                .key(&self.keys.presence)
+                .key(&self.keys.instances)
+                .arg(&self.id)
+                .arg(PRESENCE_EVENTS)
+                .invoke::<()>(&mut con)
+        });
+        if let Err(e) = goodbye {
+            crate::warn!("redis: could not say goodbye: {e}");
+        }
     }
 
     fn presence_changed(&self, user: &Arc<str>) {

@@ -25,6 +25,13 @@ pub trait Relay: Send + Sync {
     fn presence_changed(&self, user: &Arc<str>);
     /// Whether messages can be taken now, and if not, why.
     fn health(&self) -> Result<(), Unavailable>;
+    /// Starts following the other instances, feeding what they say into
+    /// `room`; returns once the relay has had its first try at taking
+    /// messages, so a server's first client is not refused for nothing.
+    fn start(self: Arc<Self>, room: Arc<Room>);
+    /// Stops following and tells the other instances this one is gone
+    /// (once; later calls do nothing).
+    fn stop(&self);
 }
 
 /// The relay cannot take messages now; the text says why.
@@ -65,6 +72,20 @@ impl Room {
     /// Whether new messages can be taken: always, without a relay.
     pub fn health(&self) -> Result<(), Unavailable> {
         self.relay.as_ref().map_or(Ok(()), |relay| relay.health())
+    }
+
+    /// Starts the relay, if there is one (see [`Relay::start`]).
+    pub fn start_relay(self: &Arc<Self>) {
+        if let Some(relay) = &self.relay {
+            relay.clone().start(self.clone());
+        }
+    }
+
+    /// Stops the relay, if there is one (see [`Relay::stop`]).
+    pub fn stop_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.stop();
+        }
     }
 
     pub(super) fn tell_relay(&self, user: &Arc<str>) {
@@ -182,6 +203,8 @@ mod tests {
         fn health(&self) -> Result<(), Unavailable> {
             Ok(())
         }
+        fn start(self: Arc<Self>, _room: Arc<Room>) {}
+        fn stop(&self) {}
     }
 
     #[test]
