@@ -50,16 +50,16 @@ pub struct ConnectionPermit {
 
 /// Why a connection was turned away (answered `503`).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ConnectionRefusal {
     ServerFull,
     TooManyFromIp,
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for ConnectionRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Refusal::ServerFull => "server full",
-            Refusal::TooManyFromIp => "too many connections from this address",
+            ConnectionRefusal::ServerFull => "server full",
+            ConnectionRefusal::TooManyFromIp => "too many connections from this address",
         })
     }
 }
@@ -75,10 +75,13 @@ impl ConnectionLimits {
 
     /// Admits a connection from `ip` (`None`: a trusted proxy, counted per
     /// client later), or says why not.
-    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionPermit, Refusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+    ) -> Result<ConnectionPermit, ConnectionRefusal> {
         let mut open = lock(&self.open);
         if open.total >= self.max_total {
-            return Err(Refusal::ServerFull);
+            return Err(ConnectionRefusal::ServerFull);
         }
         if let Some(ip) = ip {
             open.take_ip_place(ip, self.max_per_ip)?;
@@ -97,14 +100,14 @@ impl ConnectionLimits {
 }
 
 impl OpenConnections {
-    fn take_ip_place(&mut self, ip: IpAddr, max: usize) -> Result<(), Refusal> {
+    fn take_ip_place(&mut self, ip: IpAddr, max: usize) -> Result<(), ConnectionRefusal> {
         let ip = limit_key(ip);
         let from_ip = self.per_ip.entry(ip).or_insert(0);
         if *from_ip >= max {
             if *from_ip == 0 {
                 self.per_ip.remove(&ip);
             }
-            return Err(Refusal::TooManyFromIp);
+            return Err(ConnectionRefusal::TooManyFromIp);
         }
         *from_ip += 1;
         Ok(())
@@ -124,7 +127,7 @@ impl OpenConnections {
 impl ConnectionPermit {
     /// Counts this connection against `ip` from now on: the client a
     /// trusted proxy named. Refused if that client has too many already.
-    pub fn rebind(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+    pub fn rebind(&mut self, ip: IpAddr) -> Result<(), ConnectionRefusal> {
         if self.ip == Some(ip) {
             return Ok(());
         }
@@ -614,9 +617,15 @@ mod tests {
         let limits = ConnectionLimits::new(3, 2);
         let a1 = limits.admit(Some(A)).unwrap();
         let _a2 = limits.admit(Some(A)).unwrap();
-        assert_eq!(limits.admit(Some(A)).err(), Some(Refusal::TooManyFromIp));
+        assert_eq!(
+            limits.admit(Some(A)).err(),
+            Some(ConnectionRefusal::TooManyFromIp)
+        );
         let _b1 = limits.admit(Some(B)).unwrap();
-        assert_eq!(limits.admit(Some(B)).err(), Some(Refusal::ServerFull));
+        assert_eq!(
+            limits.admit(Some(B)).err(),
+            Some(ConnectionRefusal::ServerFull)
+        );
         drop(a1);
         assert!(
             limits.admit(Some(A)).is_ok(),
@@ -630,7 +639,7 @@ mod tests {
         let mut via_proxy = limits.admit(None).unwrap();
         let mut again = limits.admit(None).unwrap();
         via_proxy.rebind(A).unwrap();
-        assert_eq!(again.rebind(A), Err(Refusal::TooManyFromIp));
+        assert_eq!(again.rebind(A), Err(ConnectionRefusal::TooManyFromIp));
         again.rebind(B).unwrap();
         drop(via_proxy);
         assert!(limits.admit(Some(A)).is_ok());
@@ -770,7 +779,7 @@ mod tests {
         let _held = limits.admit(Some(one)).unwrap();
         assert_eq!(
             limits.admit(Some(same_64)).err(),
-            Some(Refusal::TooManyFromIp)
+            Some(ConnectionRefusal::TooManyFromIp)
         );
         assert!(limits.admit(Some(other_64)).is_ok());
     }

@@ -144,7 +144,7 @@ impl Outbox {
             return Err(Full);
         }
         queue.push(frame);
-        self.deliver(queue);
+        self.send_queued(queue);
         Ok(())
     }
 
@@ -166,7 +166,7 @@ impl Outbox {
         }
         queue.closed_with = Some(reason.code);
         queue.state = State::Closing;
-        self.deliver(queue);
+        self.send_queued(queue);
         true
     }
 
@@ -177,7 +177,7 @@ impl Outbox {
         if queue.state == State::Open {
             queue.state = State::Finished;
         }
-        self.deliver(queue);
+        self.send_queued(queue);
     }
 
     /// The code of the close frame the server sent, if it sent one.
@@ -197,7 +197,7 @@ impl Outbox {
 
     /// Moves queued frames towards the socket: directly if the socket is
     /// free, else by waking or starting the writer.
-    fn deliver(self: &Arc<Self>, mut queue: MutexGuard<'_, Queue>) {
+    fn send_queued(self: &Arc<Self>, mut queue: MutexGuard<'_, Queue>) {
         let socket = &self.socket;
         if queue.writer != Writer::Writing {
             // Nobody else can write while we hold the lock.

@@ -99,7 +99,7 @@ impl Cluster {
                 };
                 if stream.key == self.keys.messages {
                     cursor = last.id.clone();
-                    self.deliver(room, &stream.ids);
+                    self.hand_to_room(room, &stream.ids);
                 } else {
                     presence_cursor = last.id.clone();
                     if self.apply_presence(room, &stream.ids) {
@@ -150,7 +150,7 @@ impl Cluster {
     }
 
     /// Hands messages read from the stream to the room.
-    fn deliver(&self, room: &Room, entries: &[StreamId]) {
+    fn hand_to_room(&self, room: &Room, entries: &[StreamId]) {
         let messages: Vec<Delivery> = entries.iter().filter_map(delivery).collect();
         if messages.len() < entries.len() {
             crate::warn!(
@@ -174,7 +174,7 @@ impl Cluster {
                 first.seq - 1
             );
         }
-        room.deliver(&messages);
+        room.deliver_relayed(&messages);
         self.delivered.store(last.seq, Ordering::Relaxed);
     }
 

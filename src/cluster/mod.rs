@@ -25,7 +25,7 @@
 //!
 //! **Delivery** ([`follow`]). Each instance has one consumer thread that
 //! follows the stream with `XREAD BLOCK` from the last entry it read and
-//! hands what it reads to [`Room::deliver`]: the sender's own instance
+//! hands what it reads to [`Room::deliver_relayed`]: the sender's own instance
 //! included, so every client everywhere sees the same order. A consumer
 //! whose connection drops reconnects and reads on from the same id, so
 //! nothing is lost or repeated (as long as the stream still holds it: it

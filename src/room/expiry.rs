@@ -49,7 +49,7 @@ impl Room {
             .map(|(id, _)| (*id, Departure::TokenExpired))
             .collect();
         let count = evictions.len();
-        self.settle(&mut timeline, evictions);
+        self.remove_departing(&mut timeline, evictions);
         count
     }
 

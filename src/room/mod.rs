@@ -252,7 +252,7 @@ impl Room {
         if change.everywhere {
             let join = Outgoing::Join { user: &username }.frame();
             let evictions = self.fan_out(&join, Some(id));
-            self.settle(&mut timeline, evictions);
+            self.remove_departing(&mut timeline, evictions);
         }
         id
     }
@@ -261,7 +261,7 @@ impl Room {
     /// it first (the reader, an eviction) sends the `leave`.
     pub fn leave(&self, id: ClientId) {
         let mut timeline = self.timeline();
-        self.settle(&mut timeline, vec![(id, Departure::Disconnected)]);
+        self.remove_departing(&mut timeline, vec![(id, Departure::Disconnected)]);
     }
 
     /// Broadcasts a chat message from `from` to everyone, the sender
@@ -275,7 +275,7 @@ impl Room {
     /// one message sent at once.
     ///
     /// With a relay, the relay numbers and stores the message instead, and
-    /// the fan-out happens when it comes back through [`Room::deliver`].
+    /// the fan-out happens when it comes back through [`Room::deliver_relayed`].
     ///
     /// Refused if the sender may not speak any more (it has left the room,
     /// or its token has expired: then it is evicted like on any broadcast),
@@ -293,7 +293,7 @@ impl Room {
         match sender_exp {
             None => return Err(Refused::Gone),
             Some(exp) if is_expired(exp, self.clock.unix_secs()) => {
-                self.settle(&mut timeline, vec![(sender, Departure::TokenExpired)]);
+                self.remove_departing(&mut timeline, vec![(sender, Departure::TokenExpired)]);
                 return Err(Refused::Gone);
             }
             Some(_) => {}
@@ -360,7 +360,7 @@ impl Room {
             let evictions = self.fan_out_to(&pool, &batch, None);
             drop(pool);
             timeline = self.timeline();
-            self.settle(&mut timeline, evictions);
+            self.remove_departing(&mut timeline, evictions);
         }
         self.flushing.store(false, Ordering::Release);
     }
@@ -418,7 +418,7 @@ impl Room {
     /// find more clients to evict; the loop runs until nobody else has to
     /// go. (A loop, not recursion: a thousand tokens expiring in the same
     /// second must not grow the stack.)
-    fn settle(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
+    fn remove_departing(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
         while !departing.is_empty() {
             let removed: Vec<(ClientId, Client, Departure)> = {
                 let mut pool = self.write();

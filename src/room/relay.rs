@@ -2,7 +2,7 @@
 //! the room needs from a relay, and what the relay feeds back into the
 //! room. With a relay, a message is numbered and stored by the relay and
 //! comes back to every instance, this one included, through
-//! [`Room::deliver`], which feeds the same fan-out as a local broadcast.
+//! [`Room::deliver_relayed`], which feeds the same fan-out as a local broadcast.
 //! Presence then counts users on the other instances too.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::protocol::Outgoing;
 pub trait Relay: Send + Sync {
     /// Stores a chat message for every instance and returns its `seq`. The
     /// message is not fanned out here: it comes back through
-    /// [`Room::deliver`] like everyone else's, with the sender's `id`. An
+    /// [`Room::deliver_relayed`] like everyone else's, with the sender's `id`. An
     /// error means it was not stored, or (if Redis's reply was lost) that
     /// it is not known whether it was: the sender must be told either way.
     fn publish(&self, from: &str, text: &str, id: Option<&str>) -> Result<u64, Unavailable>;
@@ -102,7 +102,7 @@ impl Room {
     /// The pending batch stays bounded all the same, since only the relay's
     /// one reader thread delivers, a bounded read at a time, and it fans out
     /// each delivery itself before reading more.
-    pub fn deliver(&self, messages: &[Delivery]) {
+    pub fn deliver_relayed(&self, messages: &[Delivery]) {
         let mut timeline = self.timeline();
         for message in messages {
             if message.seq > timeline.seq {
@@ -179,7 +179,7 @@ impl Room {
         }
         .frame();
         let evictions = self.fan_out(&frame, None);
-        self.settle(timeline, evictions);
+        self.remove_departing(timeline, evictions);
     }
 }
 
@@ -220,8 +220,8 @@ mod tests {
             ts: 0,
             id: None,
         };
-        room.deliver(&[hi(1)]);
-        room.deliver(&[hi(1), hi(2)]);
+        room.deliver_relayed(&[hi(1)]);
+        room.deliver_relayed(&[hi(1), hi(2)]);
         let seqs: Vec<u64> = a
             .messages()
             .iter()
