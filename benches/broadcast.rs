@@ -25,7 +25,27 @@ use std::io;
 use std::net::SocketAddr;
 
 use jwtchat::{Config, Server};
-use loadgen::{Plan, Report};
+use loadgen::{Plan, Report, ReportJson};
+use serde::Serialize;
+
+/// One run in the JSON array printed at the end: its report, after the
+/// setup's name in the cross-instance section.
+#[derive(Serialize)]
+struct Run {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    setup: Option<String>,
+    #[serde(flatten)]
+    report: ReportJson,
+}
+
+impl Run {
+    fn of(report: &Report) -> Run {
+        Run {
+            setup: None,
+            report: report.summary(),
+        }
+    }
+}
 
 fn main() {
     let quick = std::env::var("JWTCHAT_BENCH_QUICK").is_ok_and(|v| v == "1");
@@ -44,15 +64,18 @@ fn main() {
     for clients in [1, 10, 100, 1000] {
         let report = measure(pingpong(quick, clients));
         println!("\nping-pong, one sender\n{}", report.human());
-        json.push(report.json());
+        json.push(Run::of(&report));
         pingpongs.push(report);
     }
     let report = measure(sustained(quick));
     println!("\nsustained, 4 senders flat out\n{}", report.human());
-    json.push(report.json());
+    json.push(Run::of(&report));
     #[cfg(feature = "redis")]
     cluster::section(quick, &pingpongs, &report, &mut json);
-    println!("\n[{}]", json.join(","));
+    println!(
+        "\n{}",
+        serde_json::to_string(&json).expect("the reports serialise")
+    );
 }
 
 /// One sender, the next message only when every client has the last.
@@ -135,7 +158,7 @@ mod cluster {
     //! Several instances as one room, over a Redis started for the run.
 
     use super::redis_server::{RedisServer, find_redis_server};
-    use super::{Plan, Report, loadgen::Percentiles, measure_on, pingpong, sustained};
+    use super::{Plan, Report, Run, loadgen::Percentiles, measure_on, pingpong, sustained};
 
     /// A measurement with its own key prefix, so no run sees another's
     /// stream or history. Errors are printed, not fatal: the section should
@@ -146,7 +169,7 @@ mod cluster {
         setup: &str,
         instances: usize,
         plan: Plan,
-        json: &mut Vec<String>,
+        json: &mut Vec<Run>,
     ) -> Option<Report> {
         *run += 1;
         let prefix = format!("jwtchat-bench-{}-{run}", std::process::id());
@@ -161,11 +184,10 @@ mod cluster {
         match measure_on(plan, instances, Some((&redis.url(), &prefix))) {
             Ok(report) => {
                 println!("\n{title}\n{}", report.human());
-                let body = report.json();
-                // `report.json()` is an object: the setup goes in front of
-                // its fields.
-                let fields = body.strip_prefix('{').unwrap_or("}");
-                json.push(format!(r#"{{"setup":"{setup}",{fields}"#));
+                json.push(Run {
+                    setup: Some(setup.to_string()),
+                    ..Run::of(&report)
+                });
                 if report.lost() > 0
                     || report.out_of_order > 0
                     || !report.closed.is_empty()
@@ -192,12 +214,7 @@ mod cluster {
 
     /// The cross-instance section: after the plain runs, with their
     /// ping-pong reports and the plain sustained one for comparison.
-    pub fn section(
-        quick: bool,
-        plain: &[Report],
-        plain_sustained: &Report,
-        json: &mut Vec<String>,
-    ) {
+    pub fn section(quick: bool, plain: &[Report], plain_sustained: &Report, json: &mut Vec<Run>) {
         println!("\n=== cross-instance over Redis ===");
         let Some(binary) = find_redis_server() else {
             println!(

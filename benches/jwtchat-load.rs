@@ -140,11 +140,18 @@ fn report_memory(clients: usize, before: Option<u64>, after: Option<u64>) {
             println!(
                 "server RSS: {before} KiB before, {after} KiB with {clients} idle clients: {per:.1} KiB per connection"
             );
-            println!(
-                r#"{{"clients":{clients},"rss_before_kib":{before},"rss_after_kib":{after},"kib_per_connection":{per:.2}}}"#
-            );
+            let json = serde_json::json!({
+                "clients": clients,
+                "rss_before_kib": before,
+                "rss_after_kib": after,
+                "kib_per_connection": loadgen::round(per, 2),
+            });
+            println!("{json}");
         }
-        _ => println!(r#"{{"clients":{clients},"idle":true}}"#),
+        _ => println!(
+            "{}",
+            serde_json::json!({ "clients": clients, "idle": true })
+        ),
     }
 }
 

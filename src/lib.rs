@@ -35,7 +35,7 @@
 //! handle.stop();
 //! ```
 
-// The one exception is `sys`, two small, commented system calls.
+// The one exception is `sys`: the system calls std does not offer, each commented.
 #![deny(unsafe_code)]
 
 pub mod log;

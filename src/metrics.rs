@@ -28,6 +28,8 @@ const LOGIN_LIMITS: [&str; 3] = ["failures_per_ip", "attempts_per_ip", "logins_p
 
 #[derive(Default)]
 pub struct Metrics {
+    /// WebSocket connections upgraded and started
+    /// (`jwtchat_websocket_connections_total`).
     pub connections_total: AtomicU64,
     pub messages_broadcast: AtomicU64,
     pub deliveries: AtomicU64,
@@ -91,9 +93,10 @@ impl Metrics {
         }
     }
 
-    /// The exposition text. `connections_open` and `clients` are gauges
-    /// read from their owners at the time of the scrape.
-    pub fn render(&self, connections_open: usize, clients: usize) -> String {
+    /// The exposition text. `tcp_connections_open` (every accepted TCP
+    /// connection still open, HTTP or WebSocket) and `clients` (WebSocket
+    /// clients) are gauges read from their owners at the time of the scrape.
+    pub fn render(&self, tcp_connections_open: usize, clients: usize) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -103,10 +106,10 @@ impl Metrics {
             );
         };
         metric(
-            "jwtchat_connections_open",
+            "jwtchat_tcp_connections_open",
             "gauge",
             "Open TCP connections (HTTP and WebSocket).",
-            connections_open as u64,
+            tcp_connections_open as u64,
         );
         metric(
             "jwtchat_websocket_clients",
@@ -115,9 +118,9 @@ impl Metrics {
             clients as u64,
         );
         metric(
-            "jwtchat_connections_total",
+            "jwtchat_websocket_connections_total",
             "counter",
-            "WebSocket connections accepted since start.",
+            "WebSocket connections accepted (upgraded) since start.",
             get(&self.connections_total),
         );
         metric(
@@ -247,7 +250,7 @@ mod tests {
             text.contains("# TYPE jwtchat_deliveries_total counter\njwtchat_deliveries_total 1\n")
         );
         assert!(text.contains("jwtchat_tokens_rejected_total{reason=\"expired\"} 1\n"));
-        assert!(text.contains("jwtchat_connections_open 3\n"));
+        assert!(text.contains("jwtchat_tcp_connections_open 3\n"));
         assert!(text.ends_with(&format!(
             "jwtchat_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")

@@ -1,10 +1,31 @@
-//! The chat protocol: the JSON objects inside WebSocket text frames, and the
-//! close codes the server uses (RFC 6455 §7.4).
+//! The chat protocol: the JSON objects inside WebSocket text frames (RFC
+//! 6455 §5.6), and the close codes the server uses (RFC 6455 §7.4).
+//! `docs/PROTOCOL.md` lists every message and close code in one table;
+//! README "WebSocket messages" says when each is sent.
 //!
-//! Client → server: `{"type":"message","text":"...","id":"..."}` (`id`
-//! optional) and `{"type":"reauth","token":"..."}`.
-//! Server → client: `welcome`, `join`, `leave`, `message` and `error`, see
-//! [`Outgoing`]. Each is serialised and framed once by [`Outgoing::frame`].
+//! Client → server, read by [`decode`] into an [`Incoming`]:
+//! - `{"type":"message","text":"...","id":"..."}`: chat text. `id` is
+//!   optional: the client's own name for the message (at most
+//!   [`MAX_ID_BYTES`]), echoed on its broadcast and on any `error` about it.
+//! - `{"type":"reauth","token":"<jwt>"}`: a renewed token for this
+//!   connection, same user, checked as `POST /auth/refresh` checks one
+//!   (README "Tokens").
+//!
+//! Server → client, an [`Outgoing`] each, serialised and framed once by
+//! [`Outgoing::frame`]:
+//! - `welcome`: the first frame, with `user`, `expires_at`, `online`,
+//!   `history` (recent `message`s, without `id`) and `limits` (the message
+//!   size and rate the client must keep to).
+//! - `expiring`: the token expires within a minute; time to `reauth`.
+//! - `reauthed`: a `reauth` was accepted, with the new `expires_at`.
+//! - `join` and `leave`: a user's first connection opened, their last
+//!   closed.
+//! - `message`: a broadcast, with `seq`, `from`, `text`, `ts` and the
+//!   sender's `id` if it gave one.
+//! - `error`: an [`ErrorCode`] (`bad_message`, `bad_token`, `rate_limited`,
+//!   `unavailable`, `token_expired`), a `message` in words, and the `id` of
+//!   the client message it is about, if any. `token_expired` is followed by
+//!   close `4001` ([`close_code::TOKEN_EXPIRED`]).
 
 use serde::{Deserialize, Serialize};
 

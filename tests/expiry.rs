@@ -45,7 +45,7 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
 
     // A long-lived client on a second server config is not possible, so
     // mint a long token for userB with the same secret.
-    let long = long_token("2", "userB");
+    let long = token_for("2", "userB", 3600);
     let mut sender = server.connect_token(&long).expect("upgrade");
     assert_eq!(sender.recv()["type"], "welcome");
     assert_eq!(short.recv_type("join")["user"], "userB");
@@ -69,7 +69,7 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
 fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
     let server = start_with(|c| c.token_ttl_secs = 3);
     let (mut a, _) = server.connect("userA");
-    let long = long_token("2", "userB");
+    let long = token_for("2", "userB", 3600);
     let mut b = server.connect_token(&long).expect("upgrade");
     b.recv();
     a.recv_type("join");
@@ -78,19 +78,6 @@ fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
     assert_eq!(b.recv(), json!({ "type": "leave", "user": "userA" }));
     b.say("still here");
     assert_eq!(b.recv()["text"], "still here");
-}
-
-/// A token valid for an hour, signed with the test secret.
-fn long_token(sub: &str, username: &str) -> String {
-    let now = jwtchat::auth::now_secs();
-    let claims = json!({ "sub": sub, "username": username, "iat": now,
-        "exp": now + 3600, "iss": "jwtchat" });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
 }
 
 /// A raw client socket, upgraded with `token`, that the test drives by hand.
@@ -111,7 +98,9 @@ fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
     let server = start_with(|c| c.token_ttl_secs = 3);
     let token = server.token("userA");
     let mut rogue = raw_session(&server, &token);
-    let mut b = server.connect_token(&long_token("2", "userB")).unwrap();
+    let mut b = server
+        .connect_token(&token_for("2", "userB", 3600))
+        .unwrap();
     assert_eq!(b.recv()["type"], "welcome");
     assert_eq!(
         b.recv(),

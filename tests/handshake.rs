@@ -6,25 +6,12 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use support::*;
 
 fn now() -> u64 {
     jwtchat::auth::now_secs()
-}
-
-fn claims(exp: u64) -> Value {
-    json!({ "sub": "1", "username": "userA", "iat": now(), "exp": exp, "iss": "jwtchat" })
-}
-
-fn sign(alg: Algorithm, secret: &[u8], claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        claims,
-        &EncodingKey::from_secret(secret).expect("key"),
-    )
-    .expect("sign")
 }
 
 /// A token with `"alg":"none"` and an empty signature (RFC 7519 §6.1).
@@ -89,58 +76,39 @@ fn the_101_carries_the_rfc_accept_key() {
 #[test]
 fn every_kind_of_bad_token_is_refused_before_the_upgrade() {
     let server = start();
-    let good = claims(now() + 600);
+    let good = claims_for("1", "userA", 600);
     let cases = [
-        (
-            "expired",
-            sign(Algorithm::HS256, SECRET, &claims(now() - 1)),
-        ),
+        ("expired", mint(&claims_for("1", "userA", -1))),
         (
             "expired this very second",
-            sign(Algorithm::HS256, SECRET, &claims(now())),
+            mint(&claims_for("1", "userA", 0)),
         ),
         (
             "wrong secret",
-            sign(Algorithm::HS256, b"another-secret-another-secret-12", &good),
+            mint_with(Algorithm::HS256, b"another-secret-another-secret-12", &good),
         ),
         ("alg none", unsigned(&good)),
-        ("HS512", sign(Algorithm::HS512, SECRET, &good)),
-        ("HS384", sign(Algorithm::HS384, SECRET, &good)),
+        ("HS512", mint_with(Algorithm::HS512, SECRET, &good)),
+        ("HS384", mint_with(Algorithm::HS384, SECRET, &good)),
         (
             "wrong issuer",
-            sign(
-                Algorithm::HS256,
-                SECRET,
-                &json!({ "sub": "1", "username": "userA",
-                "iat": now(), "exp": now() + 600, "iss": "evil" }),
-            ),
+            mint(&json!({ "sub": "1", "username": "userA",
+                "iat": now(), "exp": now() + 600, "iss": "evil" })),
         ),
         (
             "no issuer",
-            sign(
-                Algorithm::HS256,
-                SECRET,
-                &json!({ "sub": "1", "username": "userA",
-                "iat": now(), "exp": now() + 600 }),
-            ),
+            mint(&json!({ "sub": "1", "username": "userA",
+                "iat": now(), "exp": now() + 600 })),
         ),
         (
             "not yet valid",
-            sign(
-                Algorithm::HS256,
-                SECRET,
-                &json!({ "sub": "1", "username": "userA",
-                "iat": now(), "exp": now() + 600, "nbf": now() + 300, "iss": "jwtchat" }),
-            ),
+            mint(&json!({ "sub": "1", "username": "userA",
+                "iat": now(), "exp": now() + 600, "nbf": now() + 300, "iss": "jwtchat" })),
         ),
         (
             "exp as a string",
-            sign(
-                Algorithm::HS256,
-                SECRET,
-                &json!({ "sub": "1", "username": "userA",
-                "iat": now(), "exp": (now() + 600).to_string(), "iss": "jwtchat" }),
-            ),
+            mint(&json!({ "sub": "1", "username": "userA",
+                "iat": now(), "exp": (now() + 600).to_string(), "iss": "jwtchat" })),
         ),
         ("garbage", "not-a-token".to_string()),
         ("three garbage parts", "a.b.c".to_string()),
@@ -156,7 +124,7 @@ fn a_tampered_payload_is_refused() {
     let server = start();
     let token = server.token("userA");
     let parts: Vec<&str> = token.split('.').collect();
-    let forged = URL_SAFE_NO_PAD.encode(claims(now() + 99_999).to_string());
+    let forged = URL_SAFE_NO_PAD.encode(claims_for("1", "userA", 99_999).to_string());
     assert_refused(
         &server,
         &format!("{}.{forged}.{}", parts[0], parts[2]),

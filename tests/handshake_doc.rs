@@ -138,7 +138,7 @@ fn transcript() -> String {
     out.push_str("```\n\n");
 
     // 6. A refused upgrade: a token that expired a minute ago.
-    let expired = mint(-60);
+    let expired = token_for("1", "userA", -60);
     let refused = send_raw(
         addr,
         upgrade_request_for(&expired, "dGhlIHNhbXBsZSBub25jZQ==").as_bytes(),
@@ -170,7 +170,7 @@ fn transcript() -> String {
     // within --sweep-interval.)
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let short = mint(2);
+    let short = token_for("1", "userA", 2);
     stream
         .write_all(upgrade_request_for(&short, "x3JJHMbDL1EzLkh9GBhXDw==").as_bytes())
         .unwrap();
@@ -204,25 +204,6 @@ fn upgrade_request_for(token: &str, key: &str) -> String {
          Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     )
-}
-
-/// A token for userA signed with the test secret, expiring `exp_in`
-/// seconds from now (in the past if negative).
-fn mint(exp_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = serde_json::json!({
-        "sub": "1", "username": "userA", "iat": now - 600, "exp": now + exp_in,
-        "iss": "jwtchat",
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
 }
 
 fn section(out: &mut String, title: &str, lang: &str) {

@@ -7,7 +7,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use support::*;
 
@@ -179,12 +178,7 @@ fn a_token_without_a_password_fingerprint_cannot_refresh() {
         "sub": "1", "username": "userA", "iss": "jwtchat",
         "iat": now, "exp": now + 600, "auth_time": now,
     });
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET).expect("HMAC key"),
-    )
-    .expect("sign");
+    let token = mint(&claims);
     // It is still a valid token for the WebSocket...
     let mut client = server.connect_token(&token).expect("upgrade");
     assert_eq!(client.recv()["type"], "welcome");

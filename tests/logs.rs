@@ -206,22 +206,12 @@ fn usernames_are_escaped_in_every_line() {
     );
 }
 
-/// A token signed with the test secret, with these changes to its claims.
-fn mint(issuer: &str, exp_offset: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = json!({
-        "sub": "1", "username": "userA", "iat": now - 100,
-        "exp": now + exp_offset, "iss": issuer,
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
+/// A token for userA signed with the test secret, from `issuer`, expiring
+/// `exp_in` seconds from now.
+fn token_from(issuer: &str, exp_in: i64) -> String {
+    let mut claims = claims_for("1", "userA", exp_in);
+    claims["iss"] = issuer.into();
+    mint(&claims)
 }
 
 #[test]
@@ -238,9 +228,9 @@ fn refusals_are_logged_in_words_and_throttling_is_counted() {
     // Token refusals, each for its own reason.
     let refused = [
         ("not-a-jwt".to_string(), "malformed token"),
-        (mint("jwtchat", -60), "expired token"),
-        (mint("someone-else", 600), "wrong issuer"),
-        (format!("{}x", mint("jwtchat", 600)), "bad signature"),
+        (token_from("jwtchat", -60), "expired token"),
+        (token_from("someone-else", 600), "wrong issuer"),
+        (format!("{}x", token_from("jwtchat", 600)), "bad signature"),
     ];
     for (token, _) in &refused {
         let r = send_raw(

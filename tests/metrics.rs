@@ -82,7 +82,7 @@ fn counters_follow_what_the_server_does() {
         after["jwtchat_tokens_rejected_total{reason=\"expired\"}"],
         0.0
     );
-    assert_eq!(after["jwtchat_connections_total"], 2.0);
+    assert_eq!(after["jwtchat_websocket_connections_total"], 2.0);
     assert_eq!(after["jwtchat_websocket_clients"], 2.0);
     assert_eq!(after["jwtchat_messages_broadcast_total"], 1.0);
     // welcome ×2, join ×1, the message ×2.
@@ -91,7 +91,7 @@ fn counters_follow_what_the_server_does() {
         "fan-out deliveries: join + message ×2"
     );
     assert!(after["jwtchat_bytes_sent_total"] > 0.0);
-    assert!(after["jwtchat_connections_open"] >= 2.0);
+    assert!(after["jwtchat_tcp_connections_open"] >= 2.0);
 }
 
 #[test]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
+use serde::Serialize;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -84,14 +85,13 @@ impl Percentiles {
         )
     }
 
-    pub fn json(&self) -> String {
-        format!(
-            r#"{{"p50_ms":{:.4},"p99_ms":{:.4},"max_ms":{:.4},"count":{}}}"#,
-            Self::ms(self.p50),
-            Self::ms(self.p99),
-            Self::ms(self.max),
-            self.count
-        )
+    fn summary(&self) -> PercentilesJson {
+        PercentilesJson {
+            p50_ms: round(Self::ms(self.p50), 4),
+            p99_ms: round(Self::ms(self.p99), 4),
+            max_ms: round(Self::ms(self.max), 4),
+            count: self.count,
+        }
     }
 }
 
@@ -154,14 +154,13 @@ impl Group {
         )
     }
 
-    fn json(&self) -> String {
-        format!(
-            r#"{{"clients":{},"deliveries":{},"each":{},"last":{}}}"#,
-            self.clients,
-            self.deliveries,
-            self.each.json(),
-            self.last.json()
-        )
+    fn summary(&self) -> GroupJson {
+        GroupJson {
+            clients: self.clients,
+            deliveries: self.deliveries,
+            each: self.each.summary(),
+            last: self.last.summary(),
+        }
     }
 }
 
@@ -212,39 +211,95 @@ impl Report {
         out
     }
 
+    /// The run as one line of JSON, for scripts.
     pub fn json(&self) -> String {
-        let p = &self.plan;
-        let mut split = self.split.as_ref().map_or(String::new(), |s| {
-            format!(
-                r#","instances":{},"local":{},"remote":{}"#,
-                s.instances,
-                s.local.json(),
-                s.remote.json()
-            )
-        });
-        if self.errors > 0 {
-            split.push_str(&format!(r#","errors":{}"#, self.errors));
-        }
-        format!(
-            r#"{{"clients":{},"senders":{},"messages":{},"payload":{},"window":{},"rate":{},"each":{},"last":{},"deliveries":{},"expected":{},"lost":{},"out_of_order":{},"closed":{},"elapsed_s":{:.4},"deliveries_per_s":{:.0}{}}}"#,
-            p.clients,
-            p.senders,
-            p.messages,
-            p.payload,
-            p.window,
-            p.rate,
-            self.each.json(),
-            self.last.json(),
-            self.deliveries,
-            self.expected_deliveries,
-            self.lost(),
-            self.out_of_order,
-            self.closed.len(),
-            self.elapsed.as_secs_f64(),
-            self.deliveries_per_sec(),
-            split
-        )
+        serde_json::to_string(&self.summary()).expect("a report serialises")
     }
+
+    /// What [`Report::json`] writes, to serialise with more around it.
+    pub fn summary(&self) -> ReportJson {
+        let p = &self.plan;
+        let split = self.split.as_ref();
+        ReportJson {
+            clients: p.clients,
+            senders: p.senders,
+            messages: p.messages,
+            payload: p.payload,
+            window: p.window,
+            rate: p.rate,
+            each: self.each.summary(),
+            last: self.last.summary(),
+            deliveries: self.deliveries,
+            expected: self.expected_deliveries,
+            lost: self.lost(),
+            out_of_order: self.out_of_order,
+            closed: self.closed.len(),
+            elapsed_s: round(self.elapsed.as_secs_f64(), 4),
+            deliveries_per_s: self.deliveries_per_sec().round() as u64,
+            instances: split.map(|s| s.instances),
+            local: split.map(|s| s.local.summary()),
+            remote: split.map(|s| s.remote.summary()),
+            errors: (self.errors > 0).then_some(self.errors),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The JSON report: the numbers of `Report::human`, in milliseconds and
+// seconds, one object per run.
+
+/// A [`Report`] as JSON. The split fields are there only for a run over
+/// several instances, `errors` only if the server sent any.
+#[derive(Debug, Serialize)]
+pub struct ReportJson {
+    pub clients: usize,
+    pub senders: usize,
+    pub messages: usize,
+    pub payload: usize,
+    pub window: usize,
+    pub rate: u64,
+    pub each: PercentilesJson,
+    pub last: PercentilesJson,
+    pub deliveries: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub closed: usize,
+    pub elapsed_s: f64,
+    pub deliveries_per_s: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<GroupJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<GroupJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+}
+
+/// A [`Group`] as JSON.
+#[derive(Debug, Serialize)]
+pub struct GroupJson {
+    pub clients: usize,
+    pub deliveries: u64,
+    pub each: PercentilesJson,
+    pub last: PercentilesJson,
+}
+
+/// [`Percentiles`] as JSON, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct PercentilesJson {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub count: usize,
+}
+
+/// `x` to `places` decimals, the precision the report has always given:
+/// more digits than that would be noise.
+pub fn round(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
 }
 
 // ---------------------------------------------------------------------------

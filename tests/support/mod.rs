@@ -19,6 +19,35 @@ pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
 /// How long a test waits for anything before failing (liveness, not speed).
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
+/// Signs `claims` with HS256 and [`SECRET`], as the test server signs its
+/// own tokens: for tokens `POST /auth` would never hand out.
+pub fn mint(claims: &Value) -> String {
+    mint_with(jsonwebtoken::Algorithm::HS256, SECRET, claims)
+}
+
+/// Signs `claims` with `alg` and `key`: for tokens the server must refuse
+/// (another secret, another HMAC algorithm).
+pub fn mint_with(alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(key).expect("HMAC key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).expect("sign")
+}
+
+/// The claims of a token for `username` (user id `sub`) from issuer
+/// `jwtchat`, issued now and expiring `exp_in` seconds from now (in the
+/// past if negative). No `auth_time` or `pwf`: such a token opens a
+/// WebSocket but does not renew.
+pub fn claims_for(sub: &str, username: &str, exp_in: i64) -> Value {
+    let now = jwtchat::auth::now_secs() as i64;
+    serde_json::json!({
+        "sub": sub, "username": username, "iat": now, "exp": now + exp_in, "iss": "jwtchat",
+    })
+}
+
+/// [`claims_for`], signed with [`mint`].
+pub fn token_for(sub: &str, username: &str, exp_in: i64) -> String {
+    mint(&claims_for(sub, username, exp_in))
+}
+
 pub struct TestServer {
     /// `None` for a server in another process (see [`TestServer::at`]).
     pub handle: Option<ServerHandle>,
