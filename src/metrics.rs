@@ -30,7 +30,7 @@ const LOGIN_LIMITS: [&str; 3] = ["failures_per_ip", "attempts_per_ip", "logins_p
 pub struct Metrics {
     /// WebSocket connections upgraded and started
     /// (`jwtchat_websocket_connections_total`).
-    pub connections_total: AtomicU64,
+    pub websocket_connections: AtomicU64,
     pub messages_broadcast: AtomicU64,
     pub deliveries: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -121,7 +121,7 @@ impl Metrics {
             "jwtchat_websocket_connections_total",
             "counter",
             "WebSocket connections accepted (upgraded) since start.",
-            get(&self.connections_total),
+            get(&self.websocket_connections),
         );
         metric(
             "jwtchat_messages_broadcast_total",

@@ -206,7 +206,7 @@ pub fn run(
         Some(ws_config(shared.config.frame_limit())),
     );
 
-    metrics::inc(&shared.metrics().connections_total);
+    metrics::inc(&shared.metrics().websocket_connections);
     let (end, who) = if shared.config.echo {
         // A conformance suite expects nothing but its own echoes: no room,
         // no welcome, no presence.
