@@ -1,6 +1,9 @@
 //! Token expiry after the upgrade: a client whose token runs out gets
 //! `token_expired` and close 4001, both from the periodic sweep and on the
 //! next broadcast, and never receives a message sent after its `exp`.
+//!
+//! The first test waits for a real expiry, end to end; the others move a
+//! manual clock past `exp` instead of sleeping until it.
 
 mod support;
 
@@ -36,8 +39,8 @@ fn the_sweep_closes_an_idle_client_soon_after_exp() {
 #[test]
 fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
     // The sweep effectively off: only a broadcast can find the expiry.
-    let server = start_with(|c| {
-        c.token_ttl_secs = 3;
+    let (server, clock) = start_on_clock(|c| {
+        c.token_ttl_secs = 600;
         c.sweep_interval = Duration::from_secs(3600);
     });
     let (mut short, welcome) = server.connect("userA");
@@ -50,9 +53,8 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
     assert_eq!(sender.recv()["type"], "welcome");
     assert_eq!(short.recv_type("join")["user"], "userB");
 
-    while jwtchat::auth::now_secs() < exp {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    clock.advance(Duration::from_secs(600));
+    assert!(clock.clock().unix_secs() >= exp);
     sender.say("after expiry");
 
     let (code, before) = short.until_close();
@@ -67,12 +69,13 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
 
 #[test]
 fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
-    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 600);
     let (mut a, _) = server.connect("userA");
     let long = token_for("2", "userB", 3600);
     let mut b = server.connect_token(&long).expect("upgrade");
     b.recv();
     a.recv_type("join");
+    clock.advance(Duration::from_secs(600));
     // userA expires and leaves; userB stays and can still chat.
     assert_eq!(a.until_close().0, 4001);
     assert_eq!(b.recv(), json!({ "type": "leave", "user": "userA" }));
@@ -95,13 +98,14 @@ fn raw_session(server: &TestServer, token: &str) -> std::net::TcpStream {
 #[test]
 fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
     use std::io::Write;
-    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 600);
     let token = server.token("userA");
     let mut rogue = raw_session(&server, &token);
     let mut b = server
         .connect_token(&token_for("2", "userB", 3600))
         .unwrap();
     assert_eq!(b.recv()["type"], "welcome");
+    clock.advance(Duration::from_secs(600));
     assert_eq!(
         b.recv(),
         json!({ "type": "leave", "user": "userA" }),
@@ -127,9 +131,10 @@ fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
 
 #[test]
 fn a_silent_expired_client_is_disconnected_after_the_close_grace() {
-    let server = start_with(|c| c.token_ttl_secs = 2);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 600);
     let token = server.token("userA");
     let mut silent = raw_session(&server, &token);
+    clock.advance(Duration::from_secs(600));
     // It reads (the close frame included) but never answers it.
     assert!(
         closed_by_server(&mut silent),

@@ -34,13 +34,13 @@ fn claims(token: &str) -> Value {
 
 #[test]
 fn refresh_gives_a_new_token_for_the_same_login() {
-    let server = start_with(|c| {
+    let (server, clock) = start_on_clock(|c| {
         c.token_ttl_secs = 60;
         c.max_session_secs = 3600;
     });
     let token = server.token("userA");
     let first = claims(&token);
-    std::thread::sleep(Duration::from_millis(1100));
+    clock.advance(Duration::from_secs(1));
     let response = refresh(&server, &token);
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("Cache-Control"), Some("no-store"));
@@ -91,9 +91,9 @@ fn refresh_refuses_bad_tokens_and_wrong_methods() {
 
 #[test]
 fn an_expired_token_cannot_be_refreshed() {
-    let server = start_with(|c| c.token_ttl_secs = 1);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 60);
     let token = server.token("userA");
-    std::thread::sleep(Duration::from_millis(2100));
+    clock.advance(Duration::from_secs(60));
     let r = refresh(&server, &token);
     assert_eq!(r.status, 401);
     assert_eq!(r.json(), json!({ "error": "invalid_token" }));
@@ -101,18 +101,21 @@ fn an_expired_token_cannot_be_refreshed() {
 
 #[test]
 fn refresh_stops_at_the_session_cap() {
-    let server = start_with(|c| {
-        c.token_ttl_secs = 60;
-        c.max_session_secs = 4;
+    let (server, clock) = start_on_clock(|c| {
+        c.token_ttl_secs = 3600;
+        c.max_session_secs = 600;
     });
     let token = server.token("userA");
     // Within the cap, a refreshed token never outlives the session.
     let r = refresh(&server, &token);
     assert_eq!(r.status, 200);
     let renewed = claims(r.json()["token"].as_str().unwrap());
-    assert!(renewed["exp"].as_u64().unwrap() <= renewed["auth_time"].as_u64().unwrap() + 4);
-    // Past it, the user must log in again.
-    std::thread::sleep(Duration::from_millis(4100));
+    assert_eq!(
+        renewed["exp"].as_u64().unwrap(),
+        renewed["auth_time"].as_u64().unwrap() + 600
+    );
+    // Past it, the user must log in again, though the token is valid.
+    clock.advance(Duration::from_secs(600));
     let r = refresh(&server, &token);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "session_expired");
@@ -120,22 +123,19 @@ fn refresh_stops_at_the_session_cap() {
 
 #[test]
 fn reauth_moves_the_expiry_of_an_open_connection() {
-    let server = start_with(|c| c.token_ttl_secs = 6);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 120);
     let token = server.token("userA");
     let mut a = server.connect_token(&token).unwrap();
     let welcome = a.recv();
     let old_exp = welcome["expires_at"].as_u64().unwrap();
     // Inside the last minute: warned once.
+    clock.advance(Duration::from_secs(61));
     assert_eq!(
         a.recv(),
         json!({ "type": "expiring", "expires_at": old_exp })
     );
 
-    // Halfway through the token's life, renew: the new token lasts until
-    // about three seconds past the old expiry.
-    while jwtchat::auth::now_secs() < old_exp - 3 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Renew: the new token lasts a minute past the old expiry.
     let renewed = refresh(&server, &token).json()["token"]
         .as_str()
         .unwrap()
@@ -144,22 +144,20 @@ fn reauth_moves_the_expiry_of_an_open_connection() {
     let reply = a.recv();
     assert_eq!(reply["type"], "reauthed");
     let new_exp = reply["expires_at"].as_u64().unwrap();
-    assert!(new_exp > old_exp);
-    // Warned again for the new token, and still here after the old expiry.
+    assert_eq!(new_exp, old_exp + 61);
+    // Past the old expiry: still here, and warned again for the new token.
+    clock.advance(Duration::from_secs(60));
     assert_eq!(
         a.recv(),
         json!({ "type": "expiring", "expires_at": new_exp })
     );
-    while jwtchat::auth::now_secs() < old_exp {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     a.say("still connected");
     assert_eq!(a.recv()["text"], "still connected");
 }
 
 #[test]
 fn reauth_with_a_bad_token_keeps_the_old_expiry() {
-    let server = start_with(|c| c.token_ttl_secs = 3);
+    let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 60);
     let (mut a, welcome) = server.connect("userA");
     let exp = welcome["expires_at"].as_u64().unwrap();
     a.recv_type("expiring");
@@ -171,9 +169,10 @@ fn reauth_with_a_bad_token_keeps_the_old_expiry() {
         assert_eq!(error["code"], "bad_token");
     }
     // The old expiry stands: closed with 4001 at exp.
+    clock.advance(Duration::from_secs(60));
     let (code, _) = a.until_close();
     assert_eq!(code, 4001);
-    assert!(jwtchat::auth::now_secs() >= exp);
+    assert!(clock.clock().unix_secs() >= exp);
 }
 
 #[test]

@@ -92,6 +92,20 @@ fn test_log_level() -> jwtchat::log::Level {
     }
 }
 
+/// A server whose clock stands still until the test moves it: a token
+/// expires, a warning goes out or a session cap passes when the test says,
+/// not after a sleep.
+pub fn start_on_clock(
+    tweak: impl FnOnce(&mut Config),
+) -> (TestServer, jwtchat::clock::ManualClock) {
+    let clock = jwtchat::clock::ManualClock::new();
+    let server = start_with(|c| {
+        c.clock = clock.clock();
+        tweak(c);
+    });
+    (server, clock)
+}
+
 impl TestServer {
     /// A server already running elsewhere (the real binary, say).
     pub fn at(addr: SocketAddr) -> TestServer {
