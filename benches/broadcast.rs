@@ -16,6 +16,11 @@
 //! the cross-instance path (sent on the first, received on the second).
 
 mod loadgen;
+// The binary's process set-up, for the open-file limit: each client is a
+// descriptor. Not library API, so included by path.
+#[allow(dead_code)]
+#[path = "../src/process.rs"]
+mod process;
 // The tests' throwaway redis-server (a child process, killed on drop).
 #[cfg(feature = "redis")]
 #[path = "../tests/support/redis_server.rs"]
@@ -31,7 +36,7 @@ fn main() {
     let quick = std::env::var("JWTCHAT_BENCH_QUICK").is_ok_and(|v| v == "1");
     // Logging every connection would be most of the work at N = 1000.
     jwtchat::log::set_level(jwtchat::log::Level::Warn);
-    let _ = jwtchat::sys::raise_open_file_limit();
+    let _ = process::raise_open_file_limit();
     println!(
         "jwtchat broadcast benchmark ({} mode, {} cores)",
         if quick { "quick" } else { "full" },
