@@ -110,7 +110,7 @@ fn measure_on(plan: Plan, instances: usize, redis: Option<(&str, &str)>) -> io::
                 // Measure the server, not its abuse limits: every client
                 // comes from 127.0.0.1 and the senders go flat out.
                 message_rate: 0,
-                max_connections_per_ip: usize::MAX,
+                max_connections_per_ip: 10_000_000,
                 redis: redis.map(|(url, _)| url.to_string()),
                 redis_prefix: redis.map_or(Config::default().redis_prefix, |(_, p)| p.into()),
                 ..Config::default()

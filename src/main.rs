@@ -1,4 +1,6 @@
-//! The `jwtchat` command: parse the command line, then serve or hash.
+//! The `jwtchat` command: parse the command line ([`cli`]), set up the
+//! process ([`process`]), then serve or hash. Neither module is part of
+//! the library: an embedder brings its own command line and process.
 //!
 //! Exit status: 0 on success, 2 for a usage or configuration error (one
 //! line on stderr saying what is wrong), 1 if serving fails at run time.
@@ -8,10 +10,12 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use jwtchat::config::{self, Command};
 use jwtchat::{Server, auth};
 
+mod cli;
 mod process;
+
+use cli::Command;
 
 /// How long a shutdown waits for the 1001 close frames to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -19,17 +23,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     process::tune_allocator();
     let args = std::env::args_os().skip(1);
-    let command = match config::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
+    let command = match cli::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
         Ok(command) => command,
         Err(error) => return usage_error(&error),
     };
     match command {
         Command::Help => {
-            print!("{}", config::USAGE);
+            print!("{}", cli::usage());
             ExitCode::SUCCESS
         }
         Command::HashPasswordHelp => {
-            print!("{}", config::HASH_PASSWORD_USAGE);
+            print!("{}", cli::HASH_PASSWORD_USAGE);
             ExitCode::SUCCESS
         }
         Command::Version => {
