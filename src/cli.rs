@@ -172,8 +172,8 @@ struct Flag {
     help: &'static str,
     /// The README's "meaning" column (Markdown), where `{range}` stands
     /// for a number's range; only the test that keeps the README equal to
-    /// this table reads it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// this table reads it, so the binary does not carry it.
+    #[cfg(test)]
     doc: &'static str,
 }
 
@@ -208,6 +208,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(&c.bind),
         unset: (None, ""),
         help: "address to listen on (port 0 picks a free port)",
+        #[cfg(test)]
         doc: "listen address; port `0` picks a free port",
     },
     Flag {
@@ -219,6 +220,7 @@ const FLAGS: &[Flag] = &[
         show: |c| c.static_dir.as_ref().map(|p| p.display().to_string()),
         unset: (None, "embedded"),
         help: "serve the front end from DIR instead of the copy embedded in the binary",
+        #[cfg(test)]
         doc: "serve the front end from `DIR` instead of the copy built into the binary",
     },
     Flag {
@@ -230,6 +232,7 @@ const FLAGS: &[Flag] = &[
         show: |c| (!c.allowed_origins.is_empty()).then(|| c.allowed_origins.join(" ")),
         unset: (Some("the server's own origin, from the Host header"), ""),
         help: "an origin (e.g. https://chat.example) allowed to open a WebSocket; repeatable",
+        #[cfg(test)]
         doc: "a browser origin (e.g. `https://chat.example`) allowed to open a WebSocket \
               besides the server's own; repeatable",
     },
@@ -252,6 +255,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, "none"),
         help: "a reverse proxy network (e.g. 127.0.0.1/32) whose X-Forwarded-For names the \
                client; repeatable",
+        #[cfg(test)]
         doc: "a reverse proxy network (e.g. `127.0.0.1/32`) whose `X-Forwarded-For` names the \
               client; repeatable",
     },
@@ -266,6 +270,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, "demo users"),
         help: "JSON users file; without it, demo users userA/passwordA, userB/passwordB, \
                userC/passwordC",
+        #[cfg(test)]
         doc: "JSON users file (below)",
     },
     Flag {
@@ -279,6 +284,7 @@ const FLAGS: &[Flag] = &[
         help: "HS256 secret: at least 32 bytes with at least 16 distinct byte values, not the \
                old example's placeholder; a trailing newline is dropped (make one with: head -c \
                32 /dev/urandom | base64)",
+        #[cfg(test)]
         doc: "the HS256 secret, at least 32 bytes with at least 16 distinct byte values (a \
               trailing newline is ignored); a warning if group or others may read or write the \
               file",
@@ -294,6 +300,7 @@ const FLAGS: &[Flag] = &[
         help: "HS256 secret, used when --secret-file is not given, with the same rules (taken \
                as raw bytes); set but empty is an error. With neither, a random secret is \
                generated at start-up and tokens do not survive a restart.",
+        #[cfg(test)]
         doc: "the secret, when `--secret-file` is not given; the same rules, taken as raw \
               bytes; set but empty is an error",
     },
@@ -306,6 +313,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.token_ttl_secs),
         unset: (None, ""),
         help: "token lifetime in seconds",
+        #[cfg(test)]
         doc: "token lifetime",
     },
     Flag {
@@ -317,6 +325,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(&c.issuer),
         unset: (None, ""),
         help: "the token issuer (iss claim)",
+        #[cfg(test)]
         doc: "the `iss` claim issued and required",
     },
     Flag {
@@ -328,6 +337,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_session_secs),
         unset: (None, ""),
         help: "how long after a login tokens can be refreshed",
+        #[cfg(test)]
         doc: "how long after a password login `/auth/refresh` keeps renewing",
     },
     // LIMITS
@@ -342,6 +352,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_message_bytes),
         unset: (None, ""),
         help: "largest chat message text in bytes",
+        #[cfg(test)]
         doc: "largest chat text in UTF-8 bytes; the WebSocket frame limit is `2N + 1024`",
     },
     Flag {
@@ -353,6 +364,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.message_rate),
         unset: (None, ""),
         help: "chat messages per second per connection, 0 = no limit",
+        #[cfg(test)]
         doc: "chat messages per second per connection; `0` = no limit",
     },
     Flag {
@@ -364,6 +376,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.message_burst),
         unset: (None, ""),
         help: "messages allowed at once before the rate applies",
+        #[cfg(test)]
         doc: "messages a connection may send at once before the rate applies; also how many \
               refusals it gets (one more each second) before `1008`",
     },
@@ -379,6 +392,7 @@ const FLAGS: &[Flag] = &[
         unset: (Some("2 x --message-rate"), "2 × `--message-rate`"),
         help: "chat messages per second all of one user's connections may send together, and \
                likewise all connections from one IP address, 0 = no limit",
+        #[cfg(test)]
         doc: "chat messages per second all of one user's connections may send together, and \
               likewise all connections from one IP address; `0` = no limit",
     },
@@ -393,6 +407,7 @@ const FLAGS: &[Flag] = &[
         show: |c| c.user_message_burst.map(|n| n.to_string()),
         unset: (Some("2 x --message-burst"), "2 × `--message-burst`"),
         help: "burst for --user-message-rate",
+        #[cfg(test)]
         doc: "the burst for `--user-message-rate`",
     },
     Flag {
@@ -406,6 +421,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.client_queue_bytes),
         unset: (None, ""),
         help: "unsent bytes one client may fall behind before it is disconnected (4008)",
+        #[cfg(test)]
         doc: "unsent bytes one client may fall behind before it is closed with `4008` \
               ({range}); with `--max-connections`, this bounds memory (see [Memory](#memory))",
     },
@@ -418,6 +434,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_connections),
         unset: (None, ""),
         help: "open connections at most",
+        #[cfg(test)]
         doc: "open connections (HTTP and WebSocket) at most",
     },
     Flag {
@@ -431,6 +448,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_connections_per_ip),
         unset: (None, ""),
         help: "open connections per client IP",
+        #[cfg(test)]
         doc: "open connections from one IP address at most",
     },
     Flag {
@@ -442,6 +460,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_login_failures),
         unset: (None, ""),
         help: "failed logins per IP per minute before 429, 0 = no limit",
+        #[cfg(test)]
         doc: "failed logins per IP per minute before `429`; `0` = no limit",
     },
     Flag {
@@ -453,6 +472,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_logins_per_ip),
         unset: (None, ""),
         help: "logins (successful ones too) per IP per minute before 429, 0 = no limit",
+        #[cfg(test)]
         doc: "logins of any outcome per IP per minute before `429`; `0` = no limit",
     },
     Flag {
@@ -464,6 +484,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_logins_per_user),
         unset: (None, ""),
         help: "successful logins per username per minute before 429, 0 = no limit",
+        #[cfg(test)]
         doc: "successful logins per username per minute before `429`; `0` = no limit",
     },
     Flag {
@@ -475,6 +496,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.max_refreshes),
         unset: (None, ""),
         help: "token refreshes per user per minute before 429, 0 = no limit",
+        #[cfg(test)]
         doc: "`POST /auth/refresh` per user (token `sub`) per minute before `429`; `0` = no \
               limit",
     },
@@ -488,6 +510,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(c.history),
         unset: (None, ""),
         help: "messages a newcomer's welcome carries, 0 = none",
+        #[cfg(test)]
         doc: "messages a newcomer's `welcome` carries; `0` = none",
     },
     // LOGGING AND METRICS
@@ -506,6 +529,7 @@ const FLAGS: &[Flag] = &[
         show: |c| name_of(&LEVELS, c.log_level),
         unset: (None, ""),
         help: "error, warn, info or debug",
+        #[cfg(test)]
         doc: "`error`, `warn`, `info` or `debug` (see [Logs](#sessions-history-and-operations))",
     },
     Flag {
@@ -523,6 +547,7 @@ const FLAGS: &[Flag] = &[
         show: |c| name_of(&FORMATS, c.log_format),
         unset: (None, ""),
         help: "text, or json for one JSON object per line",
+        #[cfg(test)]
         doc: "`text`, or `json`: one `{\"ts\",\"level\",\"msg\"}` object per line for a log \
               shipper",
     },
@@ -535,6 +560,7 @@ const FLAGS: &[Flag] = &[
         show: |c| c.trace_handshake.then(|| "on".into()),
         unset: (None, "off"),
         help: "print every WebSocket handshake step by step",
+        #[cfg(test)]
         doc: "print every WebSocket handshake to stderr: the request (token redacted), each \
               check with its RFC section, the `Sec-WebSocket-Accept` computation, the response",
     },
@@ -548,6 +574,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, ""),
         help: "serve /metrics on ADDR (e.g. 127.0.0.1:9100); without it or --metrics-public, \
                /metrics is not served at all",
+        #[cfg(test)]
         doc: "serve `/metrics` on this address (e.g. `127.0.0.1:9100`); with neither this nor \
               `--metrics-public`, `/metrics` is not served",
     },
@@ -561,6 +588,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, "off"),
         help: "also serve /metrics on the main listener (it tells why tokens were rejected: \
                keep private)",
+        #[cfg(test)]
         doc: "also serve `/metrics` on the main listener; its counters say why tokens were \
               rejected, so keep that listener private",
     },
@@ -575,6 +603,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, ""),
         help: "share one room with every instance using this Redis, e.g. \
                redis://127.0.0.1:6379/0 (builds with --features redis only)",
+        #[cfg(test)]
         doc: "share one room with every instance using this Redis, e.g. \
               `redis://127.0.0.1:6379/0` (a build with `--features redis`; see [Scaling \
               out](#scaling-out))",
@@ -588,6 +617,7 @@ const FLAGS: &[Flag] = &[
         show: |c| some(&c.redis_prefix),
         unset: (None, ""),
         help: "prefix of jwtchat's Redis keys",
+        #[cfg(test)]
         doc: "prefix of every Redis key, so several rooms can share one Redis",
     },
     // OTHER
@@ -601,6 +631,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, "off"),
         help: "test aid: echo each message back to its sender only, instead of chatting (for \
                Autobahn)",
+        #[cfg(test)]
         doc: "test aid: echo each text/binary message back to its sender only, instead of \
               chatting (for Autobahn)",
     },
@@ -613,6 +644,7 @@ const FLAGS: &[Flag] = &[
         show: NOTHING,
         unset: (None, ""),
         help: "print this help",
+        #[cfg(test)]
         doc: "`jwtchat help` is `--help`; `jwtchat hash-password --help` explains that command",
     },
     Flag {
@@ -624,6 +656,7 @@ const FLAGS: &[Flag] = &[
         show: NOTHING,
         unset: (None, ""),
         help: "print the version and the features built in",
+        #[cfg(test)]
         doc: "names the features built in, e.g. `jwtchat 0.1.0 (features: none)`",
     },
 ];
