@@ -16,6 +16,11 @@
 //! the cross-instance path (sent on the first, received on the second).
 
 mod loadgen;
+// The binary's process set-up, for the open-file limit: each client is a
+// descriptor. Not library API, so included by path.
+#[allow(dead_code)]
+#[path = "../src/process.rs"]
+mod process;
 // The tests' throwaway redis-server (a child process, killed on drop).
 #[cfg(feature = "redis")]
 #[path = "../tests/support/redis_server.rs"]
@@ -51,7 +56,7 @@ fn main() {
     let quick = std::env::var("JWTCHAT_BENCH_QUICK").is_ok_and(|v| v == "1");
     // Logging every connection would be most of the work at N = 1000.
     jwtchat::log::set_level(jwtchat::log::Level::Warn);
-    let _ = jwtchat::sys::raise_open_file_limit();
+    let _ = process::raise_open_file_limit();
     println!(
         "jwtchat broadcast benchmark ({} mode, {} cores)",
         if quick { "quick" } else { "full" },
@@ -124,11 +129,11 @@ fn measure_on(plan: Plan, instances: usize, redis: Option<(&str, &str)>) -> io::
             let config = Config {
                 bind: "127.0.0.1:0".into(),
                 // One secret: a token from one instance works on all.
-                secret: Some(b"benchmark-secret-benchmark-secret-123".to_vec()),
+                secret: Some(b"broadcast-bench: 0123456789 abcdefghijklmnop".to_vec()),
                 // Measure the server, not its abuse limits: every client
                 // comes from 127.0.0.1 and the senders go flat out.
                 message_rate: 0,
-                max_connections_per_ip: usize::MAX,
+                max_connections_per_ip: 10_000_000,
                 redis: redis.map(|(url, _)| url.to_string()),
                 redis_prefix: redis.map_or(Config::default().redis_prefix, |(_, p)| p.into()),
                 ..Config::default()

@@ -22,6 +22,11 @@
 
 #[path = "loadgen/mod.rs"]
 mod loadgen;
+// The binary's process set-up, for the open-file limit: each client is a
+// descriptor. Not library API, so included by path.
+#[allow(dead_code)]
+#[path = "../src/process.rs"]
+mod process;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> std::io::Result<()> {
-    let limit = jwtchat::sys::raise_open_file_limit()?;
+    let limit = process::raise_open_file_limit()?;
     if (limit as usize) < args.plan.clients + 64 {
         eprintln!(
             "warning: open-file limit {limit} is below --clients {}",

@@ -1,14 +1,13 @@
-//! Configuration: every knob the server has, its default, and the command
-//! line that sets it.
+//! Configuration: every knob the server has, its default, the range each
+//! number may take, and [`Config::validate`], which [`crate::Server::bind`]
+//! calls before anything else, so an embedder's `Config` gets the checks
+//! the command line gets.
 //!
-//! The parser is hand-written (no `clap`): the flag set is small, and a
-//! reader can see exactly what each flag does. Every mistake becomes a
-//! [`CliError`] whose `Display` is one line, which `main` prints before
-//! exiting with status 2.
+//! The command line itself (the flags, `--help`, parsing) belongs to the
+//! `jwtchat` binary (`src/cli.rs`), which quotes the ranges in [`range`].
 
-use std::ffi::OsString;
 use std::fmt;
-use std::os::unix::ffi::OsStringExt;
+use std::ops::RangeInclusive;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,7 +73,7 @@ impl fmt::Display for WeakSecret {
 
 /// The one check every secret passes before it signs anything, whether
 /// it came from the command line, the environment or an embedder's
-/// [`Config`] (both [`parse`] and [`crate::Server::bind`] call it).
+/// [`Config`] ([`Config::validate`] calls it).
 pub fn check_secret(secret: &[u8]) -> Result<(), WeakSecret> {
     if secret.is_empty() {
         return Err(WeakSecret::Empty);
@@ -121,7 +120,7 @@ pub struct Config {
     /// frame and message limits (see [`Config::frame_limit`]).
     pub max_message_bytes: usize,
     /// HMAC key for HS256; `None` generates a random one at start-up.
-    /// Checked by [`check_secret`] at start-up.
+    /// Checked by [`check_secret`] (through [`Config::validate`]).
     pub secret: Option<Vec<u8>>,
     /// The file `secret` was read from (`--secret-file`), so start-up can
     /// warn when group or others may read it.
@@ -272,453 +271,206 @@ impl Config {
     }
 }
 
-/// What the command line asked for.
-pub enum Command {
-    /// Start the server (`jwtchat` or `jwtchat serve`).
-    Serve(Box<Config>),
-    /// Read a password from stdin, print its argon2id PHC string.
-    HashPassword,
-    /// `--help`, `-h` or `help`: print [`USAGE`].
-    Help,
-    /// `hash-password --help` (or `help hash-password`): print
-    /// [`HASH_PASSWORD_USAGE`].
-    HashPasswordHelp,
-    Version,
+/// The range of every number a [`Config`] holds that has one: written only
+/// here. [`Config::validate`] enforces them, and the command line quotes
+/// them in `--help` and in its errors ("expected 1 to 31536000").
+pub mod range {
+    use std::ops::RangeInclusive;
+
+    /// `token_ttl_secs` and `max_session_secs`: a second to a year.
+    pub const SECONDS: RangeInclusive<u64> = 1..=31_536_000;
+    /// `max_message_bytes`: up to 1 GiB (the frame limit is twice that).
+    pub const MESSAGE_BYTES: RangeInclusive<u64> = 1..=1 << 30;
+    /// `message_rate` and `user_message_rate`; 0 turns the limit off.
+    pub const MESSAGE_RATE: RangeInclusive<u64> = 0..=1_000_000;
+    /// `message_burst` and `user_message_burst`: a burst of 0 would refuse
+    /// every message.
+    pub const MESSAGE_BURST: RangeInclusive<u64> = 1..=1_000_000;
+    /// `client_queue_bytes`: below 64 KiB a client that keeps up could be
+    /// cut off for one large batch.
+    pub const CLIENT_QUEUE_BYTES: RangeInclusive<u64> = 64 * 1024..=1 << 30;
+    /// `max_connections` and `max_connections_per_ip`.
+    pub const CONNECTIONS: RangeInclusive<u64> = 1..=10_000_000;
+    /// The per-minute login and refresh limits; 0 turns one off.
+    pub const PER_MINUTE: RangeInclusive<u64> = 0..=1_000_000;
+    /// `history`: every welcome carries it, so it is kept small.
+    pub const HISTORY: RangeInclusive<u64> = 0..=100_000;
 }
 
-/// A command-line mistake, printed as one line.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CliError {
-    UnknownFlag(String),
-    UnknownCommand(String),
-    MissingValue(&'static str),
-    BadValue {
-        flag: &'static str,
-        value: String,
-        why: &'static str,
-    },
-    /// A number outside what the flag accepts, or not a whole number.
+/// Why a [`Config`] cannot start a server. Each `Display` is one line, the
+/// same the command line prints for the same mistake; settings that have a
+/// flag are named by it (the README's configuration table maps flags to
+/// fields), the others by their field name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A number outside its [`range`].
     OutOfRange {
-        flag: &'static str,
-        value: String,
+        setting: &'static str,
+        value: u64,
         min: u64,
         max: u64,
     },
-    WeakSecret {
-        source: &'static str,
-        why: WeakSecret,
+    /// A name or address that is empty or only spaces.
+    Blank {
+        setting: &'static str,
+        value: String,
     },
-    SecretFile {
-        path: PathBuf,
-        error: String,
-    },
+    /// A duration or count that must be more than zero (zero would make the
+    /// expiry sweep a busy loop, say).
+    Zero { setting: &'static str },
+    /// The secret fails [`check_secret`].
+    WeakSecret(WeakSecret),
 }
 
-impl fmt::Display for CliError {
+impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::UnknownFlag(flag) => write!(f, "unknown flag {flag} (see --help)"),
-            CliError::UnknownCommand(cmd) => write!(
-                f,
-                "unknown command {cmd:?}: expected serve, hash-password or help (see --help)"
-            ),
-            CliError::MissingValue(flag) => write!(f, "{flag} needs a value (see --help)"),
-            CliError::BadValue { flag, value, why } => {
-                write!(f, "invalid value {value:?} for {flag}: {why}")
-            }
-            CliError::OutOfRange {
-                flag,
+            ConfigError::OutOfRange {
+                setting,
                 value,
                 min,
                 max,
-            } => {
-                let why = if value.parse::<i128>().is_ok() {
-                    "out of range"
-                } else {
-                    "not a whole number"
-                };
+            } => write!(
+                f,
+                "invalid value \"{value}\" for {setting}: out of range (expected {min} to {max})"
+            ),
+            ConfigError::Blank { setting, value } => {
                 write!(
                     f,
-                    "invalid value {value:?} for {flag}: {why} (expected {min} to {max})"
+                    "invalid value {value:?} for {setting}: must not be empty"
                 )
             }
-            CliError::WeakSecret { source, why } => write!(f, "the secret from {source} {why}"),
-            CliError::SecretFile { path, error } => {
-                write!(f, "cannot read --secret-file {}: {error}", path.display())
-            }
+            ConfigError::Zero { setting } => write!(f, "{setting} must be more than zero"),
+            ConfigError::WeakSecret(why) => write!(f, "the secret {why}"),
         }
     }
 }
 
-impl std::error::Error for CliError {}
+impl std::error::Error for ConfigError {}
 
-/// `jwtchat --help` (and `jwtchat help`). Flags are grouped by what they
-/// are about; within a group, the one people reach for first comes first.
-pub const USAGE: &str = "\
-jwtchat - a WebSocket chat server that authenticates every connection with a JWT
-
-USAGE:
-    jwtchat [serve] [OPTIONS]     start the server (the default command)
-    jwtchat hash-password         read a password, print its argon2id hash
-                                  for the users file (--help for more)
-    jwtchat help                  print this help
-
-See the README for the protocol: logging in, the WebSocket messages, close
-codes and token claims.
-
-NETWORK:
-    --bind ADDR                 address to listen on [default: 127.0.0.1:3000]
-                                (port 0 picks a free port)
-    --static DIR                serve the front end from DIR instead of the
-                                copy embedded in the binary
-    --allowed-origin ORIGIN     an origin (e.g. https://chat.example) allowed to
-                                open a WebSocket; repeatable [default: the
-                                server's own origin, from the Host header]
-    --trust-proxy CIDR          a reverse proxy network (e.g. 127.0.0.1/32) whose
-                                X-Forwarded-For names the client; repeatable
-
-ACCOUNTS AND TOKENS:
-    --users FILE                JSON users file; without it, demo users
-                                userA/passwordA, userB/passwordB, userC/passwordC
-    --secret-file FILE          HS256 secret: at least 32 bytes with at least 16
-                                distinct byte values, not the old example's
-                                placeholder; a trailing newline is dropped
-                                (make one with: head -c 32 /dev/urandom | base64)
-    --token-ttl SECS            token lifetime in seconds [default: 900]
-    --issuer NAME               the token issuer (iss claim) [default: jwtchat]
-    --max-session SECS          how long after a login tokens can be refreshed
-                                [default: 43200]
-
-LIMITS:
-    --max-message-bytes N       largest chat message text in bytes [default: 4096]
-    --message-rate PER_SEC      chat messages per second per connection,
-                                0 = no limit [default: 20]
-    --message-burst N           messages allowed at once before the rate
-                                applies [default: 40]
-    --user-message-rate PER_SEC chat messages per second all of one user's
-                                connections may send together, and likewise
-                                all connections from one IP address,
-                                0 = no limit [default: 2 x --message-rate]
-    --user-message-burst N      burst for --user-message-rate
-                                [default: 2 x --message-burst]
-    --client-queue-bytes N      unsent bytes one client may fall behind before
-                                it is disconnected (4008) [default: 1048576]
-    --max-connections N         open connections at most [default: 10000]
-    --max-connections-per-ip N  open connections per client IP [default: 256]
-    --max-login-failures N      failed logins per IP per minute before 429,
-                                0 = no limit [default: 10]
-    --max-logins-per-ip N       logins (successful ones too) per IP per minute
-                                before 429, 0 = no limit [default: 30]
-    --max-logins-per-user N     successful logins per username per minute
-                                before 429, 0 = no limit [default: 6]
-    --max-refreshes N           token refreshes per user per minute before 429,
-                                0 = no limit [default: 6]
-
-HISTORY:
-    --history N                 messages a newcomer's welcome carries, 0 = none
-                                [default: 100]
-
-LOGGING AND METRICS:
-    --log-level LEVEL           error, warn, info or debug [default: info]
-    --log-format FORMAT         text, or json for one JSON object per line
-                                [default: text]
-    --trace-handshake           print every WebSocket handshake step by step
-    --metrics-bind ADDR         serve /metrics on ADDR (e.g. 127.0.0.1:9100);
-                                without it or --metrics-public, /metrics is
-                                not served at all
-    --metrics-public            also serve /metrics on the main listener (it
-                                tells why tokens were rejected: keep private)
-
-CLUSTER:
-    --redis URL                 share one room with every instance using this
-                                Redis, e.g. redis://127.0.0.1:6379/0 (builds
-                                with --features redis only)
-    --redis-prefix NAME         prefix of jwtchat's Redis keys [default: jwtchat]
-
-OTHER:
-    --echo                      test aid: echo each message back to its sender
-                                only, instead of chatting (for Autobahn)
-    -h, --help                  print this help
-    -V, --version               print the version and the features built in
-
-ENVIRONMENT:
-    JWTCHAT_SECRET              HS256 secret, used when --secret-file is not
-                                given, with the same rules (taken as raw
-                                bytes); set but empty is an error. With
-                                neither, a random secret is generated at
-                                start-up and tokens do not survive a restart.
-";
-
-/// `jwtchat hash-password --help`.
-pub const HASH_PASSWORD_USAGE: &str = "\
-jwtchat hash-password - print the argon2id hash of a password, for the users file
-
-USAGE:
-    jwtchat hash-password
-
-On a terminal, asks for the password twice without echoing it and refuses
-two different entries. Otherwise reads one line from stdin (the newline is
-not part of the password):
-
-    echo 'correct horse battery staple' | jwtchat hash-password
-
-Prints one line, a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$...,
-to put in the users file as \"password_hash\" (see the README, \"Users file\").
-";
-
-/// Parses the arguments after the program name. `env_secret` is the value of
-/// `JWTCHAT_SECRET`, passed in so tests need not touch the real environment.
-pub fn parse<I>(args: I, env_secret: Option<OsString>) -> Result<Command, CliError>
-where
-    I: IntoIterator<Item = OsString>,
-{
-    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
-    let mut config = Config::default();
-    let mut secret_file: Option<PathBuf> = None;
-    let mut first = true;
-
-    while let Some(arg) = args.next() {
-        let is_first = std::mem::replace(&mut first, false);
-        // `--flag=value` and `--flag value` are both accepted.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &'static str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(CliError::MissingValue(name))
-        };
-
-        match flag.as_str() {
-            "serve" if is_first => {}
-            "hash-password" if is_first => return hash_password_command(args),
-            "help" if is_first => {
-                return Ok(match args.next().as_deref() {
-                    Some("hash-password") => Command::HashPasswordHelp,
-                    _ => Command::Help,
+impl Config {
+    /// Checks every setting that has a rule: numbers within their
+    /// [`range`], names and addresses not blank, intervals above zero, the
+    /// secret by [`check_secret`]. Returns the first mistake.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn within(
+            setting: &'static str,
+            value: u64,
+            range: RangeInclusive<u64>,
+        ) -> Result<(), ConfigError> {
+            if range.contains(&value) {
+                return Ok(());
+            }
+            Err(ConfigError::OutOfRange {
+                setting,
+                value,
+                min: *range.start(),
+                max: *range.end(),
+            })
+        }
+        fn not_blank(setting: &'static str, value: &str) -> Result<(), ConfigError> {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Blank {
+                    setting,
+                    value: value.to_string(),
                 });
             }
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--bind" => config.bind = non_empty("--bind", value("--bind")?)?,
-            "--users" => config.users_file = Some(PathBuf::from(value("--users")?)),
-            "--static" => config.static_dir = Some(PathBuf::from(value("--static")?)),
-            "--secret-file" => secret_file = Some(PathBuf::from(value("--secret-file")?)),
-            "--issuer" => config.issuer = non_empty("--issuer", value("--issuer")?)?,
-            "--token-ttl" => {
-                config.token_ttl_secs = number("--token-ttl", value("--token-ttl")?, 1, 31_536_000)?
-            }
-            "--message-rate" => {
-                config.message_rate =
-                    number("--message-rate", value("--message-rate")?, 0, 1_000_000)? as u32
-            }
-            "--message-burst" => {
-                config.message_burst =
-                    number("--message-burst", value("--message-burst")?, 1, 1_000_000)? as u32
-            }
-            "--user-message-rate" => {
-                config.user_message_rate = Some(number(
-                    "--user-message-rate",
-                    value("--user-message-rate")?,
-                    0,
-                    1_000_000,
-                )? as u32)
-            }
-            "--user-message-burst" => {
-                config.user_message_burst = Some(number(
-                    "--user-message-burst",
-                    value("--user-message-burst")?,
-                    1,
-                    1_000_000,
-                )? as u32)
-            }
-            "--client-queue-bytes" => {
-                config.client_queue_bytes = number(
-                    "--client-queue-bytes",
-                    value("--client-queue-bytes")?,
-                    64 * 1024,
-                    1 << 30,
-                )? as usize
-            }
-            "--allowed-origin" => config
-                .allowed_origins
-                .push(non_empty("--allowed-origin", value("--allowed-origin")?)?),
-            "--max-connections" => {
-                config.max_connections = number(
-                    "--max-connections",
-                    value("--max-connections")?,
-                    1,
-                    10_000_000,
-                )? as usize
-            }
-            "--max-connections-per-ip" => {
-                config.max_connections_per_ip = number(
-                    "--max-connections-per-ip",
-                    value("--max-connections-per-ip")?,
-                    1,
-                    10_000_000,
-                )? as usize
-            }
-            "--max-login-failures" => {
-                config.max_login_failures = number(
-                    "--max-login-failures",
-                    value("--max-login-failures")?,
-                    0,
-                    1_000_000,
-                )? as u32
-            }
-            "--max-logins-per-ip" => {
-                config.max_logins_per_ip = number(
-                    "--max-logins-per-ip",
-                    value("--max-logins-per-ip")?,
-                    0,
-                    1_000_000,
-                )? as u32
-            }
-            "--max-logins-per-user" => {
-                config.max_logins_per_user = number(
-                    "--max-logins-per-user",
-                    value("--max-logins-per-user")?,
-                    0,
-                    1_000_000,
-                )? as u32
-            }
-            "--max-refreshes" => {
-                config.max_refreshes =
-                    number("--max-refreshes", value("--max-refreshes")?, 0, 1_000_000)? as u32
-            }
-            "--echo" if inline.is_none() => config.echo = true,
-            "--trace-handshake" if inline.is_none() => config.trace_handshake = true,
-            "--metrics-public" if inline.is_none() => config.metrics_public = true,
-            "--trust-proxy" => {
-                let value = value("--trust-proxy")?;
-                let cidr = value.parse().map_err(|_| CliError::BadValue {
-                    flag: "--trust-proxy",
-                    value,
-                    why: "expected an IP address or network, e.g. 10.0.0.0/8",
-                })?;
-                config.trusted_proxies.push(cidr);
-            }
-            "--max-session" => {
-                config.max_session_secs =
-                    number("--max-session", value("--max-session")?, 1, 31_536_000)?
-            }
-            "--history" => {
-                config.history = number("--history", value("--history")?, 0, 100_000)? as usize
-            }
-            "--metrics-bind" => {
-                config.metrics_bind = Some(non_empty("--metrics-bind", value("--metrics-bind")?)?)
-            }
-            "--redis" => config.redis = Some(non_empty("--redis", value("--redis")?)?),
-            "--redis-prefix" => {
-                config.redis_prefix = non_empty("--redis-prefix", value("--redis-prefix")?)?
-            }
-            "--log-level" => {
-                let level = value("--log-level")?;
-                config.log_level = match level.to_ascii_lowercase().as_str() {
-                    "error" => Level::Error,
-                    "warn" => Level::Warn,
-                    "info" => Level::Info,
-                    "debug" => Level::Debug,
-                    _ => {
-                        return Err(CliError::BadValue {
-                            flag: "--log-level",
-                            value: level,
-                            why: "expected error, warn, info or debug",
-                        });
-                    }
-                };
-            }
-            "--log-format" => {
-                let format = value("--log-format")?;
-                config.log_format = match format.to_ascii_lowercase().as_str() {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => {
-                        return Err(CliError::BadValue {
-                            flag: "--log-format",
-                            value: format,
-                            why: "expected text or json",
-                        });
-                    }
-                };
-            }
-            "--max-message-bytes" => {
-                let n = number(
-                    "--max-message-bytes",
-                    value("--max-message-bytes")?,
-                    1,
-                    1 << 30,
-                )?;
-                config.max_message_bytes = n as usize;
-            }
-            other if is_first && !other.starts_with('-') => {
-                return Err(CliError::UnknownCommand(other.to_string()));
-            }
-            _ => return Err(CliError::UnknownFlag(flag)),
+            Ok(())
         }
-    }
+        // usize is at most 64 bits on every target Rust supports.
+        let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
 
-    // An explicit flag beats the ambient environment. The key is bytes, not
-    // text: a non-UTF-8 secret is used exactly as given.
-    let (secret, source) = match &secret_file {
-        Some(path) => (Some(read_secret_file(path)?), "--secret-file"),
-        None => (env_secret.map(OsStringExt::into_vec), "JWTCHAT_SECRET"),
-    };
-    // Checked here too (not only in `Server::bind`) to name the source.
-    if let Some(secret) = &secret {
-        check_secret(secret).map_err(|why| CliError::WeakSecret { source, why })?;
-    }
-    config.secret = secret;
-    config.secret_file = secret_file;
-    Ok(Command::Serve(Box::new(config)))
-}
-
-/// Reads the secret, dropping the trailing newline an editor or `echo` adds:
-/// it is not part of the key anyone meant.
-fn read_secret_file(path: &PathBuf) -> Result<Vec<u8>, CliError> {
-    let mut bytes = std::fs::read(path).map_err(|e| CliError::SecretFile {
-        path: path.clone(),
-        error: e.to_string(),
-    })?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    Ok(bytes)
-}
-
-fn non_empty(flag: &'static str, value: String) -> Result<String, CliError> {
-    if value.trim().is_empty() {
-        return Err(CliError::BadValue {
-            flag,
-            value,
-            why: "must not be empty",
-        });
-    }
-    Ok(value)
-}
-
-/// `hash-password` takes no arguments but `--help`.
-fn hash_password_command(mut args: impl Iterator<Item = String>) -> Result<Command, CliError> {
-    match args.next().as_deref() {
-        None => Ok(Command::HashPassword),
-        Some("-h" | "--help") => Ok(Command::HashPasswordHelp),
-        Some(other) => Err(CliError::UnknownFlag(format!("{other} for hash-password"))),
-    }
-}
-
-/// A whole number from `min` to `max`; the error says which range.
-fn number(flag: &'static str, value: String, min: u64, max: u64) -> Result<u64, CliError> {
-    match value.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(CliError::OutOfRange {
-            flag,
-            value,
-            min,
-            max,
-        }),
+        not_blank("--bind", &self.bind)?;
+        for origin in &self.allowed_origins {
+            not_blank("--allowed-origin", origin)?;
+        }
+        within("--token-ttl", self.token_ttl_secs, range::SECONDS)?;
+        not_blank("--issuer", &self.issuer)?;
+        within("--max-session", self.max_session_secs, range::SECONDS)?;
+        within(
+            "--max-message-bytes",
+            wide(self.max_message_bytes),
+            range::MESSAGE_BYTES,
+        )?;
+        within(
+            "--message-rate",
+            self.message_rate.into(),
+            range::MESSAGE_RATE,
+        )?;
+        within(
+            "--message-burst",
+            self.message_burst.into(),
+            range::MESSAGE_BURST,
+        )?;
+        if let Some(rate) = self.user_message_rate {
+            within("--user-message-rate", rate.into(), range::MESSAGE_RATE)?;
+        }
+        if let Some(burst) = self.user_message_burst {
+            within("--user-message-burst", burst.into(), range::MESSAGE_BURST)?;
+        }
+        within(
+            "--client-queue-bytes",
+            wide(self.client_queue_bytes),
+            range::CLIENT_QUEUE_BYTES,
+        )?;
+        within(
+            "--max-connections",
+            wide(self.max_connections),
+            range::CONNECTIONS,
+        )?;
+        within(
+            "--max-connections-per-ip",
+            wide(self.max_connections_per_ip),
+            range::CONNECTIONS,
+        )?;
+        within(
+            "--max-login-failures",
+            self.max_login_failures.into(),
+            range::PER_MINUTE,
+        )?;
+        within(
+            "--max-logins-per-ip",
+            self.max_logins_per_ip.into(),
+            range::PER_MINUTE,
+        )?;
+        within(
+            "--max-logins-per-user",
+            self.max_logins_per_user.into(),
+            range::PER_MINUTE,
+        )?;
+        within(
+            "--max-refreshes",
+            self.max_refreshes.into(),
+            range::PER_MINUTE,
+        )?;
+        within("--history", wide(self.history), range::HISTORY)?;
+        if let Some(addr) = &self.metrics_bind {
+            not_blank("--metrics-bind", addr)?;
+        }
+        if let Some(url) = &self.redis {
+            not_blank("--redis", url)?;
+        }
+        not_blank("--redis-prefix", &self.redis_prefix)?;
+        // No flags: only an embedder sets these.
+        if self.sweep_interval.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "sweep_interval",
+            });
+        }
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "request_timeout",
+            });
+        }
+        if self.client_queue_frames == 0 {
+            return Err(ConfigError::Zero {
+                setting: "client_queue_frames",
+            });
+        }
+        if let Some(secret) = &self.secret {
+            check_secret(secret).map_err(ConfigError::WeakSecret)?;
+        }
+        Ok(())
     }
 }
 
@@ -726,195 +478,85 @@ fn number(flag: &'static str, value: String, min: u64, max: u64) -> Result<u64, 
 mod tests {
     use super::*;
 
-    fn parse_strs(args: &[&str]) -> Result<Command, CliError> {
-        parse(args.iter().map(OsString::from), None)
-    }
-
-    fn serve(args: &[&str]) -> Config {
-        match parse_strs(args) {
-            Ok(Command::Serve(c)) => *c,
-            _ => panic!("expected serve for {args:?}"),
-        }
+    #[test]
+    fn the_default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
     }
 
     #[test]
-    fn defaults_match_the_contract() {
-        let c = serve(&[]);
-        assert_eq!(c.bind, "127.0.0.1:3000");
-        assert_eq!(c.token_ttl_secs, 900);
-        assert_eq!(c.issuer, "jwtchat");
-        assert_eq!(c.max_message_bytes, 4096);
-        assert!(c.users_file.is_none() && c.static_dir.is_none() && c.secret.is_none());
-        assert!(c.metrics_bind.is_none() && !c.metrics_public);
-        assert!(serve(&["--metrics-public"]).metrics_public);
-        assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(serve(&["--log-format", "json"]).log_format, LogFormat::Json);
-        assert_eq!((c.max_logins_per_ip, c.max_logins_per_user), (30, 6));
-        assert_eq!(c.max_refreshes, 6);
-        let c = serve(&[
-            "--max-logins-per-ip=0",
-            "--max-logins-per-user",
-            "2",
-            "--max-refreshes=1",
-        ]);
+    fn each_rule_names_its_setting() {
+        let error = |tweak: fn(&mut Config)| {
+            let mut config = Config::default();
+            tweak(&mut config);
+            config.validate().map_err(|e| e.to_string()).err()
+        };
         assert_eq!(
-            (c.max_logins_per_ip, c.max_logins_per_user, c.max_refreshes),
-            (0, 2, 1)
-        );
-    }
-
-    #[test]
-    fn flags_take_separate_or_inline_values() {
-        let c = serve(&[
-            "serve",
-            "--bind",
-            "0.0.0.0:80",
-            "--token-ttl=60",
-            "--issuer",
-            "me",
-        ]);
-        assert_eq!(c.bind, "0.0.0.0:80");
-        assert_eq!(c.token_ttl_secs, 60);
-        assert_eq!(c.issuer, "me");
-    }
-
-    #[test]
-    fn mistakes_are_reported() {
-        assert_eq!(
-            parse_strs(&["--nope"]).err(),
-            Some(CliError::UnknownFlag("--nope".into()))
-        );
-        assert_eq!(
-            parse_strs(&["--bind"]).err(),
-            Some(CliError::MissingValue("--bind"))
-        );
-        assert_eq!(
-            parse_strs(&["--max-message-bytes", "0"])
-                .err()
-                .map(|e| e.to_string()),
+            error(|c| c.max_message_bytes = 0).as_deref(),
             Some(
                 "invalid value \"0\" for --max-message-bytes: out of range \
                  (expected 1 to 1073741824)"
-                    .into()
             )
         );
-        // Negative and too big for any integer are out of range too.
-        for value in ["-5", "99999999999999999999999"] {
-            let error = parse_strs(&["--history", value]).err().unwrap();
-            assert_eq!(
-                error.to_string(),
-                format!(
-                    "invalid value {value:?} for --history: out of range (expected 0 to 100000)"
-                )
-            );
-        }
         assert_eq!(
-            parse_strs(&["--token-ttl", "soon"])
-                .err()
-                .map(|e| e.to_string()),
+            error(|c| c.history = 100_001).as_deref(),
+            Some("invalid value \"100001\" for --history: out of range (expected 0 to 100000)")
+        );
+        assert_eq!(
+            error(|c| c.client_queue_bytes = 1024).as_deref(),
             Some(
-                "invalid value \"soon\" for --token-ttl: not a whole number \
-                 (expected 1 to 31536000)"
-                    .into()
+                "invalid value \"1024\" for --client-queue-bytes: out of range \
+                 (expected 65536 to 1073741824)"
             )
         );
-        assert!(matches!(
-            parse_strs(&["--log-format", "xml"]),
-            Err(CliError::BadValue { .. })
-        ));
-        assert!(matches!(
-            parse_strs(&["frobnicate"]),
-            Err(CliError::UnknownCommand(_))
-        ));
-    }
-
-    #[test]
-    fn help_and_hash_password_help() {
-        for args in [&["help"][..], &["--help"], &["-h"], &["serve", "--help"]] {
-            assert!(matches!(parse_strs(args), Ok(Command::Help)), "{args:?}");
-        }
-        for args in [
-            &["hash-password", "--help"][..],
-            &["hash-password", "-h"],
-            &["help", "hash-password"],
-        ] {
-            assert!(
-                matches!(parse_strs(args), Ok(Command::HashPasswordHelp)),
-                "{args:?}"
-            );
-        }
-        assert!(matches!(
-            parse_strs(&["hash-password"]),
-            Ok(Command::HashPassword)
-        ));
-        assert!(matches!(
-            parse_strs(&["hash-password", "--nope"]),
-            Err(CliError::UnknownFlag(_))
-        ));
-    }
-
-    /// Every flag the parser takes is in `--help`, under a group heading.
-    #[test]
-    fn usage_is_grouped_and_complete() {
-        let headings = [
-            "NETWORK:",
-            "ACCOUNTS AND TOKENS:",
-            "LIMITS:",
-            "HISTORY:",
-            "LOGGING AND METRICS:",
-            "CLUSTER:",
-        ];
-        let mut at = 0;
-        for heading in headings {
-            let found = USAGE[at..].find(&format!("\n{heading}\n"));
-            at += found.unwrap_or_else(|| panic!("{heading} missing or out of order"));
-        }
-        let source = include_str!("config.rs");
-        let (_, parser) = source
-            .split_once("match flag.as_str() {")
-            .expect("the flag match");
-        let parser = parser.split("other if is_first").next().unwrap();
-        for flag in parser
-            .split('"')
-            .filter(|s| s.starts_with("--") && !s.contains(' '))
-        {
-            assert!(
-                USAGE.contains(&format!("    {flag} ")) || USAGE.contains(&format!(", {flag} ")),
-                "{flag} is not in USAGE"
-            );
-        }
-    }
-
-    #[test]
-    fn weak_env_secrets_are_refused() {
-        let env = |s: &str| parse(Vec::<OsString>::new(), Some(s.into())).err();
-        let weak = |why| {
-            Some(CliError::WeakSecret {
-                source: "JWTCHAT_SECRET",
-                why,
-            })
-        };
-        assert_eq!(env("too short"), weak(WeakSecret::TooShort(9)));
-        assert_eq!(env(""), weak(WeakSecret::Empty));
-        assert_eq!(env(&"x".repeat(32)), weak(WeakSecret::TooFewDistinct(1)));
         assert_eq!(
-            env("change-me-to-at-least-32-random-bytes-please"),
-            weak(WeakSecret::Placeholder)
+            error(|c| c.user_message_burst = Some(0)).as_deref(),
+            Some(
+                "invalid value \"0\" for --user-message-burst: out of range \
+                 (expected 1 to 1000000)"
+            )
         );
-        let good = "0123456789abcdef".repeat(2);
-        let ok = parse(Vec::<OsString>::new(), Some(good.clone().into()));
-        assert!(
-            matches!(ok, Ok(Command::Serve(c)) if c.secret.as_deref() == Some(good.as_bytes()))
+        assert_eq!(
+            error(|c| c.issuer = " ".into()).as_deref(),
+            Some("invalid value \" \" for --issuer: must not be empty")
+        );
+        assert_eq!(
+            error(|c| c.sweep_interval = Duration::ZERO).as_deref(),
+            Some("sweep_interval must be more than zero")
+        );
+        assert_eq!(
+            error(|c| c.request_timeout = Duration::ZERO).as_deref(),
+            Some("request_timeout must be more than zero")
+        );
+        assert_eq!(
+            error(|c| c.client_queue_frames = 0).as_deref(),
+            Some("client_queue_frames must be more than zero")
+        );
+        assert_eq!(
+            error(|c| c.secret = Some(b"short".to_vec())).as_deref(),
+            Some(
+                "the secret is 5 bytes; HS256 needs at least 32 \
+                 (generate one with `head -c 32 /dev/urandom | base64`)"
+            )
         );
     }
 
     #[test]
-    fn env_secret_is_taken_as_bytes() {
-        let bytes: Vec<u8> = (0x80..=0xff).collect();
-        let ok = parse(
-            Vec::<OsString>::new(),
-            Some(OsString::from_vec(bytes.clone())),
+    fn weak_secrets_are_named() {
+        assert_eq!(check_secret(b""), Err(WeakSecret::Empty));
+        assert_eq!(check_secret(b"too short"), Err(WeakSecret::TooShort(9)));
+        assert_eq!(
+            check_secret("x".repeat(32).as_bytes()),
+            Err(WeakSecret::TooFewDistinct(1))
         );
-        assert!(matches!(ok, Ok(Command::Serve(c)) if c.secret == Some(bytes)));
+        assert_eq!(
+            check_secret(PUBLIC_PLACEHOLDER_SECRET),
+            Err(WeakSecret::Placeholder)
+        );
+        assert_eq!(
+            check_secret("0123456789abcdef".repeat(2).as_bytes()),
+            Ok(())
+        );
+        let bytes: Vec<u8> = (0x80..=0xff).collect();
+        assert_eq!(check_secret(&bytes), Ok(()));
     }
 }

@@ -21,7 +21,7 @@
 //! | counters for `GET /metrics` | [`metrics`] |
 //! | the client's address behind a reverse proxy | [`proxy`] |
 //! | the JSON messages and close codes | [`protocol`], [`frame`] |
-//! | flags and defaults | [`config`] |
+//! | settings, defaults and their ranges | [`config`] |
 //!
 //! Start a server in-process (this is how the tests and benchmarks do it):
 //!
@@ -34,8 +34,12 @@
 //! // ... talk to it ...
 //! handle.stop();
 //! ```
+//!
+//! The `jwtchat` binary adds the command line (`src/cli.rs`) and the
+//! process set-up (`src/process.rs`: signals, the open-file limit, the
+//! allocator) around the same two calls.
 
-// The one exception is `sys`: the system calls std does not offer, each commented.
+// The one exception is `sys`: a send that never blocks, one commented call.
 #![deny(unsafe_code)]
 
 pub mod log;
@@ -62,7 +66,7 @@ pub mod server;
 pub mod session;
 pub mod sys;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use server::{Server, ServerHandle, StartError};
 
 /// What every connection thread shares: configuration, accounts, token

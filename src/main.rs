@@ -1,4 +1,6 @@
-//! The `jwtchat` command: parse the command line, then serve or hash.
+//! The `jwtchat` command: parse the command line ([`cli`]), set up the
+//! process ([`process`]), then serve or hash. Neither module is part of
+//! the library: an embedder brings its own command line and process.
 //!
 //! Exit status: 0 on success, 2 for a usage or configuration error (one
 //! line on stderr saying what is wrong), 1 if serving fails at run time.
@@ -8,26 +10,30 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use jwtchat::config::{self, Command};
-use jwtchat::{Server, auth, sys};
+use jwtchat::{Server, auth};
+
+mod cli;
+mod process;
+
+use cli::Command;
 
 /// How long a shutdown waits for the 1001 close frames to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    sys::tune_allocator();
+    process::tune_allocator();
     let args = std::env::args_os().skip(1);
-    let command = match config::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
+    let command = match cli::parse(args, std::env::var_os("JWTCHAT_SECRET")) {
         Ok(command) => command,
         Err(error) => return usage_error(&error),
     };
     match command {
         Command::Help => {
-            print!("{}", config::USAGE);
+            print!("{}", cli::usage());
             ExitCode::SUCCESS
         }
         Command::HashPasswordHelp => {
-            print!("{}", config::HASH_PASSWORD_USAGE);
+            print!("{}", cli::HASH_PASSWORD_USAGE);
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -55,7 +61,7 @@ fn serve(config: jwtchat::Config) -> ExitCode {
     jwtchat::log::set_format(config.log_format);
     // Before any thread starts, so that every thread inherits the mask and
     // the signals wait for `wait_for_termination` below.
-    if let Err(e) = sys::block_termination_signals() {
+    if let Err(e) = process::block_termination_signals() {
         jwtchat::warn!("cannot block SIGINT/SIGTERM: {e}");
     }
     let server = match Server::bind(config) {
@@ -64,7 +70,7 @@ fn serve(config: jwtchat::Config) -> ExitCode {
     };
     // One descriptor per client: lift the soft limit (often 1024) to the
     // hard limit before the clients arrive.
-    match sys::raise_open_file_limit() {
+    match process::raise_open_file_limit() {
         Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
         Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
     }
@@ -75,7 +81,7 @@ fn serve(config: jwtchat::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match sys::wait_for_termination() {
+    match process::wait_for_termination() {
         Ok(signal) => jwtchat::info!("{signal}: closing connections and shutting down"),
         Err(e) => jwtchat::error!("cannot wait for signals ({e}); shutting down"),
     }
@@ -116,7 +122,7 @@ fn hash_password() -> ExitCode {
 /// Prompts on stderr (stdout is for the hash) with echo off; both entries
 /// must match, so a typo typed blind does not lock anyone out.
 fn read_password_twice() -> Result<String, String> {
-    let _echo_off = sys::EchoOff::new(std::io::stdin().as_raw_fd())
+    let _echo_off = process::EchoOff::new(std::io::stdin().as_raw_fd())
         .map_err(|e| format!("cannot turn off terminal echo: {e}"))?;
     let ask = |prompt: &str| {
         eprint!("{prompt}");

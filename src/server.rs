@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::assets::Assets;
 use crate::auth::{Tokens, Users, UsersError};
 use crate::close::CloseReason;
-use crate::config::{self, Config, WeakSecret};
+use crate::config::{self, Config, ConfigError};
 use crate::http::{Connection, RequestError, Response};
 use crate::limits::{
     ConnectionLimits, ConnectionPermit, LoginLimits, LoginThrottle, RefreshLimit, SharedBudgets,
@@ -32,9 +32,11 @@ const CONNECTION_STACK: usize = 256 * 1024;
 /// Why the server could not start. `main` prints it and exits with 2.
 #[derive(Debug)]
 pub enum StartError {
+    /// A setting out of its range, or a weak secret: see
+    /// [`Config::validate`].
+    Config(ConfigError),
     Users(UsersError),
     Static(io::Error),
-    WeakSecret(WeakSecret),
     Bind(String, io::Error),
     /// `--redis` given to a build without the `redis` feature.
     RedisNotBuilt,
@@ -45,9 +47,9 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StartError::Config(e) => write!(f, "{e}"),
             StartError::Users(e) => write!(f, "{e}"),
             StartError::Static(e) => write!(f, "cannot serve --static directory: {e}"),
-            StartError::WeakSecret(why) => write!(f, "the secret {why}"),
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::RedisNotBuilt => write!(
                 f,
@@ -82,16 +84,15 @@ impl Server {
     /// Loads users, keys and the front end, and binds the listener.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         // Every check first, so that a mistake is the one line on stderr;
-        // the warnings about demo mode and a random secret come after.
+        // the warnings about demo mode and a random secret come after. The
+        // settings before any file is read or any port bound.
+        config.validate().map_err(StartError::Config)?;
         let users = match &config.users_file {
             Some(path) => Users::load(path).map_err(StartError::Users)?,
             None => Users::demo(),
         };
         let secret = match &config.secret {
-            Some(secret) => {
-                config::check_secret(secret).map_err(StartError::WeakSecret)?;
-                secret.clone()
-            }
+            Some(secret) => secret.clone(),
             None => random_secret(),
         };
         let assets = match &config.static_dir {

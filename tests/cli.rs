@@ -530,6 +530,69 @@ fn server_bind_refuses_weak_secrets() {
     }
 }
 
+/// `Server::bind` checks an embedder's settings before it reads a file or
+/// binds a port, with the command line's wording.
+#[test]
+fn server_bind_refuses_out_of_range_settings() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let bind = taken.local_addr().expect("address").to_string();
+    type Tweak = fn(&mut jwtchat::Config);
+    let cases: [(Tweak, &str); 3] = [
+        (
+            |c| c.sweep_interval = std::time::Duration::ZERO,
+            "sweep_interval must be more than zero",
+        ),
+        (
+            |c| c.max_message_bytes = 0,
+            "invalid value \"0\" for --max-message-bytes: out of range \
+             (expected 1 to 1073741824)",
+        ),
+        (
+            |c| c.client_queue_bytes = 1024,
+            "invalid value \"1024\" for --client-queue-bytes: out of range \
+             (expected 65536 to 1073741824)",
+        ),
+    ];
+    for (tweak, expected) in cases {
+        let mut config = jwtchat::Config {
+            // Taken, and a file that is not there: neither is reached.
+            bind: bind.clone(),
+            users_file: Some("/nonexistent.json".into()),
+            ..jwtchat::Config::default()
+        };
+        tweak(&mut config);
+        match jwtchat::Server::bind(config) {
+            Ok(_) => panic!("{expected:?} was not refused"),
+            Err(e) => assert_eq!(e.to_string(), expected),
+        }
+    }
+}
+
+/// A path is used as the bytes given, even when they are not UTF-8: the
+/// users file named with byte 0xff is the one read.
+#[test]
+fn a_users_file_whose_name_is_not_utf8_is_read() {
+    use std::os::unix::ffi::OsStringExt;
+    let hash = stdout(&hash_password(b"hunter2\n"));
+    let users =
+        json!({ "users": [{ "id": "9", "username": "zoe", "password_hash": hash.trim_end() }] });
+    let name = format!("jwtchat-cli-{}-users-", std::process::id());
+    let mut bytes = std::env::temp_dir().join(name).into_os_string().into_vec();
+    bytes.extend_from_slice(b"\xff.json");
+    let path = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+    std::fs::write(&path, users.to_string()).expect("write the users file");
+    let file = TempFile(path);
+    let mut server = Binary::spawn(
+        jwtchat()
+            .args(["--bind", "127.0.0.1:0"])
+            .arg("--users")
+            .arg(&file.0),
+    );
+    let addr = server.wait_listening();
+    assert!(!server.any_line_contains("demo"), "{:#?}", server.seen);
+    token_of(&login(addr, "zoe", "hunter2"));
+}
+
 #[test]
 fn missing_secret_file_is_exit_2() {
     let path =
