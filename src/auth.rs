@@ -39,13 +39,6 @@ pub const ARGON2_M_KIB: u32 = 19 * 1024;
 pub const ARGON2_T: u32 = 2;
 pub const ARGON2_P: u32 = 1;
 
-/// Seconds since the Unix epoch on the system clock. The server itself
-/// reads the [`Clock`] in its configuration (a test may stop it); this is
-/// for tools and tests that need the real time.
-pub fn now_secs() -> u64 {
-    Clock::system().unix_secs()
-}
-
 /// RFC 7519 §4.1.4: the current time "MUST be before the expiration
 /// date/time". The handshake, the broadcast check and the sweep all ask this
 /// one function, so a token accepted at the upgrade is not evicted at once.
@@ -96,27 +89,25 @@ struct UsersFileEntries<'a> {
 }
 
 /// Why the users file cannot be used. Start-up stops with this message.
-/// `line` is the 1-based line of the offending entry's `{`.
+/// `line` is always the 1-based line of the offending entry's `{`.
 #[derive(Debug)]
+#[allow(missing_docs)] // the fields are what each variant's doc names
 pub enum UsersError {
+    /// The file cannot be read (the text says why).
     Read(String),
+    /// The file is not the JSON `{"users":[...]}` (the text says where).
     Json(String),
+    /// The file lists no users.
     Empty,
     /// Two entries with this username.
-    Duplicate {
-        username: String,
-        line: usize,
-    },
+    Duplicate { username: String, line: usize },
     /// Two entries with this id: tokens name users by id, so two accounts
     /// would share every session.
-    DuplicateId {
-        id: String,
-        line: usize,
-    },
-    BadUsername {
-        line: usize,
-        why: String,
-    },
+    DuplicateId { id: String, line: usize },
+    /// A username that is empty, over 64 characters, has a control
+    /// character or is not NFC, and why.
+    BadUsername { line: usize, why: String },
+    /// A `password_hash` that is not a usable argon2id PHC string, and why.
     BadHash {
         username: String,
         line: usize,
@@ -230,10 +221,6 @@ impl Users {
         self.users.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
     pub fn by_id(&self, id: &str) -> Option<&User> {
         self.by_id.get(id).map(|&i| &self.users[i])
     }
@@ -241,6 +228,7 @@ impl Users {
     /// The user, if the username exists and the password matches. Unknown
     /// users still pay for one hash check, so timing does not reveal which
     /// usernames exist.
+    #[cfg(test)]
     pub fn check_password(&self, username: &str, password: &str) -> Option<&User> {
         match self.check_password_if(username, password, || true) {
             PasswordCheck::Match(user) => Some(user),
@@ -662,10 +650,6 @@ impl Tokens {
     /// (Unix seconds): the login time plus `--max-session`.
     pub fn session_end(&self, claims: &Claims) -> u64 {
         claims.login_time().saturating_add(self.max_session_secs)
-    }
-
-    pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
     }
 
     /// A new token for `user`, valid from now for the configured TTL.

@@ -97,7 +97,7 @@ pub fn check_secret(secret: &[u8]) -> Result<(), WeakSecret> {
 
 /// The permission bits of a secret file if anyone but its owner may read
 /// or write it (what ssh refuses for a private key; here, a warning).
-pub fn loose_permissions(path: &Path) -> Option<u32> {
+pub(crate) fn loose_permissions(path: &Path) -> Option<u32> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then_some(mode)
 }
@@ -305,19 +305,28 @@ pub mod range {
 pub enum ConfigError {
     /// A number outside its [`range`].
     OutOfRange {
+        /// The flag (or field) it was given for.
         setting: &'static str,
+        /// What was given.
         value: u64,
+        /// The smallest value allowed.
         min: u64,
+        /// The largest value allowed.
         max: u64,
     },
     /// A name or address that is empty or only spaces.
     Blank {
+        /// The flag (or field) it was given for.
         setting: &'static str,
+        /// What was given.
         value: String,
     },
     /// A duration or count that must be more than zero (zero would make the
     /// expiry sweep a busy loop, say).
-    Zero { setting: &'static str },
+    Zero {
+        /// The flag (or field) it was given for.
+        setting: &'static str,
+    },
     /// The secret fails [`check_secret`].
     WeakSecret(WeakSecret),
 }

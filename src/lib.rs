@@ -5,23 +5,11 @@
 //! I/O, one thread per connection, no async runtime and no web framework,
 //! so that every step from `POST /auth` to a broadcast frame can be read.
 //!
-//! The modules follow a request's journey:
-//!
-//! | step | module |
-//! |---|---|
-//! | read an HTTP request with limits, write a response | [`http`] |
-//! | accept, admit, one thread per connection | [`server`] |
-//! | route it to its handler | [`routes`] |
-//! | log in: users, passwords, tokens | [`auth`] |
-//! | serve the front end | [`assets`] |
-//! | upgrade to WebSocket (RFC 6455 §4.2) | [`handshake`] |
-//! | one client's reader and writer threads | [`session`], [`outbox`] |
-//! | the pool, broadcast and expiry | [`room`] |
-//! | connection, login and message limits | [`limits`] |
-//! | counters for `GET /metrics` | [`metrics`] |
-//! | the client's address behind a reverse proxy | [`proxy`] |
-//! | the JSON messages and close codes | [`protocol`], [`frame`] |
-//! | settings, defaults and their ranges | [`config`] |
+//! The API is what an embedder needs to start one: [`Config`] (with
+//! [`Config::validate`]), [`Server`] and [`ServerHandle`], [`StartError`],
+//! the [`clock`] a test can stop, the [`log`] level and format, and
+//! [`hash_password`] for users files. Everything else is the server's own
+//! and may change; the README's "How it works" maps every file.
 //!
 //! Start a server in-process (this is how the tests and benchmarks do it):
 //!
@@ -41,37 +29,55 @@
 
 // The one exception is `sys`: a send that never blocks, one commented call.
 #![deny(unsafe_code)]
+// Every public item is documented (the fuzzing hooks are not the API).
+#![cfg_attr(not(feature = "fuzzing"), deny(missing_docs))]
 
+// The API: what an embedder (the binary, a test, a bench) starts a server
+// with. Everything else is the server's own business and may change.
+pub mod clock;
+pub mod config;
 pub mod log;
 
-pub mod assets;
-pub mod auth;
-pub mod clock;
-pub mod close;
-#[cfg(feature = "redis")]
-pub mod cluster;
-pub mod config;
-pub mod frame;
-pub mod handshake;
-pub mod http;
-pub mod limits;
-pub mod metrics;
-pub mod outbox;
-pub mod presence;
-pub mod protocol;
-pub mod proxy;
-pub mod room;
-pub mod routes;
-pub mod server;
-pub mod session;
-pub mod sys;
-
+pub use auth::{UsersError, hash_password};
+pub use clock::{Clock, ManualClock};
 pub use config::{Config, ConfigError};
 pub use server::{Server, ServerHandle, StartError};
 
+mod assets;
+mod auth;
+mod close;
+#[cfg(feature = "redis")]
+mod cluster;
+mod frame;
+mod handshake;
+mod http;
+mod limits;
+mod metrics;
+mod outbox;
+mod presence;
+mod protocol;
+mod proxy;
+mod room;
+mod routes;
+mod server;
+mod session;
+mod sys;
+
+/// The parsers and checks the fuzz targets in `fuzz/` drive directly; only
+/// with `--features fuzzing`, never part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::assets::resolve;
+    pub use crate::auth::Tokens;
+    pub use crate::handshake::{Trace, bearer_token, check};
+    pub use crate::http::{content_length, parse_head};
+    pub use crate::protocol::{Incoming, decode};
+}
+
 /// What every connection thread shares: configuration, accounts, token
 /// keys, the front end and the room.
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Config,
     pub users: auth::Users,
     pub tokens: auth::Tokens,
@@ -86,7 +92,13 @@ pub struct Shared {
 
 impl Shared {
     /// The server's counters (kept by the room, shared by everyone).
-    pub fn metrics(&self) -> &metrics::Metrics {
+    fn metrics(&self) -> &metrics::Metrics {
         self.room.metrics()
+    }
+
+    /// The counters in Prometheus's text format.
+    fn metrics_text(&self) -> String {
+        self.metrics()
+            .render(self.connections.open(), self.room.len())
     }
 }

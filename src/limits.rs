@@ -521,7 +521,8 @@ impl SharedBudgets {
     }
 
     /// Users and addresses tracked now (for tests).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         lock(&self.buckets).by_key.len()
     }
 }

@@ -9,18 +9,25 @@
 //!
 //! A logging crate would bring more than it gives here: the server logs a
 //! handful of events and never secrets (no token or password is passed to
-//! these macros; request targets are redacted by [`redact_target`]).
+//! these macros; request targets are logged with every query value
+//! redacted).
 
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// How much is logged: each level includes the ones above it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Level {
+    /// The server cannot do something it should (a thread would not start).
     Error = 1,
+    /// Something an operator should look at: a refused connection, a failed
+    /// login, demo mode.
     Warn = 2,
+    /// Each login, connection and disconnection.
     Info = 3,
+    /// Each request and each connection's life.
     Debug = 4,
 }
 
@@ -78,11 +85,13 @@ fn json() -> bool {
     FORMAT.load(Ordering::Relaxed) == Format::Json as u8
 }
 
+/// Whether lines of `level` are printed now.
 pub fn enabled(level: Level) -> bool {
     level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
 }
 
 /// Writes one line. Use the `info!`/`warn!`/... macros instead.
+#[doc(hidden)]
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
@@ -108,7 +117,7 @@ fn json_line(ts: &str, level: &str, msg: &str) -> String {
 /// Writes a block of text to stderr in one piece (the `--trace-handshake`
 /// transcript): as it is, or with `--log-format json` as one object whose
 /// level is `trace` and whose `msg` is the whole block.
-pub fn raw(text: &str) {
+pub(crate) fn raw(text: &str) {
     let block = if json() {
         json_line(&timestamp(SystemTime::now()), "trace", text.trim_end())
     } else {
@@ -118,20 +127,21 @@ pub fn raw(text: &str) {
 }
 
 /// Says yes at most once a second: for a line a flood could repeat.
-pub struct OncePerSecond {
+pub(crate) struct OncePerSecond {
     /// The second (since the epoch) of the last yes; 0 before any.
     last: AtomicU64,
 }
 
 impl OncePerSecond {
-    pub const fn new() -> OncePerSecond {
+    /// One that has not said yes yet.
+    pub(crate) const fn new() -> OncePerSecond {
         OncePerSecond {
             last: AtomicU64::new(0),
         }
     }
 
     /// True the first time in each second.
-    pub fn first(&self) -> bool {
+    pub(crate) fn first(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_secs());
@@ -145,12 +155,16 @@ impl Default for OncePerSecond {
     }
 }
 
+/// Logs an ERROR line: `error!("format", args)`, like `format!`.
 #[macro_export]
 macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
+/// Logs a WARN line: `warn!("format", args)`, like `format!`.
 #[macro_export]
 macro_rules! warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
+/// Logs an INFO line: `info!("format", args)`, like `format!`.
 #[macro_export]
 macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
+/// Logs a DEBUG line: `debug!("format", args)`, like `format!`.
 #[macro_export]
 macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
 
@@ -192,7 +206,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// and a token in a log is a credential in a log. Pairs are split on `;` as
 /// well as `&`, the separator older form encoders and some proxies use. A
 /// parameter without `=` has no value and is kept.
-pub fn redact_target(target: &str) -> String {
+pub(crate) fn redact_target(target: &str) -> String {
     let Some((path, query)) = target.split_once('?') else {
         return target.to_string();
     };

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use jwtchat::{Server, auth};
+use jwtchat::Server;
 
 mod cli;
 mod process;
@@ -115,7 +115,7 @@ fn hash_password() -> ExitCode {
         eprintln!("jwtchat: the password is empty");
         return ExitCode::from(2);
     }
-    println!("{}", auth::hash_password(&password));
+    println!("{}", jwtchat::hash_password(&password));
     ExitCode::SUCCESS
 }
 

@@ -61,9 +61,7 @@ fn health(shared: &Shared) -> Response {
 pub fn route_metrics_only(shared: &Shared, request: &Request) -> Response {
     match (request.path(), request.method.as_str()) {
         ("/metrics", "GET" | "HEAD") => {
-            let text = shared
-                .metrics()
-                .render(shared.connections.open(), shared.room.len());
+            let text = shared.metrics_text();
             Response::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -35,8 +35,12 @@ pub enum StartError {
     /// A setting out of its range, or a weak secret: see
     /// [`Config::validate`].
     Config(ConfigError),
+    /// The users file cannot be read or is not right (the message names
+    /// the line).
     Users(UsersError),
+    /// The `--static` directory cannot be read.
     Static(io::Error),
+    /// The address cannot be listened on (in use, say), with the address.
     Bind(String, io::Error),
     /// `--redis` given to a build without the `redis` feature.
     RedisNotBuilt,
@@ -296,12 +300,20 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// TCP connections open now (HTTP and WebSocket alike).
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.open()
+    }
+
+    /// The counters, as `GET /metrics` would serve them (Prometheus text),
+    /// wherever `/metrics` is or is not served.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics_text()
     }
 
     /// The `/metrics` listener's address, with `--metrics-bind`.

@@ -403,7 +403,6 @@ fn logins_whose_client_has_gone_are_not_checked() {
         c.max_logins_per_ip = 0;
         c.max_logins_per_user = 0;
     });
-    let metrics = &server.handle.as_ref().unwrap().shared().metrics();
     // Twenty clients send a login and hang up at once; the password queue
     // (one check per core) is longer than their patience.
     let gone = 20;
@@ -415,12 +414,12 @@ fn logins_whose_client_has_gone_are_not_checked() {
         drop(stream);
     }
     let deadline = std::time::Instant::now() + PATIENCE;
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    while count(&metrics.auth_failures) + count(&metrics.logins_abandoned) < gone {
+    let failed = || server.metric("jwtchat_auth_failures_total");
+    while failed() + server.metric("jwtchat_logins_abandoned_total") < gone {
         assert!(std::time::Instant::now() < deadline, "logins not all done");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let checked = count(&metrics.auth_failures);
+    let checked = failed();
     assert!(
         checked <= gone / 2,
         "{checked} of {gone} logins of departed clients were checked"

@@ -88,7 +88,7 @@ fn json_login_returns_a_bearer_token() {
     let iat = claims["iat"].as_u64().expect("iat");
     let exp = claims["exp"].as_u64().expect("exp");
     assert_eq!(exp - iat, 900);
-    let now = jwtchat::auth::now_secs();
+    let now = now_secs();
     assert!(iat <= now && now - iat < 60, "iat {iat} vs now {now}");
 }
 
@@ -274,7 +274,7 @@ fn users_file(test: &str, users: Value) -> TempFile {
 
 #[test]
 fn users_file_replaces_the_demo_users() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let file = users_file(
         "replaces",
         json!([{ "id": "42", "username": "ann", "password_hash": hash }]),
@@ -369,7 +369,7 @@ fn empty_users_list_is_refused() {
 
 #[test]
 fn duplicate_usernames_are_refused() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let file = users_file(
         "duplicate",
         json!([
@@ -383,7 +383,7 @@ fn duplicate_usernames_are_refused() {
 
 #[test]
 fn duplicate_usernames_name_the_line() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let ann = json!({ "id": "1", "username": "ann", "password_hash": hash });
     let ann_again = json!({ "id": "2", "username": "ann", "password_hash": hash });
     let text = format!("{{\n  \"users\": [\n    {ann},\n    {ann_again}\n  ]\n}}\n");
@@ -395,7 +395,7 @@ fn duplicate_usernames_name_the_line() {
 /// Tokens name users by id: two accounts with one id would share sessions.
 #[test]
 fn duplicate_ids_are_refused_with_the_line() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let entries: Vec<String> = [("7", "ann"), ("8", "bob"), ("7", "cid")]
         .iter()
         .map(|(id, name)| json!({ "id": id, "username": name, "password_hash": hash }).to_string())
@@ -408,7 +408,7 @@ fn duplicate_ids_are_refused_with_the_line() {
 
 #[test]
 fn bad_usernames_are_refused_with_the_line() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let long = "é".repeat(65);
     for (name, username, why) in [
         ("empty", "", "is empty"),
@@ -434,7 +434,7 @@ fn bad_usernames_are_refused_with_the_line() {
 
 #[test]
 fn usernames_at_the_limits_are_accepted() {
-    let hash = jwtchat::auth::hash_password("s3cret");
+    let hash = jwtchat::hash_password("s3cret");
     let longest = "é".repeat(64);
     let file = users_file(
         "limits",

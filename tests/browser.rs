@@ -163,14 +163,7 @@ fn an_active_page_renews_its_token_and_stays_connected() {
         expiry >= first_expiry + 5.0,
         "expiry moved from {first_expiry} to {expiry}"
     );
-    let refreshes = server
-        .handle
-        .as_ref()
-        .unwrap()
-        .shared()
-        .metrics()
-        .refreshes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let refreshes = server.metric("jwtchat_token_refreshes_total");
     assert!(refreshes >= 2, "refreshed {refreshes} times");
     cdp.send_chat(&page, "still here");
     cdp.wait_for(&page, "texts().includes('still here')");

@@ -18,7 +18,7 @@ fn welcome_lists_who_is_online_and_others_see_the_join() {
     assert_eq!(welcome_a["user"], "userA");
     assert_eq!(welcome_a["online"], json!(["userA"]));
     let exp = welcome_a["expires_at"].as_u64().expect("expires_at");
-    let now = jwtchat::auth::now_secs();
+    let now = now_secs();
     assert!(
         exp > now && exp <= now + 900,
         "expires_at {exp} vs now {now}"

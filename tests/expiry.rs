@@ -31,7 +31,7 @@ fn the_sweep_closes_an_idle_client_soon_after_exp() {
     let warning = json!({ "type": "expiring", "expires_at": exp });
     assert_eq!(before, vec![warning, expired_notice()]);
     // Not before exp (RFC 7519 §4.1.4) ...
-    assert!(jwtchat::auth::now_secs() >= exp);
+    assert!(now_secs() >= exp);
     // ... and the socket is then closed by the server.
     assert!(matches!(a.next(), Event::Error(_) | Event::Closed(_)));
 }
@@ -140,9 +140,9 @@ fn a_silent_expired_client_is_disconnected_after_the_close_grace() {
         closed_by_server(&mut silent),
         "the server must not wait forever"
     );
-    let shared = server.handle.as_ref().unwrap().shared().clone();
+    let handle = server.handle.as_ref().unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
-    while shared.connections.open() > 0 {
+    while handle.open_connections() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the connection thread ended"

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use support::*;
 
 fn now() -> u64 {
-    jwtchat::auth::now_secs()
+    now_secs()
 }
 
 /// A token with `"alg":"none"` and an empty signature (RFC 7519 §6.1).

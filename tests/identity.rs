@@ -95,8 +95,8 @@ struct Before {
 }
 
 fn before_restart(test: &str) -> Before {
-    let ann_hash = jwtchat::auth::hash_password("ann-password");
-    let bob_hash = jwtchat::auth::hash_password("bob-password");
+    let ann_hash = jwtchat::hash_password("ann-password");
+    let bob_hash = jwtchat::hash_password("bob-password");
     let file = TempFile::users(
         test,
         json!([user("7", "ann", &ann_hash), user("8", "bob", &bob_hash)]),
@@ -139,7 +139,7 @@ fn a_removed_user_cannot_refresh() {
 #[test]
 fn a_changed_password_ends_renewal() {
     let before = before_restart("password");
-    let new_hash = jwtchat::auth::hash_password("ann-new-password");
+    let new_hash = jwtchat::hash_password("ann-new-password");
     let file = TempFile::users(
         "password-after",
         json!([
@@ -173,7 +173,7 @@ fn a_renamed_user_cannot_refresh() {
 #[test]
 fn a_token_without_a_password_fingerprint_cannot_refresh() {
     let server = start();
-    let now = jwtchat::auth::now_secs();
+    let now = now_secs();
     let claims = json!({
         "sub": "1", "username": "userA", "iss": "jwtchat",
         "iat": now, "exp": now + 600, "auth_time": now,
@@ -193,7 +193,7 @@ fn a_token_without_a_password_fingerprint_cannot_refresh() {
 #[test]
 fn reauth_follows_the_users_file() {
     let before = before_restart("reauth");
-    let new_hash = jwtchat::auth::hash_password("ann-new-password");
+    let new_hash = jwtchat::hash_password("ann-new-password");
     let file = TempFile::users(
         "reauth-after",
         json!([

@@ -161,7 +161,7 @@ fn usernames_are_escaped_in_every_line() {
     let users = json!({ "users": [{
         "id": "1",
         "username": name,
-        "password_hash": jwtchat::auth::hash_password("pw"),
+        "password_hash": jwtchat::hash_password("pw"),
     }]});
     let file = std::env::temp_dir().join(format!("jwtchat-logs-users-{}.json", std::process::id()));
     std::fs::write(&file, users.to_string()).expect("write users file");

@@ -5,8 +5,7 @@
 
 use std::sync::OnceLock;
 
-use jwtchat::auth::Tokens;
-use jwtchat::{assets, handshake, http};
+use jwtchat::fuzzing::{Tokens, Trace, bearer_token, check, content_length, parse_head, resolve};
 use libfuzzer_sys::fuzz_target;
 
 fn tokens() -> &'static Tokens {
@@ -24,22 +23,22 @@ fn check_resolved(relative: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Some((request, len))) = http::parse_head(data) {
+    if let Ok(Some((request, len))) = parse_head(data) {
         assert!(len <= data.len());
-        let _ = http::content_length(&request);
+        let _ = content_length(&request);
         let _ = request.keep_alive();
         let _ = request.query_param("token");
-        let _ = handshake::bearer_token(&request);
-        let mut trace = handshake::Trace::new(true);
+        let _ = bearer_token(&request);
+        let mut trace = Trace::new(true);
         trace.request(&request);
-        let _ = handshake::check(&request, tokens(), &["https://chat.example".to_string()], &mut trace);
+        let _ = check(&request, tokens(), &["https://chat.example".to_string()], &mut trace);
         let _ = trace.finish();
-        if let Ok(relative) = assets::resolve(request.path()) {
+        if let Ok(relative) = resolve(request.path()) {
             check_resolved(&relative);
         }
     }
     if let Ok(path) = std::str::from_utf8(data) {
-        if let Ok(relative) = assets::resolve(path) {
+        if let Ok(relative) = resolve(path) {
             check_resolved(&relative);
         }
     }

@@ -149,7 +149,7 @@ impl Cluster {
             .key(&self.keys.instances)
             .arg(&self.id)
             .arg(millis(INSTANCE_TTL))
-            .arg(if room.is_empty() { "0" } else { "1" })
+            .arg(if room.len() == 0 { "0" } else { "1" })
             .invoke(con)?;
         Ok(forgotten == 1)
     }

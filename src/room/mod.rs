@@ -29,7 +29,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use self::expiry::EXPIRY_WARNING_SECS;
+// `Delivery` is what the cluster (`--features redis`) hands back in.
+#[allow(unused_imports)]
 pub use self::relay::{Delivery, Relay, Unavailable};
 pub use self::timeline::MAX_PENDING_BYTES;
 use self::timeline::{Numbered, Timeline};
@@ -214,15 +215,6 @@ impl Room {
     /// Number of connections.
     pub fn len(&self) -> usize {
         self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The `seq` of the last message numbered or delivered here.
-    pub fn last_seq(&self) -> u64 {
-        self.timeline().seq
     }
 
     /// Adds a client: it gets `welcome` (with everyone online, itself
@@ -611,6 +603,6 @@ pub(super) mod tests {
         let outboxes = room.close_all(&CloseReason::going_away());
         assert_eq!(outboxes.len(), 2);
         assert!(outboxes.iter().all(|o| o.close_code() == Some(1001)));
-        assert!(room.is_empty());
+        assert_eq!(room.len(), 0);
     }
 }

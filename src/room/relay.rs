@@ -4,6 +4,10 @@
 //! comes back to every instance, this one included, through
 //! [`Room::deliver_relayed`], which feeds the same fan-out as a local broadcast.
 //! Presence then counts users on the other instances too.
+//!
+//! Only the cluster (`--features redis`) and the tests use what a relay
+//! feeds back, so a default build would call it dead code.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use std::sync::Arc;
 
@@ -72,6 +76,11 @@ impl Room {
     /// Whether new messages can be taken: always, without a relay.
     pub fn health(&self) -> Result<(), Unavailable> {
         self.relay.as_ref().map_or(Ok(()), |relay| relay.health())
+    }
+
+    /// The `seq` of the last message numbered or delivered here.
+    pub fn last_seq(&self) -> u64 {
+        self.timeline().seq
     }
 
     /// Starts the relay, if there is one (see [`Relay::start`]).

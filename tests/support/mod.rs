@@ -19,6 +19,11 @@ pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
 /// How long a test waits for anything before failing (liveness, not speed).
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
+/// Unix seconds on the real clock (tests that mint their own tokens).
+pub fn now_secs() -> u64 {
+    jwtchat::Clock::system().unix_secs()
+}
+
 /// Signs `claims` with HS256 and [`SECRET`], as the test server signs its
 /// own tokens: for tokens `POST /auth` would never hand out.
 pub fn mint(claims: &Value) -> String {
@@ -37,7 +42,7 @@ pub fn mint_with(alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value) -> St
 /// past if negative). No `auth_time` or `pwf`: such a token opens a
 /// WebSocket but does not renew.
 pub fn claims_for(sub: &str, username: &str, exp_in: i64) -> Value {
-    let now = jwtchat::auth::now_secs() as i64;
+    let now = now_secs() as i64;
     serde_json::json!({
         "sub": sub, "username": username, "iat": now, "exp": now + exp_in, "iss": "jwtchat",
     })
@@ -107,6 +112,16 @@ pub fn start_on_clock(
 }
 
 impl TestServer {
+    /// One counter or gauge of an in-process server, as `/metrics` would
+    /// show it (`name` with its labels, e.g. `jwtchat_logins_total`).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.handle.as_ref().expect("in-process").metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+
     /// A server already running elsewhere (the real binary, say).
     pub fn at(addr: SocketAddr) -> TestServer {
         TestServer { handle: None, addr }
