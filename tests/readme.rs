@@ -100,6 +100,37 @@ fn the_readme_names_every_token_claim() {
 /// Replaces the content of every marked block; returns the new text and
 /// the names of the blocks that changed. A marker the test does not
 /// generate, or a block the README lacks, fails.
+/// The module map in "How it works" names every source file, so a new
+/// module cannot arrive without a line saying what it owns.
+#[test]
+fn the_readme_maps_every_source_file() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let map = readme
+        .split("## How it works")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a How it works section");
+    let mut missing = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("src")];
+    let root = env!("CARGO_MANIFEST_DIR");
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(std::path::Path::new(root).join(&dir)).expect("src") {
+            let path = dir.join(entry.expect("entry").file_name());
+            let name = path.to_string_lossy().into_owned();
+            if std::path::Path::new(root).join(&path).is_dir() {
+                // A directory may be mapped as a whole (`src/cluster/`).
+                if !map.contains(&format!("`{name}/`")) {
+                    dirs.push(path);
+                }
+            } else if !map.contains(&format!("`{name}`")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in the README's module map: {missing:?}");
+}
+
 fn regenerate(readme: &str, blocks: &BTreeMap<&'static str, String>) -> (String, Vec<String>) {
     const OPEN: &str = "<!-- walkthrough:";
     const CLOSE: &str = "<!-- /walkthrough -->";
