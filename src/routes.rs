@@ -26,56 +26,132 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
      img-src 'self' data:; style-src 'self'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
+/// Why a request (other than an upgrade, see [`handshake::HandshakeError`])
+/// was refused. Each maps to one status and JSON error body, in
+/// [`Refusal::response`] and nowhere else.
+enum Refusal {
+    /// `405`, with the methods the path does take.
+    MethodNotAllowed(&'static str),
+    /// `404` from the `--metrics-bind` listener for anything but `/metrics`.
+    OnlyMetricsHere,
+    /// `503`: the room cannot take messages (Redis is unreachable).
+    Unavailable(String),
+    /// `400`: a login body that is not the credentials.
+    BadBody(String),
+    /// `415`: a login body in another content type.
+    UnsupportedMediaType(String),
+    /// `401 invalid_credentials`: unknown user and wrong password alike.
+    InvalidCredentials,
+    /// `400`: the client hung up while its login waited; nobody reads this.
+    ClientGone,
+    /// `429` with `Retry-After`: a login or refresh limit.
+    RateLimited {
+        what: &'static str,
+        wait: std::time::Duration,
+    },
+    /// `401 invalid_token`, as for `/ws`.
+    InvalidToken,
+    /// `401 session_expired`: past `--max-session`.
+    SessionOver,
+}
+
+impl Refusal {
+    fn response(&self) -> Response {
+        match self {
+            Refusal::MethodNotAllowed(allow) => {
+                Response::error(405, "method_not_allowed", &format!("allowed: {allow}"))
+                    .with_header("Allow", *allow)
+            }
+            Refusal::OnlyMetricsHere => {
+                Response::error(404, "not_found", "only /metrics is served here")
+            }
+            Refusal::Unavailable(why) => Response::error(503, "unavailable", why),
+            Refusal::BadBody(why) => Response::error(400, "bad_request", why),
+            Refusal::UnsupportedMediaType(what) => Response::error(
+                415,
+                "unsupported_media_type",
+                &format!(
+                    "Content-Type {what:?}: send application/json or \
+                     application/x-www-form-urlencoded"
+                ),
+            ),
+            Refusal::InvalidCredentials => {
+                Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }))
+            }
+            Refusal::ClientGone => {
+                Response::error(400, "bad_request", "the client closed the connection")
+            }
+            Refusal::RateLimited { what, wait } => {
+                // Whole seconds, rounded up: never "try again in 0 s".
+                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                Response::error(
+                    429,
+                    "rate_limited",
+                    &format!("{what}; try again in {secs} s"),
+                )
+                .with_header("Retry-After", secs.to_string())
+            }
+            Refusal::InvalidToken => handshake::invalid_token(),
+            Refusal::SessionOver => Response::error(
+                401,
+                "session_expired",
+                "the session is older than --max-session; log in again",
+            )
+            .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+        }
+    }
+}
+
+/// What a handler answers: a response, or why not.
+type Answer = Result<Response, Refusal>;
+
 /// Every request but a WebSocket upgrade. `conn` is the request's
 /// connection, for a handler that must know whether its client is still there.
 pub fn route(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Response {
     let method = request.method.as_str();
-    match (request.path(), method) {
+    let answer = match (request.path(), method) {
         // Otherwise `/metrics` is answered like any path that does not
         // exist: the counters say why tokens fail, which the uniform 401
         // is there to hide (`--metrics-bind` serves them privately).
-        ("/metrics", _) if shared.config.metrics_public => route_metrics_only(shared, request),
+        ("/metrics", _) if shared.config.metrics_public => metrics_only(shared, request),
         ("/auth", "POST") => login(shared, request, peer, conn),
         ("/auth/refresh", "POST") => refresh(shared, request, peer),
-        ("/auth/refresh", _) => method_not_allowed("POST"),
-        ("/auth", _) => method_not_allowed("POST"),
-        ("/ws", _) => method_not_allowed("GET"),
+        ("/auth/refresh", _) => Err(Refusal::MethodNotAllowed("POST")),
+        ("/auth", _) => Err(Refusal::MethodNotAllowed("POST")),
+        ("/ws", _) => Err(Refusal::MethodNotAllowed("GET")),
         ("/healthz", "GET" | "HEAD") => health(shared),
-        ("/healthz", _) => method_not_allowed("GET, HEAD"),
-        (path, "GET" | "HEAD") => static_file(shared, path),
-        _ => method_not_allowed("GET, HEAD"),
-    }
+        ("/healthz", _) => Err(Refusal::MethodNotAllowed("GET, HEAD")),
+        (path, "GET" | "HEAD") => Ok(static_file(shared, path)),
+        _ => Err(Refusal::MethodNotAllowed("GET, HEAD")),
+    };
+    answer.unwrap_or_else(|refusal| refusal.response())
 }
 
 /// `200 ok`, or `503` with the reason when the room cannot take messages
 /// (with `--redis`: Redis is unreachable), so a load balancer can steer
 /// new clients elsewhere.
-fn health(shared: &Shared) -> Response {
+fn health(shared: &Shared) -> Answer {
     match shared.room.health() {
-        Ok(()) => Response::new(200, "text/plain; charset=utf-8", &b"ok"[..]),
-        Err(why) => Response::error(503, "unavailable", &why.0),
+        Ok(()) => Ok(Response::new(200, "text/plain; charset=utf-8", &b"ok"[..])),
+        Err(why) => Err(Refusal::Unavailable(why.0)),
     }
 }
 
 /// The `--metrics-bind` listener: `/metrics` and nothing else.
 pub fn route_metrics_only(shared: &Shared, request: &Request) -> Response {
-    match (request.path(), request.method.as_str()) {
-        ("/metrics", "GET" | "HEAD") => {
-            let text = shared.metrics_text();
-            Response::new(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.into_bytes(),
-            )
-        }
-        ("/metrics", _) => method_not_allowed("GET, HEAD"),
-        _ => Response::error(404, "not_found", "only /metrics is served here"),
-    }
+    metrics_only(shared, request).unwrap_or_else(|refusal| refusal.response())
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
-    Response::error(405, "method_not_allowed", &format!("allowed: {allow}"))
-        .with_header("Allow", allow)
+fn metrics_only(shared: &Shared, request: &Request) -> Answer {
+    match (request.path(), request.method.as_str()) {
+        ("/metrics", "GET" | "HEAD") => Ok(Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics_text().into_bytes(),
+        )),
+        ("/metrics", _) => Err(Refusal::MethodNotAllowed("GET, HEAD")),
+        _ => Err(Refusal::OnlyMetricsHere),
+    }
 }
 
 fn static_file(shared: &Shared, path: &str) -> Response {
@@ -95,11 +171,8 @@ struct Credentials {
     password: String,
 }
 
-fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Response {
-    let credentials = match parse_credentials(request) {
-        Ok(credentials) => credentials,
-        Err(response) => return response,
-    };
+fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Answer {
+    let credentials = parse_credentials(request)?;
     let username = &credentials.username;
     let attempt = match shared
         .logins
@@ -109,7 +182,10 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
         Err(refusal) => {
             shared.metrics().login_throttled(refusal);
             log_throttled(refusal, username, peer);
-            return rate_limited(refusal.reason(), refusal.wait());
+            return Err(Refusal::RateLimited {
+                what: refusal.reason(),
+                wait: refusal.wait(),
+            });
         }
     };
     // The password queue can be long under load: a client that gave up
@@ -124,21 +200,25 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
             shared.logins.failed(attempt);
             metrics::inc(&shared.metrics().auth_failures);
             crate::warn!("login failed for {username:?} from {peer}");
-            return Response::json(401, &serde_json::json!({ "error": "invalid_credentials" }));
+            return Err(Refusal::InvalidCredentials);
         }
         PasswordCheck::Abandoned => {
             shared.logins.abandoned(attempt);
             metrics::inc(&shared.metrics().logins_abandoned);
             crate::debug!("login for {username:?} from {peer} dropped: the client had gone");
             // Nobody reads this; the write fails and the connection ends.
-            return Response::error(400, "bad_request", "the client closed the connection");
+            return Err(Refusal::ClientGone);
         }
     };
     shared.logins.succeeded(attempt);
     let (token, claims) = shared.tokens.issue(user);
     metrics::inc(&shared.metrics().logins);
     crate::info!("login ok: {:?} from {peer}", user.username);
-    token_response(&token, &claims, shared.tokens.session_end(&claims))
+    Ok(token_response(
+        &token,
+        &claims,
+        shared.tokens.session_end(&claims),
+    ))
 }
 
 /// One WARN line a second for each login limit, the rest at DEBUG: a flood
@@ -170,24 +250,13 @@ fn log_throttled(refusal: LoginRefusal, username: &str, peer: SocketAddr) {
     );
 }
 
-/// `429 rate_limited` with `Retry-After` in whole seconds, rounded up.
-fn rate_limited(what: &str, wait: std::time::Duration) -> Response {
-    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-    Response::error(
-        429,
-        "rate_limited",
-        &format!("{what}; try again in {secs} s"),
-    )
-    .with_header("Retry-After", secs.to_string())
-}
-
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
 /// token for the same session, until `--max-session` after the login, while
 /// the user is still in the users file as the token knew them.
-fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
+fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Answer {
     let Some(token) = handshake::authorization_bearer(request) else {
         shared.metrics().token_rejected(TokenError::Missing);
-        return handshake::invalid_token();
+        return Err(Refusal::InvalidToken);
     };
     let refreshed = shared.tokens.refresh(token, &shared.users);
     // Counted per subject once the token is verified: counted before, anyone
@@ -203,25 +272,27 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Response {
                 "token refresh for {:?} from {peer} refused: too many",
                 claims.username
             );
-            return rate_limited("too many token refreshes", wait);
+            return Err(Refusal::RateLimited {
+                what: "too many token refreshes",
+                wait,
+            });
         }
     }
     match refreshed {
         Ok((token, claims)) => {
             metrics::inc(&shared.metrics().refreshes);
             crate::info!("token refreshed: {:?} from {peer}", claims.username);
-            token_response(&token, &claims, shared.tokens.session_end(&claims))
+            Ok(token_response(
+                &token,
+                &claims,
+                shared.tokens.session_end(&claims),
+            ))
         }
         Err(RefreshError::Token(reason)) => {
             shared.metrics().token_rejected(reason);
-            handshake::invalid_token()
+            Err(Refusal::InvalidToken)
         }
-        Err(RefreshError::SessionOver) => Response::error(
-            401,
-            "session_expired",
-            "the session is older than --max-session; log in again",
-        )
-        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+        Err(RefreshError::SessionOver) => Err(Refusal::SessionOver),
     }
 }
 
@@ -241,7 +312,7 @@ fn token_response(token: &str, claims: &Claims, session_end: u64) -> Response {
     .with_header("Cache-Control", "no-store")
 }
 
-fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
+fn parse_credentials(request: &Request) -> Result<Credentials, Refusal> {
     let content_type = request
         .header("Content-Type")
         .unwrap_or("application/json")
@@ -250,7 +321,7 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let bad = |message: String| Response::error(400, "bad_request", &message);
+    let bad = Refusal::BadBody;
     match content_type.as_str() {
         "application/json" => {
             // An object, not just anything serde could map onto the struct
@@ -275,14 +346,7 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Response> {
                 password: field("password")?,
             })
         }
-        other => Err(Response::error(
-            415,
-            "unsupported_media_type",
-            &format!(
-                "Content-Type {other:?}: send application/json or \
-                 application/x-www-form-urlencoded"
-            ),
-        )),
+        other => Err(Refusal::UnsupportedMediaType(other.to_string())),
     }
 }
 

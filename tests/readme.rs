@@ -128,7 +128,10 @@ fn the_readme_maps_every_source_file() {
             }
         }
     }
-    assert!(missing.is_empty(), "not in the README's module map: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in the README's module map: {missing:?}"
+    );
 }
 
 fn regenerate(readme: &str, blocks: &BTreeMap<&'static str, String>) -> (String, Vec<String>) {
