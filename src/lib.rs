@@ -79,15 +79,22 @@ pub mod fuzzing {
 /// keys, the front end and the room.
 pub(crate) struct Shared {
     pub config: Config,
-    pub users: auth::Users,
-    pub tokens: auth::Tokens,
+    pub accounts: Accounts,
     pub assets: assets::Assets,
     pub room: std::sync::Arc<room::Room>,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
-    pub logins: limits::LoginThrottle,
     /// Message budgets per user and per IP (`None`: no such limit).
     pub message_budgets: Option<limits::SharedBudgets>,
+}
+
+/// What logging in, renewing a token and `reauth` need, and nothing else:
+/// the users, the token keys, the login and refresh limits, and the time.
+pub(crate) struct Accounts {
+    pub users: auth::Users,
+    pub tokens: auth::Tokens,
+    pub logins: limits::LoginThrottle,
     pub refreshes: limits::RefreshLimit,
+    pub clock: Clock,
 }
 
 impl Shared {

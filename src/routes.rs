@@ -13,12 +13,15 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use crate::assets::Assets;
 use crate::auth::{Claims, PasswordCheck, RefreshError, TokenError};
 use crate::handshake::Trace;
 use crate::http::{Connection, Request, Response};
 use crate::limits::LoginRefusal;
 use crate::log::Level;
-use crate::{Shared, handshake, metrics, session};
+use crate::metrics::Metrics;
+use crate::room::Room;
+use crate::{Accounts, Shared, handshake, metrics, session};
 
 /// Headers on every front-end file: a strict Content-Security-Policy (the
 /// page has no inline script or style) and no MIME sniffing.
@@ -114,14 +117,14 @@ pub fn route(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connec
         // exist: the counters say why tokens fail, which the uniform 401
         // is there to hide (`--metrics-bind` serves them privately).
         ("/metrics", _) if shared.config.metrics_public => metrics_only(shared, request),
-        ("/auth", "POST") => login(shared, request, peer, conn),
-        ("/auth/refresh", "POST") => refresh(shared, request, peer),
+        ("/auth", "POST") => login(&shared.accounts, shared.metrics(), request, peer, conn),
+        ("/auth/refresh", "POST") => refresh(&shared.accounts, shared.metrics(), request, peer),
         ("/auth/refresh", _) => Err(Refusal::MethodNotAllowed("POST")),
         ("/auth", _) => Err(Refusal::MethodNotAllowed("POST")),
         ("/ws", _) => Err(Refusal::MethodNotAllowed("GET")),
-        ("/healthz", "GET" | "HEAD") => health(shared),
+        ("/healthz", "GET" | "HEAD") => health(&shared.room),
         ("/healthz", _) => Err(Refusal::MethodNotAllowed("GET, HEAD")),
-        (path, "GET" | "HEAD") => Ok(static_file(shared, path)),
+        (path, "GET" | "HEAD") => Ok(static_file(&shared.assets, path)),
         _ => Err(Refusal::MethodNotAllowed("GET, HEAD")),
     };
     answer.unwrap_or_else(|refusal| refusal.response())
@@ -130,8 +133,8 @@ pub fn route(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connec
 /// `200 ok`, or `503` with the reason when the room cannot take messages
 /// (with `--redis`: Redis is unreachable), so a load balancer can steer
 /// new clients elsewhere.
-fn health(shared: &Shared) -> Answer {
-    match shared.room.health() {
+fn health(room: &Room) -> Answer {
+    match room.health() {
         Ok(()) => Ok(Response::new(200, "text/plain; charset=utf-8", &b"ok"[..])),
         Err(why) => Err(Refusal::Unavailable(why.0)),
     }
@@ -154,8 +157,8 @@ fn metrics_only(shared: &Shared, request: &Request) -> Answer {
     }
 }
 
-fn static_file(shared: &Shared, path: &str) -> Response {
-    match shared.assets.get(path) {
+fn static_file(assets: &Assets, path: &str) -> Response {
+    match assets.get(path) {
         Ok((content_type, body)) => Response::new(200, content_type, body)
             .with_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
             .with_header("X-Content-Type-Options", "nosniff")
@@ -171,16 +174,22 @@ struct Credentials {
     password: String,
 }
 
-fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection) -> Answer {
+fn login(
+    accounts: &Accounts,
+    metrics: &Metrics,
+    request: &Request,
+    peer: SocketAddr,
+    conn: &Connection,
+) -> Answer {
     let credentials = parse_credentials(request)?;
     let username = &credentials.username;
-    let attempt = match shared
+    let attempt = match accounts
         .logins
-        .begin(peer.ip(), username, shared.config.clock.instant())
+        .begin(peer.ip(), username, accounts.clock.instant())
     {
         Ok(attempt) => attempt,
         Err(refusal) => {
-            shared.metrics().login_throttled(refusal);
+            metrics.login_throttled(refusal);
             log_throttled(refusal, username, peer);
             return Err(Refusal::RateLimited {
                 what: refusal.reason(),
@@ -191,33 +200,33 @@ fn login(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connection
     // The password queue can be long under load: a client that gave up
     // while waiting in it must not cost an argon2 check, nor delay the
     // clients queued behind it.
-    let checked = shared
+    let checked = accounts
         .users
         .check_password_if(username, &credentials.password, || !conn.client_gone());
     let user = match checked {
         PasswordCheck::Match(user) => user,
         PasswordCheck::NoMatch => {
-            shared.logins.failed(attempt);
-            metrics::inc(&shared.metrics().auth_failures);
+            accounts.logins.failed(attempt);
+            metrics::inc(&metrics.auth_failures);
             crate::warn!("login failed for {username:?} from {peer}");
             return Err(Refusal::InvalidCredentials);
         }
         PasswordCheck::Abandoned => {
-            shared.logins.abandoned(attempt);
-            metrics::inc(&shared.metrics().logins_abandoned);
+            accounts.logins.abandoned(attempt);
+            metrics::inc(&metrics.logins_abandoned);
             crate::debug!("login for {username:?} from {peer} dropped: the client had gone");
             // Nobody reads this; the write fails and the connection ends.
             return Err(Refusal::ClientGone);
         }
     };
-    shared.logins.succeeded(attempt);
-    let (token, claims) = shared.tokens.issue(user);
-    metrics::inc(&shared.metrics().logins);
+    accounts.logins.succeeded(attempt);
+    let (token, claims) = accounts.tokens.issue(user);
+    metrics::inc(&metrics.logins);
     crate::info!("login ok: {:?} from {peer}", user.username);
     Ok(token_response(
         &token,
         &claims,
-        shared.tokens.session_end(&claims),
+        accounts.tokens.session_end(&claims),
     ))
 }
 
@@ -253,20 +262,20 @@ fn log_throttled(refusal: LoginRefusal, username: &str, peer: SocketAddr) {
 /// `POST /auth/refresh` with `Authorization: Bearer <a valid token>`: a new
 /// token for the same session, until `--max-session` after the login, while
 /// the user is still in the users file as the token knew them.
-fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Answer {
+fn refresh(accounts: &Accounts, metrics: &Metrics, request: &Request, peer: SocketAddr) -> Answer {
     let Some(token) = handshake::authorization_bearer(request) else {
-        shared.metrics().token_rejected(TokenError::Missing);
+        metrics.token_rejected(TokenError::Missing);
         return Err(Refusal::InvalidToken);
     };
-    let refreshed = shared.tokens.refresh(token, &shared.users);
+    let refreshed = accounts.tokens.refresh(token, &accounts.users);
     // Counted per subject once the token is verified: counted before, anyone
     // could use up a user's refreshes with garbage tokens naming their `sub`.
     // (The new token is signed first and then thrown away when refused: an
     // HMAC is cheap next to the log line and response this limit saves.)
     if let Ok((_, claims)) = &refreshed {
-        if let Err(wait) = shared
+        if let Err(wait) = accounts
             .refreshes
-            .take(&claims.sub, shared.config.clock.instant())
+            .take(&claims.sub, accounts.clock.instant())
         {
             crate::debug!(
                 "token refresh for {:?} from {peer} refused: too many",
@@ -280,16 +289,16 @@ fn refresh(shared: &Shared, request: &Request, peer: SocketAddr) -> Answer {
     }
     match refreshed {
         Ok((token, claims)) => {
-            metrics::inc(&shared.metrics().refreshes);
+            metrics::inc(&metrics.refreshes);
             crate::info!("token refreshed: {:?} from {peer}", claims.username);
             Ok(token_response(
                 &token,
                 &claims,
-                shared.tokens.session_end(&claims),
+                accounts.tokens.session_end(&claims),
             ))
         }
         Err(RefreshError::Token(reason)) => {
-            shared.metrics().token_rejected(reason);
+            metrics.token_rejected(reason);
             Err(Refusal::InvalidToken)
         }
         Err(RefreshError::SessionOver) => Err(Refusal::SessionOver),
@@ -358,7 +367,7 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
     trace.request(request);
     let checked = handshake::check(
         request,
-        &shared.tokens,
+        &shared.accounts.tokens,
         &shared.config.allowed_origins,
         &mut trace,
     );

@@ -21,7 +21,7 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::room::{MAX_PENDING_BYTES, Relay, Room};
-use crate::{Shared, proxy, routes};
+use crate::{Accounts, Shared, proxy, routes};
 
 /// Stack for a connection thread, which becomes the client's reader after
 /// an upgrade. Small, so thousands of clients fit in little memory; JSON
@@ -153,16 +153,19 @@ impl Server {
                 config.max_connections,
                 config.max_connections_per_ip,
             ),
-            logins: LoginThrottle::new(LoginLimits {
-                failures_per_ip: config.max_login_failures,
-                attempts_per_ip: config.max_logins_per_ip,
-                logins_per_user: config.max_logins_per_user,
-            }),
-            refreshes: RefreshLimit::new(config.max_refreshes),
+            accounts: Accounts {
+                users,
+                tokens,
+                logins: LoginThrottle::new(LoginLimits {
+                    failures_per_ip: config.max_login_failures,
+                    attempts_per_ip: config.max_logins_per_ip,
+                    logins_per_user: config.max_logins_per_user,
+                }),
+                refreshes: RefreshLimit::new(config.max_refreshes),
+                clock: config.clock.clone(),
+            },
             message_budgets: SharedBudgets::new(config.user_rate(), config.user_burst()),
             config,
-            users,
-            tokens,
             assets,
             room,
         };
@@ -237,7 +240,7 @@ impl Server {
 /// this server was started.
 fn summary(shared: &Shared) -> String {
     let c = &shared.config;
-    let n = shared.users.len();
+    let n = shared.accounts.users.len();
     let users = if n == 1 { "user" } else { "users" };
     let users = match &c.users_file {
         Some(path) => format!("{n} {users} from {path:?}"),

@@ -379,7 +379,8 @@ fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
 /// current in the users file (the same rule as `/auth/refresh`), moves this
 /// connection's expiry; anything else leaves it as it was.
 fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
-    let claims = match shared.tokens.verify_current(token, &shared.users) {
+    let accounts = &shared.accounts;
+    let claims = match accounts.tokens.verify_current(token, &accounts.users) {
         Ok(claims) if claims.sub == me.sub => claims,
         Ok(_) => {
             return notify(
