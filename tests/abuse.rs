@@ -7,21 +7,10 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use serde_json::json;
 use support::*;
 
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LOCALHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
-
-fn login_request(user: &str, password: &str) -> Vec<u8> {
-    let body = json!({ "username": user, "password": password }).to_string();
-    format!(
-        "POST /auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 #[test]
 fn failed_logins_are_throttled_per_ip() {

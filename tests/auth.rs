@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
@@ -34,33 +33,6 @@ fn assert_error(response: &RawResponse, status: u16, code: &str) -> Value {
 fn assert_bad_request(response: &RawResponse) {
     let body = assert_error(response, 400, "bad_request");
     assert!(body["message"].is_string(), "body: {body}");
-}
-
-/// A file under the temp dir, unique to this process, test and call,
-/// removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(test: &str, contents: &str) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "jwtchat-auth-{}-{test}-{n}.json",
-            std::process::id()
-        ));
-        std::fs::write(&path, contents).expect("write temp file");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------

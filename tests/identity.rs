@@ -4,38 +4,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::{Value, json};
 use support::*;
-
-/// A file under the temp dir, unique to this process, test and call,
-/// removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn users(test: &str, users: Value) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "jwtchat-identity-{}-{test}-{n}.json",
-            std::process::id()
-        ));
-        std::fs::write(&path, json!({ "users": users }).to_string()).expect("write users file");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn user(id: &str, username: &str, hash: &str) -> Value {
     json!({ "id": id, "username": username, "password_hash": hash })
@@ -67,17 +37,6 @@ fn login(server: &TestServer, username: &str, password: &str) -> String {
         .as_str()
         .expect("token in body")
         .to_string()
-}
-
-fn refresh(server: &TestServer, token: &str) -> RawResponse {
-    send_raw(
-        server.addr,
-        format!(
-            "POST /auth/refresh HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
 }
 
 fn assert_invalid_token(response: &RawResponse) {
@@ -119,15 +78,15 @@ fn a_removed_user_cannot_refresh() {
     let file = TempFile::users("removed-after", json!([user("8", "bob", &before.bob_hash)]));
     let server = serve(&file);
 
-    assert_invalid_token(&refresh(&server, &before.ann_token));
+    assert_invalid_token(&server.refresh(&before.ann_token));
     // A user still in the file renews across the restart as before.
-    let response = refresh(&server, &before.bob_token);
+    let response = server.refresh(&before.bob_token);
     assert_eq!(response.status, 200, "bob: {}", response.text());
     let renewed = response.json()["token"]
         .as_str()
         .expect("token")
         .to_string();
-    assert_eq!(refresh(&server, &renewed).status, 200, "a refreshed token");
+    assert_eq!(server.refresh(&renewed).status, 200, "a refreshed token");
 
     let metrics = get(server.addr, "/metrics").text();
     assert!(
@@ -148,10 +107,10 @@ fn a_changed_password_ends_renewal() {
         ]),
     );
     let server = serve(&file);
-    assert_invalid_token(&refresh(&server, &before.ann_token));
+    assert_invalid_token(&server.refresh(&before.ann_token));
     // A login with the new password gets a token that does renew.
     let fresh = login(&server, "ann", "ann-new-password");
-    assert_eq!(refresh(&server, &fresh).status, 200);
+    assert_eq!(server.refresh(&fresh).status, 200);
 }
 
 #[test]
@@ -165,7 +124,7 @@ fn a_renamed_user_cannot_refresh() {
         ]),
     );
     let server = serve(&file);
-    assert_invalid_token(&refresh(&server, &before.ann_token));
+    assert_invalid_token(&server.refresh(&before.ann_token));
 }
 
 /// A token minted before the `pwf` claim existed (or by another issuer
@@ -183,7 +142,7 @@ fn a_token_without_a_password_fingerprint_cannot_refresh() {
     let mut client = server.connect_token(&token).expect("upgrade");
     assert_eq!(client.recv()["type"], "welcome");
     // ...but not for renewal.
-    assert_invalid_token(&refresh(&server, &token));
+    assert_invalid_token(&server.refresh(&token));
     client.send_json(&json!({ "type": "reauth", "token": token }));
     let error = client.recv();
     assert_eq!(error["type"], "error", "{error}");

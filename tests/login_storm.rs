@@ -21,21 +21,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use support::*;
 
 const STORM: usize = 20;
 const RUNS: usize = 7;
-
-fn login_request(user: &str, password: &str) -> Vec<u8> {
-    let body = json!({ "username": user, "password": password }).to_string();
-    format!(
-        "POST /auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 fn timed_login_of_b(addr: std::net::SocketAddr) -> (Duration, u16) {
     let started = Instant::now();

@@ -9,17 +9,6 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value, json};
 use support::*;
 
-fn refresh(server: &TestServer, token: &str) -> RawResponse {
-    send_raw(
-        server.addr,
-        format!(
-            "POST /auth/refresh HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-}
-
 fn claims(token: &str) -> Value {
     let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_issuer(&["jwtchat"]);
@@ -41,7 +30,7 @@ fn refresh_gives_a_new_token_for_the_same_login() {
     let token = server.token("userA");
     let first = claims(&token);
     clock.advance(Duration::from_secs(1));
-    let response = refresh(&server, &token);
+    let response = server.refresh(&token);
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("Cache-Control"), Some("no-store"));
     let body = response.json();
@@ -75,7 +64,7 @@ fn refresh_gives_a_new_token_for_the_same_login() {
 fn refresh_refuses_bad_tokens_and_wrong_methods() {
     let server = start();
     for token in ["garbage", ""] {
-        let r = refresh(&server, token);
+        let r = server.refresh(token);
         assert_eq!(r.status, 401);
         assert_eq!(r.json(), json!({ "error": "invalid_token" }));
     }
@@ -94,7 +83,7 @@ fn an_expired_token_cannot_be_refreshed() {
     let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 60);
     let token = server.token("userA");
     clock.advance(Duration::from_secs(60));
-    let r = refresh(&server, &token);
+    let r = server.refresh(&token);
     assert_eq!(r.status, 401);
     assert_eq!(r.json(), json!({ "error": "invalid_token" }));
 }
@@ -107,7 +96,7 @@ fn refresh_stops_at_the_session_cap() {
     });
     let token = server.token("userA");
     // Within the cap, a refreshed token never outlives the session.
-    let r = refresh(&server, &token);
+    let r = server.refresh(&token);
     assert_eq!(r.status, 200);
     let renewed = claims(r.json()["token"].as_str().unwrap());
     assert_eq!(
@@ -116,7 +105,7 @@ fn refresh_stops_at_the_session_cap() {
     );
     // Past it, the user must log in again, though the token is valid.
     clock.advance(Duration::from_secs(600));
-    let r = refresh(&server, &token);
+    let r = server.refresh(&token);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "session_expired");
 }
@@ -136,7 +125,7 @@ fn reauth_moves_the_expiry_of_an_open_connection() {
     );
 
     // Renew: the new token lasts a minute past the old expiry.
-    let renewed = refresh(&server, &token).json()["token"]
+    let renewed = server.refresh(&token).json()["token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -218,9 +207,9 @@ fn refreshes_are_rate_limited_per_user() {
     let token_a = server.token("userA");
     let token_b = server.token("userB");
     for _ in 0..3 {
-        assert_eq!(refresh(&server, &token_a).status, 200);
+        assert_eq!(server.refresh(&token_a).status, 200);
     }
-    let r = refresh(&server, &token_a);
+    let r = server.refresh(&token_a);
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"], "rate_limited");
     let retry: u64 = r
@@ -231,9 +220,9 @@ fn refreshes_are_rate_limited_per_user() {
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     // Counted per subject, and only for valid tokens: garbage does not use
     // up anyone's share.
-    assert_eq!(refresh(&server, &token_b).status, 200);
+    assert_eq!(server.refresh(&token_b).status, 200);
     for _ in 0..5 {
-        assert_eq!(refresh(&server, "garbage").status, 401);
+        assert_eq!(server.refresh("garbage").status, 401);
     }
-    assert_eq!(refresh(&server, &token_b).status, 200);
+    assert_eq!(server.refresh(&token_b).status, 200);
 }

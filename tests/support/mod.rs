@@ -112,6 +112,18 @@ pub fn start_on_clock(
 }
 
 impl TestServer {
+    /// `POST /auth/refresh` with `token` as the bearer.
+    pub fn refresh(&self, token: &str) -> RawResponse {
+        send_raw(
+            self.addr,
+            format!(
+                "POST /auth/refresh HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    }
+
     /// One counter or gauge of an in-process server, as `/metrics` would
     /// show it (`name` with its labels, e.g. `jwtchat_logins_total`).
     pub fn metric(&self, name: &str) -> u64 {
@@ -282,6 +294,50 @@ pub enum Event {
     Json(Value),
     Closed(Option<CloseFrame>),
     Error(String),
+}
+
+/// A file under the temp dir, unique to this process, test and call,
+/// removed when dropped.
+pub struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(test: &str, contents: &str) -> TempFile {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "jwtchat-test-{}-{test}-{n}.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+
+    /// A users file `{"users": users}`.
+    pub fn users(test: &str, users: Value) -> TempFile {
+        TempFile::new(test, &serde_json::json!({ "users": users }).to_string())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A `POST /auth` with JSON credentials, on a connection that closes after.
+pub fn login_request(user: &str, password: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "username": user, "password": password }).to_string();
+    format!(
+        "POST /auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A response read off the wire.
