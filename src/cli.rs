@@ -513,6 +513,20 @@ const FLAGS: &[Flag] = &[
         #[cfg(test)]
         doc: "messages a newcomer's `welcome` carries; `0` = none",
     },
+    Flag {
+        name: "--presence-list-max",
+        short: None,
+        value: "N",
+        group: Group::History,
+        kind: Kind::Number(range::PRESENCE_LIST, |c, n| {
+            c.presence_list_max = n as usize
+        }),
+        show: |c| some(c.presence_list_max),
+        unset: (None, ""),
+        help: "online users a newcomer's welcome lists at most (online_count says how many there are)",
+        #[cfg(test)]
+        doc: "online users a newcomer's `welcome` lists at most; `online_count` always says how many there are, and `online_truncated` that the list was cut",
+    },
     // LOGGING AND METRICS
     Flag {
         name: "--log-level",

@@ -191,6 +191,9 @@ pub struct Config {
     pub max_session_secs: u64,
     /// Chat messages kept for the `welcome` of late joiners; 0 keeps none.
     pub history: usize,
+    /// Online users a `welcome` lists at most (`online_count` says how
+    /// many there are).
+    pub presence_list_max: usize,
     /// Print every WebSocket handshake, check by check, to stderr.
     pub trace_handshake: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
@@ -236,6 +239,7 @@ impl Default for Config {
             clock: Clock::system(),
             max_session_secs: 12 * 3600,
             history: 100,
+            presence_list_max: 1000,
             trace_handshake: false,
             trusted_proxies: Vec::new(),
             redis: None,
@@ -295,6 +299,8 @@ pub mod range {
     pub const PER_MINUTE: RangeInclusive<u64> = 0..=1_000_000;
     /// `history`: every welcome carries it, so it is kept small.
     pub const HISTORY: RangeInclusive<u64> = 0..=100_000;
+    /// `presence_list_max`: each name costs every welcome its bytes.
+    pub const PRESENCE_LIST: RangeInclusive<u64> = 1..=100_000;
 }
 
 /// Why a [`Config`] cannot start a server. Each `Display` is one line, the
@@ -453,6 +459,11 @@ impl Config {
             range::PER_MINUTE,
         )?;
         within("--history", wide(self.history), range::HISTORY)?;
+        within(
+            "--presence-list-max",
+            wide(self.presence_list_max),
+            range::PRESENCE_LIST,
+        )?;
         if let Some(addr) = &self.metrics_bind {
             not_blank("--metrics-bind", addr)?;
         }

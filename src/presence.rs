@@ -32,8 +32,9 @@ pub struct Change {
 }
 
 impl Presence {
-    pub fn online(&self) -> impl Iterator<Item = &str> {
-        self.places.keys().map(|u| &**u)
+    /// Whether `user` is online anywhere.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.places.contains_key(user)
     }
 
     /// Whether `user` has a connection on this instance.
@@ -174,9 +175,9 @@ mod tests {
         let gone_here = p.disconnect(&a);
         assert!(gone_here.here && !gone_here.everywhere);
         assert_eq!(p.set_remote("i2", "b", true).as_deref(), Some("b"));
-        assert_eq!(p.online().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(p.is_online("a") && p.is_online("b"));
         assert_eq!(p.set_remote("i2", "a", false).as_deref(), Some("a"));
-        assert_eq!(p.online().collect::<Vec<_>>(), ["b"]);
+        assert!(!p.is_online("a") && p.is_online("b"));
     }
 
     #[test]

@@ -13,13 +13,15 @@
 //!
 //! Server → client, an [`Outgoing`] each, serialised and framed once by
 //! [`Outgoing::frame`]:
-//! - `welcome`: the first frame, with `user`, `expires_at`, `online`,
-//!   `history` (recent `message`s, without `id`) and `limits` (the message
-//!   size and rate the client must keep to).
+//! - `welcome`: the first frame, with `user`, `expires_at`, `online` (at
+//!   most `--presence-list-max` names, `online_truncated` when cut),
+//!   `online_count`, `history` (recent `message`s, without `id`) and
+//!   `limits` (the message size and rate the client must keep to).
 //! - `expiring`: the token expires within a minute; time to `reauth`.
 //! - `reauthed`: a `reauth` was accepted, with the new `expires_at`.
 //! - `join` and `leave`: a user's first connection opened, their last
-//!   closed.
+//!   closed; `presence` (`joined`, `left`) when several did within one
+//!   presence window (100 ms).
 //! - `message`: a broadcast, with `seq`, `from`, `text`, `ts` and the
 //!   sender's `id` if it gave one.
 //! - `error`: an [`ErrorCode`] (`bad_message`, `bad_token`, `rate_limited`,
@@ -215,7 +217,13 @@ pub enum Outgoing<'a> {
     Welcome {
         user: &'a str,
         expires_at: u64,
+        /// Who is online, sorted; at most `--presence-list-max` names.
         online: Vec<&'a str>,
+        /// How many users are online, however many `online` lists.
+        online_count: usize,
+        /// Present (true) when `online` was cut to `--presence-list-max`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        online_truncated: bool,
         /// Recent messages, oldest first (see `--history`).
         history: Vec<Outgoing<'a>>,
         limits: Limits,
@@ -228,6 +236,13 @@ pub enum Outgoing<'a> {
     Join { user: &'a str },
     /// A user went offline (their last connection closed).
     Leave { user: &'a str },
+    /// Several users came online or went offline within one presence
+    /// window (see `room::PRESENCE_WINDOW`): one frame instead of one each.
+    Presence {
+        room: &'a str,
+        joined: Vec<&'a str>,
+        left: Vec<&'a str>,
+    },
     /// A chat message, to everyone, the sender included.
     Message {
         seq: u64,
@@ -359,7 +374,9 @@ mod tests {
     fn outgoing_shapes_match_the_contract() {
         let json = |m: Outgoing| {
             let f = m.frame();
-            serde_json::from_slice::<serde_json::Value>(&f[2..]).unwrap()
+            // §5.2: a 7-bit length, or 126 and a 16-bit one.
+            let start = if f[1] & 0x7f == 126 { 4 } else { 2 };
+            serde_json::from_slice::<serde_json::Value>(&f[start..]).unwrap()
         };
         assert_eq!(
             json(Outgoing::Message {
@@ -402,13 +419,16 @@ mod tests {
                 user: "a",
                 expires_at: 9,
                 online: vec!["a"],
+                online_count: 1,
+                online_truncated: false,
                 history: vec![],
                 limits: Limits {
                     max_message_bytes: 10,
                     message_rate: 3
                 }
             }),
-            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],"history":[],
+            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],
+                "online_count":1,"history":[],
                 "limits":{"max_message_bytes":10,"message_rate":3}})
         );
     }

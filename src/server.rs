@@ -146,7 +146,8 @@ impl Server {
                 max_message_bytes: config.max_message_bytes,
                 message_rate: config.message_rate,
             })
-            .with_clock(config.clock.clone());
+            .with_clock(config.clock.clone())
+            .with_presence_list_max(config.presence_list_max);
         let room = Arc::new(room);
         let shared = Shared {
             connections: ConnectionLimits::new(
@@ -213,6 +214,7 @@ impl Server {
         crate::info!("listening on http://{}", self.local_addr());
         crate::info!("{}", summary(&self.shared));
         spawn_sweeper(self.shared.clone(), stop.clone());
+        spawn_presence_windows(self.shared.clone(), stop.clone());
         if self.shared.config.metrics_public {
             crate::info!("metrics on http://{}/metrics", self.local_addr());
         } else if self.metrics_listener.is_none() {
@@ -306,6 +308,13 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Sends the joins and leaves gathered so far now, rather than when
+    /// their presence window closes (at most 100 ms later): for a caller
+    /// that needs presence settled, as a test does before its next step.
+    pub fn flush_presence(&self) {
+        self.shared.room.flush_presence();
     }
 
     /// TCP connections open now (HTTP and WebSocket alike).
@@ -426,6 +435,17 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
         });
     if let Err(e) = spawned {
         crate::error!("cannot start the expiry sweep: {e}");
+    }
+}
+
+/// Closes each presence window in time (see `Room::run_presence_windows`).
+fn spawn_presence_windows(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let spawned = thread::Builder::new()
+        .name("presence".into())
+        .stack_size(64 * 1024)
+        .spawn(move || shared.room.run_presence_windows(&stop));
+    if let Err(e) = spawned {
+        crate::error!("cannot start the presence thread: {e}");
     }
 }
 

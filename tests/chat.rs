@@ -230,13 +230,11 @@ fn upgraded_with_raw_frame(server: &TestServer, frame: &[u8]) -> Client {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     assert_eq!(read_response(&mut stream, false).status, 101);
     stream.write_all(frame).unwrap();
-    Client {
-        ws: tungstenite::WebSocket::from_raw_socket(
-            stream,
-            tungstenite::protocol::Role::Client,
-            None,
-        ),
-    }
+    Client::from_ws(tungstenite::WebSocket::from_raw_socket(
+        stream,
+        tungstenite::protocol::Role::Client,
+        None,
+    ))
 }
 
 #[test]

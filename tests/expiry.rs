@@ -101,6 +101,7 @@ fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
     let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 600);
     let token = server.token("userA");
     let mut rogue = raw_session(&server, &token);
+    server.settle_presence();
     let mut b = server
         .connect_token(&token_for("2", "userB", 3600))
         .unwrap();

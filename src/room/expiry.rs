@@ -77,7 +77,9 @@ mod tests {
         let (room, clock) = clock_at_start();
         let start = room.clock.unix_secs();
         let (_, mut a) = client(&room, "a", start + 600);
+        room.flush_presence();
         let (_, mut old) = client(&room, "old", start + 90);
+        room.flush_presence();
         assert_eq!(room.sweep(), 0);
         assert_eq!(old.types(), ["welcome"], "not warned yet");
         clock.advance(Duration::from_secs(30));
@@ -87,6 +89,7 @@ mod tests {
         assert!(old.types().is_empty(), "warned once");
         clock.advance(Duration::from_secs(60));
         assert_eq!(room.sweep(), 1, "at exp, not after");
+        room.flush_presence();
         assert_eq!(old.types(), ["error"], "token_expired, then the close");
         assert!(old.outbox.is_closing());
         assert_eq!(a.types(), ["welcome", "join", "leave"]);

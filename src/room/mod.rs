@@ -19,7 +19,11 @@
 //! bounded queue. Nobody waits on a socket here. An expired client is sent
 //! `token_expired` and closed with 4001 instead of receiving the message; a
 //! client whose queue is full is closed with 4008. Both leave the pool at
-//! once, and their `leave` goes out in the same order as everything else.
+//! once.
+//!
+//! Joins and leaves are gathered for up to [`PRESENCE_WINDOW`] and go out as
+//! one frame to everyone (see `timeline::PresenceWindow`): a storm of N
+//! users connecting costs each client a frame or two, not N.
 
 mod expiry;
 mod relay;
@@ -27,7 +31,10 @@ mod timeline;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+use std::time::{Duration, Instant};
 
 // `Delivery` is what the cluster (`--features redis`) hands back in.
 #[allow(unused_imports)]
@@ -46,6 +53,13 @@ use crate::protocol::{Limits, Outgoing};
 
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
+
+/// How long joins and leaves are gathered before they go out as one frame.
+pub const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
+
+/// A `welcome` lists this many online users at most, by default
+/// (`--presence-list-max`); `online_count` says how many there are.
+pub const PRESENCE_LIST_MAX: usize = 1000;
 
 /// Why [`Room::broadcast`] did not take a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,6 +147,10 @@ pub struct Room {
     clock: Clock,
     /// Closed connections waiting for their client's close reply.
     reaper: Arc<Reaper>,
+    /// Signalled when a presence window opens (with the timeline lock).
+    window_opened: Condvar,
+    /// Names a `welcome` lists at most.
+    presence_list_max: usize,
 }
 
 impl Default for Room {
@@ -164,7 +182,16 @@ impl Room {
             limits: Limits::default(),
             clock: Clock::system(),
             reaper: Arc::default(),
+            window_opened: Condvar::new(),
+            presence_list_max: PRESENCE_LIST_MAX,
         }
+    }
+
+    /// Lists at most `names` online users in a `welcome` (the default is
+    /// [`PRESENCE_LIST_MAX`]).
+    pub fn with_presence_list_max(mut self, names: usize) -> Room {
+        self.presence_list_max = names;
+        self
     }
 
     /// Caps the pending batch at `bytes` (the default is
@@ -228,10 +255,21 @@ impl Room {
         if change.here {
             self.tell_relay(&username);
         }
+        if change.everywhere {
+            self.presence_changed(&mut timeline, &username);
+            timeline.window.newcomer(id, &username);
+        }
+        let (online, online_count) = who_is_online(
+            &timeline.window.published,
+            &username,
+            self.presence_list_max,
+        );
         let welcome = Outgoing::Welcome {
             user: &username,
             expires_at: client.exp(),
-            online: timeline.presence.online().collect(),
+            online_truncated: online.len() < online_count,
+            online,
+            online_count,
             // Messages still pending will reach this client live; the
             // history stops where they begin, so nothing arrives twice.
             history: timeline.recent_history(),
@@ -241,12 +279,72 @@ impl Room {
         // A fresh queue has room for its first frame.
         let _ = client.outbox.push(welcome);
         self.write().insert(id, client);
-        if change.everywhere {
-            let join = Outgoing::Join { user: &username }.frame();
-            let evictions = self.fan_out(&join, Some(id));
-            self.remove_departing(&mut timeline, evictions);
-        }
         id
+    }
+
+    /// `user` came online or went offline everywhere: into the presence
+    /// window, which the presence thread is woken to close in good time.
+    fn presence_changed(&self, timeline: &mut Timeline, user: &Arc<str>) {
+        if timeline.window.touch(user, Instant::now()) {
+            self.window_opened.notify_all();
+        }
+    }
+
+    /// Closes the presence window now: one frame to everyone with what
+    /// changed since the last (`join`, `leave` or `presence`), nothing if
+    /// nothing did, net.
+    pub fn flush_presence(&self) {
+        let mut timeline = self.timeline();
+        let timeline = &mut *timeline;
+        let presence = &timeline.presence;
+        let diff = timeline.window.close(|user| presence.is_online(user));
+        // A lone `join` skips the newcomer it is about: its welcome already
+        // listed itself, so a quiet room looks as it always did. (In a
+        // `presence` frame a newcomer may find its own name; it changes
+        // nothing for it.)
+        let mut newcomers = Vec::new();
+        let frame = match (&diff.joined[..], &diff.left[..]) {
+            ([], []) => return,
+            ([user], []) => {
+                newcomers = diff.newcomers_named(user);
+                Outgoing::Join { user }.frame()
+            }
+            ([], [user]) => Outgoing::Leave { user }.frame(),
+            (joined, left) => Outgoing::Presence {
+                room: "general",
+                joined: names(joined),
+                left: names(left),
+            }
+            .frame(),
+        };
+        let evictions = self.fan_out(&frame, &newcomers);
+        self.remove_departing(timeline, evictions);
+    }
+
+    /// Closes each presence window [`PRESENCE_WINDOW`] after it opened,
+    /// until `stop` is set (checked at least once a second). The server
+    /// runs this on a thread of its own.
+    pub fn run_presence_windows(&self, stop: &std::sync::atomic::AtomicBool) {
+        while !stop.load(Ordering::Acquire) {
+            let opened = {
+                let mut timeline = self.timeline();
+                if timeline.window.opened.is_none() {
+                    let (woken, _) = self
+                        .window_opened
+                        .wait_timeout(timeline, Duration::from_secs(1))
+                        .unwrap_or_else(PoisonError::into_inner);
+                    timeline = woken;
+                }
+                timeline.window.opened
+            };
+            let Some(opened) = opened else {
+                continue;
+            };
+            std::thread::sleep(
+                (opened + PRESENCE_WINDOW).saturating_duration_since(Instant::now()),
+            );
+            self.flush_presence();
+        }
     }
 
     /// Removes a client whose connection ended. Idempotent: whoever removes
@@ -349,7 +447,7 @@ impl Room {
             // its welcome's history and live.
             let pool = self.read();
             drop(timeline);
-            let evictions = self.fan_out_to(&pool, &batch, None);
+            let evictions = self.fan_out_to(&pool, &batch, &[]);
             drop(pool);
             timeline = self.timeline();
             self.remove_departing(&mut timeline, evictions);
@@ -370,7 +468,7 @@ impl Room {
         clients.into_iter().map(|c| c.outbox).collect()
     }
 
-    fn fan_out(&self, frame: &Frame, except: Option<ClientId>) -> Vec<(ClientId, Departure)> {
+    fn fan_out(&self, frame: &Frame, except: &[ClientId]) -> Vec<(ClientId, Departure)> {
         self.fan_out_to(&self.read(), frame, except)
     }
 
@@ -381,13 +479,13 @@ impl Room {
         &self,
         pool: &HashMap<ClientId, Client>,
         frame: &Frame,
-        except: Option<ClientId>,
+        except: &[ClientId],
     ) -> Vec<(ClientId, Departure)> {
         let now = self.clock.unix_secs();
         let mut evictions = Vec::new();
         let mut delivered = 0;
         for (&id, client) in pool {
-            if Some(id) == except {
+            if except.contains(&id) {
                 continue;
             }
             if is_expired(client.exp(), now) {
@@ -405,11 +503,9 @@ impl Room {
 
     /// Takes the departing clients out of the pool, closes the evicted ones
     /// (the close says why: 4001 after a `token_expired` notice, or 4008
-    /// ahead of the backlog a slow consumer will never read), and fans out a
-    /// `leave` for each user whose last connection this was. A `leave` can
-    /// find more clients to evict; the loop runs until nobody else has to
-    /// go. (A loop, not recursion: a thousand tokens expiring in the same
-    /// second must not grow the stack.)
+    /// ahead of the backlog a slow consumer will never read), and puts a
+    /// `leave` into the presence window for each user whose last
+    /// connection this was.
     fn remove_departing(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
         while !departing.is_empty() {
             let removed: Vec<(ClientId, Client, Departure)> = {
@@ -434,15 +530,34 @@ impl Room {
                     self.tell_relay(&client.username);
                 }
                 if change.everywhere {
-                    let leave = Outgoing::Leave {
-                        user: &client.username,
-                    }
-                    .frame();
-                    departing.extend(self.fan_out(&leave, None));
+                    self.presence_changed(timeline, &client.username);
                 }
             }
         }
     }
+}
+
+fn names(users: &[Arc<str>]) -> Vec<&str> {
+    users.iter().map(|u| &**u).collect()
+}
+
+/// A newcomer's `online` list and `online_count`: everyone as the last
+/// presence frame told the others (so the next frame's diff applies to it
+/// too), and the newcomer itself, sorted, cut to `max` names.
+fn who_is_online<'a>(
+    published: &'a std::collections::BTreeSet<Arc<str>>,
+    me: &'a str,
+    max: usize,
+) -> (Vec<&'a str>, usize) {
+    let me_too = !published.contains(me);
+    let count = published.len() + usize::from(me_too);
+    let mut online: Vec<&str> = published.iter().map(|u| &**u).take(max + 1).collect();
+    if me_too {
+        let at = online.binary_search(&me).unwrap_or_else(|at| at);
+        online.insert(at, me);
+    }
+    online.truncate(max);
+    (online, count)
 }
 
 #[cfg(test)]
@@ -535,12 +650,17 @@ pub(super) mod tests {
     fn presence_counts_users_not_connections() {
         let room = Room::new(10);
         let (_, mut a) = client(&room, "a", later());
+        room.flush_presence();
+        assert_eq!(a.types(), ["welcome"], "no join about itself");
         let (b1, _b1) = client(&room, "b", later());
         let (b2, _b2) = client(&room, "b", later());
+        room.flush_presence();
         room.leave(b1);
         room.leave(b1); // idempotent
+        room.flush_presence();
         room.leave(b2);
-        assert_eq!(a.types(), ["welcome", "join", "leave"]);
+        room.flush_presence();
+        assert_eq!(a.types(), ["join", "leave"]);
         assert!(room.len() == 1);
     }
 
@@ -549,15 +669,43 @@ pub(super) mod tests {
         let (room, clock) = clock_at_start();
         let start = room.clock.unix_secs();
         let (a_id, mut a) = client(&room, "a", start + 600);
+        room.flush_presence();
         let (_, mut old) = client(&room, "old", start + 5);
+        room.flush_presence();
         clock.advance(std::time::Duration::from_secs(5));
         assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
+        room.flush_presence();
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
         assert_eq!(old.types(), ["welcome", "error"]);
         assert!(old.outbox.is_closing());
         assert_eq!(old.outbox.close_code(), Some(4001));
         assert_eq!(a.types(), ["welcome", "join", "message", "leave"]);
+    }
+
+    #[test]
+    fn presence_changes_in_one_window_go_out_as_one_frame() {
+        let room = Room::new(10).with_presence_list_max(2);
+        let (_, mut a) = client(&room, "a", later());
+        room.flush_presence();
+        let _others: Vec<_> = ["b", "c", "d"]
+            .iter()
+            .map(|name| client(&room, name, later()))
+            .collect();
+        room.flush_presence();
+        let frames = a.messages();
+        assert_eq!(frames.len(), 2, "welcome, then one frame: {frames:?}");
+        assert_eq!(
+            frames[1],
+            serde_json::json!({"type":"presence","room":"general","joined":["b","c","d"],"left":[]})
+        );
+        // A newcomer's welcome lists whom the others were told of, itself
+        // included, cut to the list's length, and counts them all.
+        let (_, mut e) = client(&room, "e", later());
+        let welcome = &e.messages()[0];
+        assert_eq!(welcome["online"], serde_json::json!(["a", "b"]));
+        assert_eq!(welcome["online_count"], 5);
+        assert_eq!(welcome["online_truncated"], true);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use super::timeline::{Numbered, Timeline};
 use super::{RemotePresence, Room};
-use crate::protocol::Outgoing;
 
 /// What the room needs from a relay.
 pub trait Relay: Send + Sync {
@@ -160,7 +159,7 @@ impl Room {
     pub fn remote_presence(&self, instance: &str, user: &str, online: bool) {
         let mut timeline = self.timeline();
         if let Some(user) = timeline.presence.set_remote(instance, user, online) {
-            self.announce(&mut timeline, &user, online);
+            self.announce(&mut timeline, &user);
         }
     }
 
@@ -171,24 +170,15 @@ impl Room {
     pub fn remote_snapshot(&self, snapshot: RemotePresence, keep_missing: bool) {
         let mut timeline = self.timeline();
         let (came, went) = timeline.presence.replace_remote(snapshot, keep_missing);
-        for user in came {
-            self.announce(&mut timeline, &user, true);
-        }
-        for user in went {
-            self.announce(&mut timeline, &user, false);
+        for user in came.iter().chain(&went) {
+            self.announce(&mut timeline, user);
         }
     }
 
-    /// Fans out `join` or `leave` for a user of another instance.
-    fn announce(&self, timeline: &mut Timeline, user: &str, online: bool) {
-        let frame = if online {
-            Outgoing::Join { user }
-        } else {
-            Outgoing::Leave { user }
-        }
-        .frame();
-        let evictions = self.fan_out(&frame, None);
-        self.remove_departing(timeline, evictions);
+    /// A user of another instance came online or went offline: into the
+    /// presence window, like a local one.
+    fn announce(&self, timeline: &mut Timeline, user: &Arc<str>) {
+        self.presence_changed(timeline, user);
     }
 }
 

@@ -2,9 +2,11 @@
 //! batch waiting for the next fan-out, and the history newcomers get. Pure
 //! data, under the room's timeline lock; nothing here touches a socket.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::ClientId;
 use crate::presence::Presence;
 use crate::protocol::Outgoing;
 
@@ -35,6 +37,94 @@ pub(super) struct Timeline {
     /// The last `history_limit` messages, oldest first.
     history: VecDeque<Stored>,
     history_limit: usize,
+    /// Presence changes gathered for the next presence frame.
+    pub(super) window: PresenceWindow,
+}
+
+/// Presence as every client has been told it, and the changes since.
+///
+/// Joins and leaves are not sent one by one: a storm of N users connecting
+/// would be N frames to each of N clients. They are gathered for at most
+/// [`super::PRESENCE_WINDOW`] and sent as one frame to everyone: `join` or
+/// `leave` when the window holds one change (so a quiet room looks as it
+/// always did), else `presence` with the lists.
+#[derive(Default)]
+pub(super) struct PresenceWindow {
+    /// Who is online as the last presence frame told everyone: what a
+    /// `welcome` lists, so that the next frame's diff applies to it.
+    pub(super) published: BTreeSet<Arc<str>>,
+    /// Users whose presence changed since, in the order they did.
+    touched: Vec<Arc<str>>,
+    /// When the first of those changes came: the window closes a window's
+    /// length later.
+    pub(super) opened: Option<Instant>,
+    /// Connections that came online in this window, with their user.
+    newcomers: Vec<(ClientId, Arc<str>)>,
+}
+
+/// What a closed window says, net: who came online and who went, and the
+/// connections that came online in it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct PresenceDiff {
+    pub(super) joined: Vec<Arc<str>>,
+    pub(super) left: Vec<Arc<str>>,
+    newcomers: Vec<(ClientId, Arc<str>)>,
+}
+
+impl PresenceDiff {
+    /// The connections of `user` that came online in the window.
+    pub(super) fn newcomers_named(&self, user: &str) -> Vec<ClientId> {
+        self.newcomers
+            .iter()
+            .filter(|(_, name)| &**name == user)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl PresenceWindow {
+    /// Notes that `user`'s presence changed; true if this opens the window.
+    pub(super) fn touch(&mut self, user: &Arc<str>, now: Instant) -> bool {
+        self.touched.push(user.clone());
+        let opens = self.opened.is_none();
+        if opens {
+            self.opened = Some(now);
+        }
+        opens
+    }
+
+    /// Notes that connection `id` brought `user` online in this window.
+    pub(super) fn newcomer(&mut self, id: ClientId, user: &Arc<str>) {
+        self.newcomers.push((id, user.clone()));
+    }
+
+    /// Closes the window: compares each user touched in it with
+    /// `is_online` now, and moves `published` on. A user who came and went
+    /// within the window is in neither list.
+    pub(super) fn close(&mut self, is_online: impl Fn(&str) -> bool) -> PresenceDiff {
+        self.opened = None;
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort();
+        touched.dedup();
+        let mut diff = PresenceDiff {
+            newcomers: std::mem::take(&mut self.newcomers),
+            ..PresenceDiff::default()
+        };
+        for user in touched {
+            match (is_online(&user), self.published.contains(&user)) {
+                (true, false) => {
+                    self.published.insert(user.clone());
+                    diff.joined.push(user);
+                }
+                (false, true) => {
+                    self.published.remove(&user);
+                    diff.left.push(user);
+                }
+                _ => {}
+            }
+        }
+        diff
+    }
 }
 
 /// A chat message kept for the `welcome` of those who join later.
@@ -81,6 +171,7 @@ impl Timeline {
             fanned_out: 0,
             history: VecDeque::with_capacity(history.min(1024)),
             history_limit: history,
+            window: PresenceWindow::default(),
         }
     }
 
@@ -207,6 +298,27 @@ mod tests {
         }
         timeline.take_batch();
         assert_eq!(seqs(&timeline.recent_history()), [3], "one fits the budget");
+    }
+
+    #[test]
+    fn a_window_says_what_changed_net() {
+        let mut window = PresenceWindow::default();
+        let now = Instant::now();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        assert!(window.touch(&a, now), "the first change opens it");
+        assert!(!window.touch(&b, now));
+        window.touch(&a, now);
+        let online = ["a", "b"];
+        let diff = window.close(|u| online.contains(&u));
+        assert_eq!(diff.joined, [a.clone(), b.clone()]);
+        assert!(diff.left.is_empty() && window.opened.is_none());
+        // b goes, c comes and goes again within one window.
+        window.touch(&b, now);
+        window.touch(&c, now);
+        window.touch(&c, now);
+        let diff = window.close(|u| u == "a");
+        assert_eq!((diff.joined, diff.left), (vec![], vec![b]));
+        assert_eq!(window.published.iter().collect::<Vec<_>>(), [&a]);
     }
 
     #[test]

@@ -155,11 +155,24 @@ impl TestServer {
     }
 
     /// Logs in and connects `user`, returning the client and its `welcome`.
+    /// The join goes out to the others before this returns (see
+    /// [`TestServer::settle_presence`]), as it would for people who do not
+    /// connect within the same tenth of a second.
     pub fn connect(&self, user: &str) -> (Client, Value) {
         let mut client = self.connect_token(&self.token(user)).expect("upgrade");
         let welcome = client.recv();
         assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        self.settle_presence();
         (client, welcome)
+    }
+
+    /// Sends the presence changes the server is gathering now, instead of
+    /// at the end of their window (in-process servers only), so a test's
+    /// next step sees them settled whatever the timing.
+    pub fn settle_presence(&self) {
+        if let Some(handle) = &self.handle {
+            handle.flush_presence();
+        }
     }
 
     /// Connects with a token in the query string.
@@ -178,11 +191,32 @@ impl TestServer {
 }
 
 /// A WebSocket client over a blocking socket with a read timeout.
+///
+/// It reads presence as a sequence of `join` and `leave` messages: the
+/// server gathers presence changes into one frame per window (a `join` or
+/// `leave` when there is one, a `presence` frame with lists when there are
+/// several), so which of the two a test sees depends on timing. A
+/// `presence` frame is handed out as one `join` per name joined, then one
+/// `leave` per name left, leaving out the client's own name (its welcome
+/// already said it was online). [`Client::next_raw`] sees frames as sent.
 pub struct Client {
     pub ws: WebSocket<TcpStream>,
+    /// `join`/`leave` messages from a `presence` frame, not yet handed out.
+    pending: std::collections::VecDeque<Value>,
+    /// The user this client is, from its `welcome`.
+    me: Option<String>,
 }
 
 impl Client {
+    /// A client on an already upgraded WebSocket.
+    pub fn from_ws(ws: WebSocket<TcpStream>) -> Client {
+        Client {
+            ws,
+            pending: std::collections::VecDeque::new(),
+            me: None,
+        }
+    }
+
     fn open(
         addr: SocketAddr,
         request: tungstenite::handshake::client::Request,
@@ -190,7 +224,7 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         match tungstenite::client(request, stream) {
-            Ok((ws, _)) => Ok(Client { ws }),
+            Ok((ws, _)) => Ok(Client::from_ws(ws)),
             Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
             Err(tungstenite::HandshakeError::Interrupted(_)) => {
                 panic!("a blocking handshake cannot be interrupted")
@@ -262,6 +296,25 @@ impl Client {
     /// The next thing that happens on the socket.
     pub fn next(&mut self) -> Event {
         loop {
+            if let Some(value) = self.pending.pop_front() {
+                return Event::Json(value);
+            }
+            match self.next_raw() {
+                Event::Json(value) if value["type"] == "presence" => self.expand(&value),
+                Event::Json(value) => {
+                    if value["type"] == "welcome" {
+                        self.me = value["user"].as_str().map(str::to_string);
+                    }
+                    return Event::Json(value);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The next thing that happens on the socket, frames as sent.
+    pub fn next_raw(&mut self) -> Event {
+        loop {
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
                     let value = serde_json::from_str(&text).expect("server sends JSON");
@@ -271,6 +324,18 @@ impl Client {
                 Ok(Message::Binary(_)) => panic!("server sent a binary frame"),
                 Ok(_) => continue,
                 Err(e) => return Event::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Queues a `presence` frame's news as `join`s, then `leave`s.
+    fn expand(&mut self, presence: &Value) {
+        for (list, kind) in [("joined", "join"), ("left", "leave")] {
+            for user in presence[list].as_array().into_iter().flatten() {
+                if user.as_str() != self.me.as_deref() {
+                    let news = serde_json::json!({ "type": kind, "user": user });
+                    self.pending.push_back(news);
+                }
             }
         }
     }
