@@ -42,7 +42,9 @@ const session = {
   unread: 0,           // messages that arrived while the tab was hidden
   stuck: true,         // the view was at the bottom: keep it there on resize
   socket: null,        // events from any other (older) socket are ignored
-  online: new Set(),
+  online: new Set(),   // who is online: everyone, or only some if onlineTruncated
+  onlineCount: 0,      // how many are online, however many `online` lists
+  onlineTruncated: false,  // welcome's list was cut (--presence-list-max)
   seenSeqs: new Set(), // a replayed history must not duplicate messages
   retries: 0,          // failed attempts since the last welcome
   reconnectTimer: 0,
@@ -253,6 +255,8 @@ function resumeSession() {
   session.retries = 0;
   session.pending = null;
   session.online.clear();
+  session.onlineCount = 0;         // unknown until welcome
+  session.onlineTruncated = false;
   session.seenSeqs.clear();
   el.messages.replaceChildren();   // the new login may be someone else
   el.me.textContent = session.me;
@@ -405,8 +409,9 @@ function onFrame(data) {
   }
   switch (frame && frame.type) {
     case 'welcome': return onWelcome(frame);
-    case 'join': return onPresence(String(frame.user), true);
-    case 'leave': return onPresence(String(frame.user), false);
+    case 'join': return onPresence([String(frame.user)], []);
+    case 'leave': return onPresence([], [String(frame.user)]);
+    case 'presence': return onPresence(names(frame.joined), names(frame.left));
     case 'message': return addMessages([frame], true);
     case 'error': return onError(frame);
     case 'expiring': return onExpiring(frame);
@@ -427,8 +432,12 @@ function onWelcome(frame) {
   }
   if (Number.isFinite(limits.message_rate)) session.limits.rate = limits.message_rate;
   saveSession();
-  session.online = new Set(Array.isArray(frame.online) ? frame.online.map(String) : []);
+  session.online = new Set(names(frame.online));
   session.online.add(session.me);
+  // online_count is the true number; an older server sends only the list.
+  session.onlineTruncated = frame.online_truncated === true;
+  session.onlineCount = Number.isInteger(frame.online_count)
+    ? Math.max(frame.online_count, session.online.size) : session.online.size;
   el.me.textContent = session.me;
   renderTitle();
   renderOnline();
@@ -438,11 +447,40 @@ function onWelcome(frame) {
   setState('connected');
 }
 
-function onPresence(name, joined) {
-  if (joined) session.online.add(name);
-  else session.online.delete(name);
+/** A frame's list of names, as strings; anything else is no names. */
+function names(list) {
+  return Array.isArray(list) ? list.map(String) : [];
+}
+
+/** Users came online and went offline: `join` and `leave` carry one name,
+ *  `presence` all the changes of one window, `left` applied after `joined`
+ *  (a name in both came and went). The count follows the server's changes:
+ *  while the list is truncated a name we don't know may still be online
+ *  (and leave), so then every `left` name counts. */
+function onPresence(joined, left) {
+  for (const name of joined) {
+    if (!session.online.has(name)) session.onlineCount += 1;
+    session.online.add(name);
+  }
+  for (const name of left) {
+    if (session.online.delete(name) || session.onlineTruncated) session.onlineCount -= 1;
+  }
+  session.onlineCount = Math.max(session.onlineCount, session.online.size, 1);
   renderOnline();
-  addSystemLine(`${name} ${joined ? 'joined' : 'left'}`);
+  const text = presenceText(joined, left);
+  if (text) addSystemLine(text);
+}
+
+/** "userB joined" for one change; "3 people joined, 1 left" for several
+ *  (one line, not one per name). */
+function presenceText(joined, left) {
+  if (joined.length + left.length === 1) {
+    return joined.length ? `${joined[0]} joined` : `${left[0]} left`;
+  }
+  const people = (n) => `${n} ${n === 1 ? 'person' : 'people'}`;
+  if (!left.length) return joined.length ? `${people(joined.length)} joined` : '';
+  if (!joined.length) return `${people(left.length)} left`;
+  return `${people(joined.length)} joined, ${left.length} left`;
 }
 
 // ---- Renewal ----
@@ -522,9 +560,13 @@ function onExpiry(expiresAt) {
 // ---- Rendering ----
 
 function renderOnline() {
-  const names = [...session.online].sort((a, b) => a.localeCompare(b));
-  el.online.replaceChildren(...names.map(onlineItem));
-  el.onlineCount.textContent = String(names.length);
+  const known = [...session.online].sort((a, b) => a.localeCompare(b));
+  const items = known.map(onlineItem);
+  // A truncated list says how many it leaves out.
+  const more = session.onlineCount - known.length;
+  if (more > 0) items.push(make('li', 'more', `and ${more} more`));
+  el.online.replaceChildren(...items);
+  el.onlineCount.textContent = String(session.onlineCount);
 }
 
 function onlineItem(name) {
@@ -754,6 +796,7 @@ function init() {
       get socketsOpened() { return socketsOpened; },
       get expiresAt() { return session.expiresAt; },
       get sessionEndsAt() { return session.sessionEndsAt; },
+      get onlineCount() { return session.onlineCount; },
       formatTime: (ms, nowMs) => formatTime(new Date(ms), new Date(nowMs)),
       initials,
     }),

@@ -534,6 +534,172 @@ fn message_times_say_the_day_when_it_is_not_today() {
     cdp.assert_no_page_errors();
 }
 
+#[test]
+fn a_presence_frame_updates_the_list_with_one_summary_line() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    track_sockets(&mut cdp, &page);
+    cdp.log_in(&page, "userA", "passwordA");
+    cdp.wait_for(&page, "online('userA')");
+
+    // Today's single-change frames keep their line each.
+    inject(&mut cdp, &page, json!({"type": "join", "user": "carol"}));
+    assert_eq!(online_names(&mut cdp, &page), json!(["carol", "userA"]));
+    assert_eq!(system_lines(&mut cdp, &page), json!(["carol joined"]));
+
+    // One window, several changes: `left` applies after `joined`.
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "presence", "room": "general",
+               "joined": ["dave", "erin", "frank"], "left": ["carol"]}),
+    );
+    assert_eq!(
+        online_names(&mut cdp, &page),
+        json!(["dave", "erin", "frank", "userA"])
+    );
+    assert_eq!(online_count(&mut cdp, &page), json!(["4", 4]));
+    assert_eq!(
+        system_lines(&mut cdp, &page),
+        json!(["carol joined", "3 people joined, 1 left"]),
+        "one line for the frame, not one per name"
+    );
+
+    // A name in both lists came and went; one name reads like `leave`.
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "presence", "room": "general", "joined": ["gina"], "left": ["gina"]}),
+    );
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "presence", "room": "general", "joined": [], "left": ["dave"]}),
+    );
+    assert_eq!(
+        online_names(&mut cdp, &page),
+        json!(["erin", "frank", "userA"])
+    );
+    assert_eq!(online_count(&mut cdp, &page), json!(["3", 3]));
+    assert_eq!(
+        system_lines(&mut cdp, &page),
+        json!([
+            "carol joined",
+            "3 people joined, 1 left",
+            "1 person joined, 1 left",
+            "dave left"
+        ])
+    );
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_truncated_online_list_shows_the_true_count() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    track_sockets(&mut cdp, &page);
+    cdp.log_in(&page, "userA", "passwordA");
+    cdp.wait_for(&page, "online('userA')");
+
+    // A welcome from a server whose --presence-list-max cut the list.
+    let expires_at = cdp.eval(&page, "window.jwtchat.expiresAt");
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "welcome", "user": "userA", "expires_at": expires_at,
+               "online": ["userA", "userB"], "online_count": 1500,
+               "online_truncated": true, "history": []}),
+    );
+    assert_eq!(online_count(&mut cdp, &page), json!(["1500", 1500]));
+    assert_eq!(online_names(&mut cdp, &page), json!(["userA", "userB"]));
+    assert_eq!(more_note(&mut cdp, &page), json!("and 1498 more"));
+
+    // Two names the partial list did not know: both count.
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "presence", "room": "general", "joined": ["yann", "zoe"], "left": []}),
+    );
+    assert_eq!(online_count(&mut cdp, &page), json!(["1502", 1502]));
+    assert_eq!(more_note(&mut cdp, &page), json!("and 1498 more"));
+    assert_eq!(system_lines(&mut cdp, &page), json!(["2 people joined"]));
+
+    // A known name joining again does not count twice; an unknown one
+    // leaving (one of the 1498) still does.
+    inject(
+        &mut cdp,
+        &page,
+        json!({"type": "presence", "room": "general", "joined": ["userB"], "left": ["someone"]}),
+    );
+    assert_eq!(online_count(&mut cdp, &page), json!(["1501", 1501]));
+    assert_eq!(more_note(&mut cdp, &page), json!("and 1497 more"));
+    inject(&mut cdp, &page, json!({"type": "leave", "user": "zoe"}));
+    assert_eq!(online_count(&mut cdp, &page), json!(["1500", 1500]));
+    assert_eq!(more_note(&mut cdp, &page), json!("and 1497 more"));
+    cdp.assert_no_page_errors();
+}
+
+/// Keeps every WebSocket the page opens in `window.__sockets`. Call before
+/// logging in.
+fn track_sockets(cdp: &mut Cdp, page: &Page) {
+    cdp.eval(
+        page,
+        "window.__sockets = []; const Orig = window.WebSocket; window.WebSocket = class extends Orig { \
+           constructor(...a) { super(...a); window.__sockets.push(this); } }; true",
+    );
+}
+
+/// Delivers `frame` to the page as if its server had sent it: a `message`
+/// event on the page's current socket, through the page's own handler.
+fn inject(cdp: &mut Cdp, page: &Page, frame: Value) {
+    let data = serde_json::to_string(&frame.to_string()).expect("a JS string");
+    cdp.eval(
+        page,
+        &format!(
+            "window.__sockets.at(-1).dispatchEvent(new MessageEvent('message', {{ data: {data} }})); true"
+        ),
+    );
+}
+
+/// The names in the online list, in its order.
+fn online_names(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        "[...document.querySelectorAll('#online li[data-user]')].map(li => li.dataset.user)",
+    )
+}
+
+/// The count as shown, and as the page keeps it.
+fn online_count(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        "[document.querySelector('#online-count').textContent, window.jwtchat.onlineCount]",
+    )
+}
+
+/// The "and N more" note, which must be the list's last item, or null.
+fn more_note(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        "(li => li && !li.dataset.user ? li.textContent : null)(document.querySelector('#online li:last-child'))",
+    )
+}
+
+fn system_lines(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        "[...document.querySelectorAll('#messages .system')].map(e => e.textContent)",
+    )
+}
+
 /// Tells a page it is hidden (or visible again), as a browser does when
 /// its tab goes to the background.
 fn set_hidden(cdp: &mut Cdp, page: &Page, hidden: bool) {
