@@ -467,7 +467,10 @@ function onPresence(joined, left) {
   }
   session.onlineCount = Math.max(session.onlineCount, session.online.size, 1);
   renderOnline();
-  const text = presenceText(joined, left);
+  // A frame may name you if you joined within its window: your own
+  // welcome already said so, and the log need not.
+  const others = (names) => names.filter((name) => name !== session.me);
+  const text = presenceText(others(joined), others(left));
   if (text) addSystemLine(text);
 }
 
