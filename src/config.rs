@@ -160,6 +160,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections from one IP address at most; more get `503`.
     pub max_connections_per_ip: usize,
+    /// Threads the server may run for its connections at most (a reader
+    /// each, and a writer while one is behind); `None` reads the kernel's
+    /// limits at start-up. Connections past half of it get `503`, before
+    /// the kernel would refuse a thread.
+    pub max_threads: Option<usize>,
     /// Failed logins one IP address may make per minute before `429`;
     /// 0 turns the limit off.
     pub max_login_failures: u32,
@@ -228,6 +233,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            max_threads: None,
             max_login_failures: 10,
             max_logins_per_ip: 30,
             max_logins_per_user: 6,

@@ -93,6 +93,11 @@ impl ConnectionLimits {
         })
     }
 
+    /// Connections admitted at most.
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         lock(&self.open).total

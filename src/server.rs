@@ -151,7 +151,7 @@ impl Server {
         let room = Arc::new(room);
         let shared = Shared {
             connections: ConnectionLimits::new(
-                config.max_connections,
+                connection_cap(&config),
                 config.max_connections_per_ip,
             ),
             accounts: Accounts {
@@ -268,7 +268,7 @@ fn summary(shared: &Shared) -> String {
         c.message_burst,
         c.user_rate(),
         c.user_burst(),
-        c.max_connections,
+        shared.connections.max_total(),
         c.max_connections_per_ip,
         per_minute(c.max_login_failures),
         per_minute(c.max_logins_per_ip),
@@ -478,15 +478,61 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
         }
     };
     crate::debug!("connection from {peer} accepted");
+    // The thread takes the stream; keep a handle to answer `503` on should
+    // no thread be had (the kernel's limits, or memory).
+    let answer_on = stream.try_clone().ok();
     let shared = shared.clone();
     let spawned = thread::Builder::new()
         .name("conn".into())
         .stack_size(CONNECTION_STACK)
         .spawn(move || serve_connection(&shared, stream, peer, permit, role));
     if let Err(e) = spawned {
-        // The stream was moved into the closure and is dropped with it.
-        crate::warn!("cannot start a connection thread: {e}");
+        static LOG: crate::log::OncePerSecond = crate::log::OncePerSecond::new();
+        if LOG.first() {
+            crate::warn!("cannot start a connection thread ({e}): answering 503");
+        }
+        if let Some(stream) = answer_on {
+            let _ = crate::sys::send_nonblocking(&stream, &too_busy().to_bytes(false, false));
+        }
     }
+}
+
+/// Connections the server takes at most: `--max-connections`, or fewer if
+/// the threads they could need (a reader each, and a writer each while
+/// behind) would pass what the kernel allows. Past it, a new connection
+/// gets `503` rather than the server failing to start a thread.
+fn connection_cap(config: &Config) -> usize {
+    let Some(threads) = config.max_threads.or_else(kernel_thread_room) else {
+        return config.max_connections;
+    };
+    let cap = config.max_connections.min(threads / 2).max(1);
+    if cap < config.max_connections {
+        crate::warn!(
+            "--max-connections {} could need {} threads, but only about {threads} can be had \
+             (kernel.pid_max, kernel.threads-max, vm.max_map_count: see the README): \
+             connections past {cap} get 503",
+            config.max_connections,
+            2 * config.max_connections,
+        );
+    }
+    cap
+}
+
+/// How many more threads this process can start, as far as the kernel's
+/// limits say: every thread takes a process id (`kernel.pid_max`, shared
+/// with every process), a place in `kernel.threads-max`, and two memory
+/// mappings, its stack and the guard below it (`vm.max_map_count`). Some
+/// room is kept for the server's own threads and the rest of the system.
+fn kernel_thread_room() -> Option<usize> {
+    let read =
+        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let limits = [
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+        read("/proc/sys/vm/max_map_count").map(|maps| maps / 2),
+    ];
+    let room = limits.into_iter().flatten().min()?;
+    Some(room.saturating_sub(room / 10 + 64))
 }
 
 /// `503`: over a connection cap.

@@ -417,3 +417,25 @@ fn logins_whose_client_has_gone_are_not_checked() {
     let r = send_raw(server.addr, &login_request("userA", "passwordA"));
     assert_eq!(r.status, 200);
 }
+
+/// Each connection may need two threads (its reader, and a writer while it
+/// is behind): past the threads the server may have, a connection gets
+/// `503` at once instead of the server failing to start its thread, and
+/// everyone already connected carries on.
+#[test]
+fn past_the_thread_budget_a_connection_gets_503_and_the_others_carry_on() {
+    let server = start_with(|c| c.max_threads = Some(6)); // three connections
+    let mut a = server
+        .connect_token(&token_for("1", "userA", 3600))
+        .expect("upgrade");
+    let mut b = server
+        .connect_token(&token_for("2", "userB", 3600))
+        .expect("upgrade");
+    let _idle = TcpStream::connect(server.addr).expect("connect");
+    let refused = send_raw(server.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    a.say("still here");
+    assert_eq!(a.recv_type("message")["text"], "still here");
+    assert_eq!(b.recv_type("message")["text"], "still here");
+}
