@@ -237,7 +237,7 @@ pub enum Outgoing<'a> {
     /// A user went offline (their last connection closed).
     Leave { user: &'a str },
     /// Several users came online or went offline within one presence
-    /// window (see `room::PRESENCE_WINDOW`): one frame instead of one each.
+    /// window (see `room::presence::PRESENCE_WINDOW`): one frame instead of one each.
     Presence {
         room: &'a str,
         joined: Vec<&'a str>,

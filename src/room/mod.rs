@@ -5,6 +5,7 @@
 //! | `mod.rs` | the pool, joining and leaving, broadcast, fan-out, eviction, shutdown, and the lock order |
 //! | [`timeline`] | numbering, the pending batch, history: pure data |
 //! | [`expiry`] | the expiry sweep, `expiring` warnings, `reauth` |
+//! | [`presence`] | presence windows: gathering joins and leaves, one frame per window |
 //! | [`relay`] | the [`Relay`] trait and what a relay feeds back in |
 //!
 //! The pool is a `RwLock<HashMap<ClientId, Client>>`. Everything that must
@@ -21,11 +22,12 @@
 //! client whose queue is full is closed with 4008. Both leave the pool at
 //! once.
 //!
-//! Joins and leaves are gathered for up to [`PRESENCE_WINDOW`] and go out as
+//! Joins and leaves are gathered for up to [`presence::PRESENCE_WINDOW`] and go out as
 //! one frame to everyone (see `timeline::PresenceWindow`): a storm of N
 //! users connecting costs each client a frame or two, not N.
 
 mod expiry;
+mod presence;
 mod relay;
 mod timeline;
 
@@ -34,9 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
-use std::time::{Duration, Instant};
 
 // `Delivery` is what the cluster (`--features redis`) hands back in.
+pub use self::presence::PRESENCE_LIST_MAX;
+use self::presence::who_is_online;
 #[allow(unused_imports)]
 pub use self::relay::{Delivery, Relay, Unavailable};
 pub use self::timeline::MAX_PENDING_BYTES;
@@ -53,13 +56,6 @@ use crate::protocol::{Limits, Outgoing};
 
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
-
-/// How long joins and leaves are gathered before they go out as one frame.
-pub const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
-
-/// A `welcome` lists this many online users at most, by default
-/// (`--presence-list-max`); `online_count` says how many there are.
-pub const PRESENCE_LIST_MAX: usize = 1000;
 
 /// Why [`Room::broadcast`] did not take a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -282,71 +278,6 @@ impl Room {
         id
     }
 
-    /// `user` came online or went offline everywhere: into the presence
-    /// window, which the presence thread is woken to close in good time.
-    fn presence_changed(&self, timeline: &mut Timeline, user: &Arc<str>) {
-        if timeline.window.touch(user, Instant::now()) {
-            self.window_opened.notify_all();
-        }
-    }
-
-    /// Closes the presence window now: one frame to everyone with what
-    /// changed since the last (`join`, `leave` or `presence`), nothing if
-    /// nothing did, net.
-    pub fn flush_presence(&self) {
-        let mut timeline = self.timeline();
-        let timeline = &mut *timeline;
-        let presence = &timeline.presence;
-        let diff = timeline.window.close(|user| presence.is_online(user));
-        // A lone `join` skips the newcomer it is about: its welcome already
-        // listed itself, so a quiet room looks as it always did. (In a
-        // `presence` frame a newcomer may find its own name; it changes
-        // nothing for it.)
-        let mut newcomers = Vec::new();
-        let frame = match (&diff.joined[..], &diff.left[..]) {
-            ([], []) => return,
-            ([user], []) => {
-                newcomers = diff.newcomers_named(user);
-                Outgoing::Join { user }.frame()
-            }
-            ([], [user]) => Outgoing::Leave { user }.frame(),
-            (joined, left) => Outgoing::Presence {
-                room: "general",
-                joined: names(joined),
-                left: names(left),
-            }
-            .frame(),
-        };
-        let evictions = self.fan_out(&frame, &newcomers);
-        self.remove_departing(timeline, evictions);
-    }
-
-    /// Closes each presence window [`PRESENCE_WINDOW`] after it opened,
-    /// until `stop` is set (checked at least once a second). The server
-    /// runs this on a thread of its own.
-    pub fn run_presence_windows(&self, stop: &std::sync::atomic::AtomicBool) {
-        while !stop.load(Ordering::Acquire) {
-            let opened = {
-                let mut timeline = self.timeline();
-                if timeline.window.opened.is_none() {
-                    let (woken, _) = self
-                        .window_opened
-                        .wait_timeout(timeline, Duration::from_secs(1))
-                        .unwrap_or_else(PoisonError::into_inner);
-                    timeline = woken;
-                }
-                timeline.window.opened
-            };
-            let Some(opened) = opened else {
-                continue;
-            };
-            std::thread::sleep(
-                (opened + PRESENCE_WINDOW).saturating_duration_since(Instant::now()),
-            );
-            self.flush_presence();
-        }
-    }
-
     /// Removes a client whose connection ended. Idempotent: whoever removes
     /// it first (the reader, an eviction) sends the `leave`.
     pub fn leave(&self, id: ClientId) {
@@ -535,29 +466,6 @@ impl Room {
             }
         }
     }
-}
-
-fn names(users: &[Arc<str>]) -> Vec<&str> {
-    users.iter().map(|u| &**u).collect()
-}
-
-/// A newcomer's `online` list and `online_count`: everyone as the last
-/// presence frame told the others (so the next frame's diff applies to it
-/// too), and the newcomer itself, sorted, cut to `max` names.
-fn who_is_online<'a>(
-    published: &'a std::collections::BTreeSet<Arc<str>>,
-    me: &'a str,
-    max: usize,
-) -> (Vec<&'a str>, usize) {
-    let me_too = !published.contains(me);
-    let count = published.len() + usize::from(me_too);
-    let mut online: Vec<&str> = published.iter().map(|u| &**u).take(max + 1).collect();
-    if me_too {
-        let at = online.binary_search(&me).unwrap_or_else(|at| at);
-        online.insert(at, me);
-    }
-    online.truncate(max);
-    (online, count)
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub(super) struct Timeline {
 ///
 /// Joins and leaves are not sent one by one: a storm of N users connecting
 /// would be N frames to each of N clients. They are gathered for at most
-/// [`super::PRESENCE_WINDOW`] and sent as one frame to everyone: `join` or
+/// `room::presence::PRESENCE_WINDOW` and sent as one frame to everyone: `join` or
 /// `leave` when the window holds one change (so a quiet room looks as it
 /// always did), else `presence` with the lists.
 #[derive(Default)]
