@@ -72,6 +72,12 @@ impl std::fmt::Display for RateExceeded {
 impl std::error::Error for RateExceeded {}
 
 impl Duplex<'_> {
+    /// Judges one text message against the rate (`None`: no limit).
+    fn judge_message(&mut self) -> Option<Verdict> {
+        let now = self.clock.instant();
+        self.rate.as_mut().map(|rate| rate.judge(now))
+    }
+
     /// Charges each frame in `bytes` that starts no message to the rate.
     /// Such a frame cannot be refused on its own (it is part of a message,
     /// or a ping that must get its pong), so over the rate it only uses up
@@ -288,8 +294,7 @@ fn read_loop(
                 };
                 // Every text frame counts against the rate, whatever it
                 // holds: a flood of bad messages or reauths is a flood too.
-                let rate = ws.get_mut().rate.as_mut();
-                match rate.map(|r| r.judge(shared.config.clock.instant())) {
+                match ws.get_mut().judge_message() {
                     None | Some(Verdict::Accept) => {}
                     Some(Verdict::Refuse) => {
                         notify(

@@ -425,6 +425,19 @@ impl RawResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Asserts this is `429 rate_limited` with a `Retry-After` of 1 to 60
+    /// seconds (every limit here counts over a minute at most).
+    pub fn assert_rate_limited(&self) {
+        assert_eq!(self.status, 429, "{}", self.text());
+        assert_eq!(self.json()["error"], "rate_limited");
+        let retry: u64 = self
+            .header("Retry-After")
+            .expect("Retry-After")
+            .parse()
+            .expect("whole seconds");
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
