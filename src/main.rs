@@ -64,16 +64,16 @@ fn serve(config: jwtchat::Config) -> ExitCode {
     if let Err(e) = process::block_termination_signals() {
         jwtchat::warn!("cannot block SIGINT/SIGTERM: {e}");
     }
-    let server = match Server::bind(config) {
-        Ok(server) => server,
-        Err(error) => return usage_error(&error),
-    };
     // One descriptor per client: lift the soft limit (often 1024) to the
-    // hard limit before the clients arrive.
+    // hard limit before the server sizes its connection cap by it.
     match process::raise_open_file_limit() {
         Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
         Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
     }
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(error) => return usage_error(&error),
+    };
     let handle = match server.spawn() {
         Ok(handle) => handle,
         Err(e) => {

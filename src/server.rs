@@ -499,23 +499,61 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, role: Role) {
 
 /// Connections the server takes at most: `--max-connections`, or fewer if
 /// the threads they could need (a reader each, and a writer each while
-/// behind) would pass what the kernel allows. Past it, a new connection
-/// gets `503` rather than the server failing to start a thread.
+/// behind) would pass what the kernel allows, or their sockets the
+/// open-file limit. Past it, a new connection gets `503` rather than the
+/// server failing to start a thread or to accept at all (`EMFILE` leaves a
+/// client hanging in the backlog with no answer).
 fn connection_cap(config: &Config) -> usize {
-    let Some(threads) = config.max_threads.or_else(kernel_thread_room) else {
-        return config.max_connections;
-    };
-    let cap = config.max_connections.min(threads / 2).max(1);
-    if cap < config.max_connections {
-        crate::warn!(
+    let threads = config.max_threads.or_else(kernel_thread_room);
+    let files = crate::sys::open_file_limit().map(file_room);
+    let (cap, bound) = cap_connections(config.max_connections, threads, files);
+    match bound {
+        Bound::Flag => {}
+        Bound::Threads(threads) => crate::warn!(
             "--max-connections {} could need {} threads, but only about {threads} can be had \
              (kernel.pid_max, kernel.threads-max, vm.max_map_count: see the README): \
              connections past {cap} get 503",
             config.max_connections,
             2 * config.max_connections,
-        );
+        ),
+        Bound::Files(files) => crate::warn!(
+            "--max-connections {} needs a file descriptor each, but the open-file limit \
+             (ulimit -n) leaves room for about {files}: connections past {cap} get 503",
+            config.max_connections,
+        ),
     }
     cap
+}
+
+/// What bounds the connections: the flag, or a kernel limit (with the
+/// room it leaves).
+#[derive(Debug, PartialEq)]
+enum Bound {
+    Flag,
+    Threads(usize),
+    Files(usize),
+}
+
+/// The connection cap from `--max-connections`, the threads that can be
+/// started (two per connection at most) and the descriptors that can be
+/// opened (one per connection), and which of them set it.
+fn cap_connections(flag: usize, threads: Option<usize>, files: Option<usize>) -> (usize, Bound) {
+    let mut cap = (flag, Bound::Flag);
+    if let Some(threads) = threads.filter(|t| t / 2 < cap.0) {
+        cap = ((threads / 2).max(1), Bound::Threads(threads));
+    }
+    if let Some(files) = files.filter(|f| *f < cap.0) {
+        cap = (files.max(1), Bound::Files(files));
+    }
+    cap
+}
+
+/// Descriptors left for connections under an open-file limit of `limit`:
+/// a tenth, and at least 64, stay for the listeners, the log, static files,
+/// Redis, and the moment a new connection's socket is duplicated to answer
+/// it should its thread not start.
+fn file_room(limit: usize) -> usize {
+    limit.saturating_sub(limit / 10 + 64)
 }
 
 /// How many more threads this process can start, as far as the kernel's
@@ -618,5 +656,41 @@ fn refuse(conn: &mut Connection, error: &RequestError, peer: SocketAddr) {
     if let Some(response) = error.response() {
         crate::debug!("{peer}: {error}");
         let _ = conn.write_response(&response, false, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_limit_sets_the_connection_cap() {
+        assert_eq!(cap_connections(10_000, None, None), (10_000, Bound::Flag));
+        assert_eq!(
+            cap_connections(10_000, Some(60_000), Some(50_000)),
+            (10_000, Bound::Flag)
+        );
+        // Two threads per connection at most.
+        assert_eq!(
+            cap_connections(10_000, Some(14_000), Some(50_000)),
+            (7_000, Bound::Threads(14_000))
+        );
+        assert_eq!(
+            cap_connections(30_000, Some(60_000), Some(file_room(20_000))),
+            (17_936, Bound::Files(17_936))
+        );
+        assert_eq!(
+            cap_connections(30_000, Some(20_000), Some(file_room(20_000))),
+            (10_000, Bound::Threads(20_000))
+        );
+        // Never zero: one connection is always tried.
+        assert_eq!(cap_connections(10, Some(1), Some(0)), (1, Bound::Files(0)));
+    }
+
+    #[test]
+    fn some_descriptors_stay_free_for_the_server_itself() {
+        assert_eq!(file_room(1024), 858);
+        assert_eq!(file_room(20_000), 17_936);
+        assert_eq!(file_room(50), 0);
     }
 }

@@ -1,5 +1,6 @@
 //! What the standard library cannot do for the server, and the only
-//! `unsafe` in the library: a send that never blocks on a blocking socket.
+//! `unsafe` in the library: a send that never blocks on a blocking socket,
+//! and reading the open-file limit.
 //! (The process set-up the `jwtchat` binary does, signals, the open-file
 //! limit, the allocator, terminal echo, is in the binary: `src/process.rs`.)
 
@@ -26,6 +27,20 @@ pub fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
         )
     };
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
+/// The process's open-file limit (`ulimit -n`, the soft `RLIMIT_NOFILE`),
+/// if it has one.
+pub fn open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then(|| usize::try_from(limit.rlim_cur).ok())?
 }
 
 #[cfg(test)]

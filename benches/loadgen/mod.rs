@@ -103,6 +103,9 @@ pub struct Report {
     pub each: Percentiles,
     /// Send to the last client's receipt, per message.
     pub last: Percentiles,
+    /// The first message's send to its last receipt: after a connect
+    /// storm, how long until the room is usable again.
+    pub first_last: Option<u64>,
     pub deliveries: u64,
     pub expected_deliveries: u64,
     /// Deliveries that skipped a `seq` or went backwards.
@@ -194,6 +197,12 @@ impl Report {
             self.out_of_order,
             self.closed.len()
         );
+        if let Some(first) = self.first_last {
+            out.push_str(&format!(
+                "\n  first message, last client: {:.3} ms",
+                Percentiles::ms(first)
+            ));
+        }
         if let Some(first) = &self.first_error {
             out.push_str(&format!(
                 "\n  {} error frames from the server, the first: {first}",
@@ -229,6 +238,7 @@ impl Report {
             rate: p.rate,
             each: self.each.summary(),
             last: self.last.summary(),
+            first_last_ms: self.first_last.map(|ns| round(Percentiles::ms(ns), 4)),
             deliveries: self.deliveries,
             expected: self.expected_deliveries,
             lost: self.lost(),
@@ -260,6 +270,8 @@ pub struct ReportJson {
     pub rate: u64,
     pub each: PercentilesJson,
     pub last: PercentilesJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_last_ms: Option<f64>,
     pub deliveries: u64,
     pub expected: u64,
     pub lost: u64,
@@ -326,6 +338,45 @@ pub fn login(addr: SocketAddr, user: &str, password: &str) -> io::Result<String>
         .filter(|_| response.starts_with("HTTP/1.1 200"))
         .ok_or_else(|| io::Error::other(format!("login of {user} failed: {response}")))?;
     Ok(token.to_string())
+}
+
+/// A secret file's bytes, read as jwtchat reads `--secret-file`: less any
+/// final newlines.
+pub fn read_secret(path: &str) -> io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
+/// A token for user `username` (id `sub`), signed with the server's own
+/// secret instead of fetched from `POST /auth`: how a load generator gets
+/// thousands of distinct users without thousands of password hashes (and
+/// how it talks to a peer that has no logins). Valid for an hour.
+pub fn mint(secret: &[u8], sub: &str, username: &str) -> io::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "sub": sub, "username": username, "iss": "jwtchat", "iat": now, "exp": now + 3600,
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(io::Error::other)?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).map_err(io::Error::other)
+}
+
+/// Another process's CPU time so far, user + system, in seconds (Linux
+/// `/proc/PID/stat`, fields 14 and 15, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the rest follow its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3, so field 14 is index 11.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 /// One open WebSocket client, welcome already read.
@@ -769,6 +820,12 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
         )
     };
     let last = last_of(plan.clients, &|[l, r]| (l.0 + r.0, l.1.max(r.1)));
+    let first_last = merged
+        .per_seq
+        .iter()
+        .min_by_key(|(seq, _)| **seq)
+        .filter(|(_, [l, r])| (l.0 + r.0) as usize == plan.clients)
+        .map(|(_, [l, r])| l.1.max(r.1));
     let split = (instances > 1).then(|| Split {
         instances,
         local: Group {
@@ -790,6 +847,7 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
         plan: plan.clone(),
         each: Percentiles::of(all),
         last,
+        first_last,
         deliveries,
         expected_deliveries: expected,
         out_of_order: merged.out_of_order,
