@@ -26,19 +26,20 @@
 //! reference-counted). A writer sends everything already queued before it
 //! flushes, so a burst leaves in one system call. A client more than
 //! `QUEUE` messages behind is closed, as jwtchat closes one that falls
-//! behind.
+//! behind. tungstenite's buffers are left at their defaults (a 128 KiB
+//! read buffer per client), as such a relay would have them; that is most
+//! of its memory per connection.
 
-#[path = "loadgen/mod.rs"]
-mod loadgen;
+#[path = "peer/mod.rs"]
+mod peer;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::DecodingKey;
+use peer::Outgoing;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -57,46 +58,11 @@ struct Room {
     tx: broadcast::Sender<Utf8Bytes>,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    username: String,
-}
-
-/// What the peer sends, in jwtchat's shapes (fields in its order: `type`
-/// first).
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Outgoing<'a> {
-    Welcome {
-        user: &'a str,
-    },
-    Message {
-        seq: u64,
-        from: &'a str,
-        text: &'a str,
-        ts: u64,
-    },
-}
-
-impl Outgoing<'_> {
-    fn json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-#[derive(Deserialize)]
-struct Incoming {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: String,
-}
-
 fn main() -> ExitCode {
-    let (bind, secret) = match parse(std::env::args().skip(1).collect()) {
+    let (bind, key) = match peer::parse_args(USAGE) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("peer-tokio: {e}\n{USAGE}");
+            eprintln!("peer-tokio: {e}");
             return ExitCode::from(2);
         }
     };
@@ -110,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(bind, secret)) {
+    match runtime.block_on(serve(bind, key)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peer-tokio: {e}");
@@ -119,26 +85,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse(args: Vec<String>) -> Result<(SocketAddr, Vec<u8>), String> {
-    let (mut bind, mut secret) = (None, None);
-    let mut it = args.into_iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--bind" => bind = Some(value.parse().map_err(|e| format!("--bind: {e}"))?),
-            "--secret-file" => {
-                secret = Some(loadgen::read_secret(&value).map_err(|e| format!("{value}: {e}"))?);
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok((
-        bind.ok_or("--bind is required")?,
-        secret.ok_or("--secret-file is required")?,
-    ))
-}
-
-async fn serve(bind: SocketAddr, secret: Vec<u8>) -> std::io::Result<()> {
+async fn serve(bind: SocketAddr, key: DecodingKey) -> std::io::Result<()> {
     let listener = TcpListener::bind(bind).await?;
     println!("peer-tokio listening on {}", listener.local_addr()?);
     let (tx, _) = broadcast::channel(QUEUE);
@@ -146,7 +93,6 @@ async fn serve(bind: SocketAddr, secret: Vec<u8>) -> std::io::Result<()> {
         seq: Mutex::new(0),
         tx,
     }));
-    let key = DecodingKey::from_secret(&secret).map_err(std::io::Error::other)?;
     let key: &'static DecodingKey = Box::leak(Box::new(key));
     loop {
         let (stream, _) = listener.accept().await?;
@@ -162,7 +108,10 @@ async fn serve(bind: SocketAddr, secret: Vec<u8>) -> std::io::Result<()> {
 #[allow(clippy::result_large_err)]
 async fn client(stream: TcpStream, room: &'static Room, key: &DecodingKey) {
     let mut user = None;
-    let check = |request: &Request, response: Response| match token_user(request, key) {
+    let check = |request: &Request, response: Response| match peer::token_user(
+        request.uri().query().unwrap_or(""),
+        key,
+    ) {
         Some(name) => {
             user = Some(name);
             Ok(response)
@@ -205,14 +154,10 @@ async fn client(stream: TcpStream, room: &'static Room, key: &DecodingKey) {
     });
 
     while let Some(Ok(message)) = source.next().await {
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else {
-            continue;
-        };
-        if incoming.kind == "message" {
-            room.publish(&user, &incoming.text);
+        if let Message::Text(json) = message {
+            if let Some(text) = peer::chat_text(json.as_bytes()) {
+                room.publish(&user, &text);
+            }
         }
     }
     writer.abort();
@@ -220,33 +165,13 @@ async fn client(stream: TcpStream, room: &'static Room, key: &DecodingKey) {
 
 impl Room {
     fn publish(&self, from: &str, text: &str) {
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
         *seq += 1;
-        let json = Outgoing::Message {
-            seq: *seq,
-            from,
-            text,
-            ts,
-        }
-        .json();
         // No receivers is not an error for a relay.
-        let _ = self.tx.send(Utf8Bytes::from(json));
+        let _ = self
+            .tx
+            .send(Utf8Bytes::from(Outgoing::message(*seq, from, text)));
     }
-}
-
-/// The `username` of a valid `?token=` (HS256, unexpired), if there is one.
-fn token_user(request: &Request, key: &DecodingKey) -> Option<String> {
-    let query = request.uri().query()?;
-    let token = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name == "token")?
-        .1;
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = 0;
-    let data = jsonwebtoken::decode::<Claims>(token.as_bytes(), key, &validation).ok()?;
-    Some(data.claims.username)
 }
 
 fn refusal() -> ErrorResponse {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# jwtchat and its peer side by side: the same load generator
-# (benches/jwtchat-load.rs) against jwtchat and against peer-tokio
+# jwtchat and its peers side by side: the same load generator
+# (benches/jwtchat-load.rs) against jwtchat, against peer-tokio
 # (benches/peer-tokio.rs, the tokio-tungstenite relay a Rust user would
-# write instead), one scenario after the other in one run, a fresh server
-# for each measurement.
+# write instead) and against peer-epoll (benches/peer-epoll.rs, one thread
+# that only writes: the floor), one scenario after the other in one run, a
+# fresh server for each measurement.
 #
 #   scripts/compare.sh            every scenario, 3 rounds (about 10 min)
 #   scripts/compare.sh --quick    1 round, fewer messages (about 3 min)
@@ -24,7 +25,7 @@ QUICK=
 case "${1:-}" in
     "") ;;
     --quick) ROUNDS=1; QUICK=1 ;;
-    -h | --help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
 esac
 
@@ -51,8 +52,8 @@ start() {
                 --message-rate 0 --max-connections 12000 --log-level warn \
                 2> "$OUT/server.log" &
             ;;
-        peer)
-            ./target/release/examples/peer-tokio --bind "127.0.0.1:$PORT" \
+        tokio | epoll)
+            "./target/release/examples/peer-$1" --bind "127.0.0.1:$PORT" \
                 --secret-file "$SECRET" > /dev/null 2> "$OUT/server.log" &
             ;;
     esac
@@ -87,7 +88,7 @@ measure() {
 messages() { if [ -n "$QUICK" ]; then echo "$2"; else echo "$1"; fi; }
 
 for round in $(seq "$ROUNDS"); do
-    for server in jwtchat peer; do
+    for server in jwtchat tokio epoll; do
         for n in 100 1000 5000 10000; do
             case $n in
                 100 | 1000) m=$(messages 500 100) ;;
@@ -118,8 +119,11 @@ def med(name, server, pick):
 def fmt(x, digits):
     return "—" if x is None else f"{x:,.{digits}f}"
 
-print("\n| scenario | measure | jwtchat | peer-tokio | ratio |")
-print("|---|---|---|---|---|")
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a is not None and b else "—"
+
+print("\n| scenario | measure | jwtchat | peer-tokio | epoll floor | jwtchat / tokio | jwtchat / floor |")
+print("|---|---|---|---|---|---|---|")
 rows = []
 for n in ["N=100", "N=1000", "N=5000", "N=10000"]:
     rows += [
@@ -133,11 +137,12 @@ for storm in ["storm, 8000 users", "storm, one user"]:
     rows += [
         (storm, "connect all (s)", lambda r: r["connect"]["seconds"], 2),
         (storm, "server CPU for the connecting (s)", lambda r: r["connect"]["server_cpu_s"], 2),
+        (storm, "bytes already sent, read before the run (MB)", lambda r: r["backlog_bytes"] / 1e6, 1),
         (storm, "first broadcast, last client (ms)", lambda r: r["first_last_ms"], 1),
         (storm, "fan-out p50, last client (ms)", lambda r: r["last"]["p50_ms"], 1),
     ]
 for name, what, pick, digits in rows:
-    j, p = med(name, "jwtchat", pick), med(name, "peer", pick)
-    ratio = f"{j / p:.2f}×" if j is not None and p else "—"
-    print(f"| {name} | {what} | {fmt(j, digits)} | {fmt(p, digits)} | {ratio} |")
+    j, t, e = (med(name, server, pick) for server in ["jwtchat", "tokio", "epoll"])
+    print(f"| {name} | {what} | {fmt(j, digits)} | {fmt(t, digits)} | {fmt(e, digits)} "
+          f"| {ratio(j, t)} | {ratio(j, e)} |")
 EOF

@@ -106,6 +106,9 @@ pub struct Report {
     /// The first message's send to its last receipt: after a connect
     /// storm, how long until the room is usable again.
     pub first_last: Option<u64>,
+    /// Reading what had arrived before the run (see [`settle`]): how long
+    /// it took and how many bytes.
+    pub backlog: (Duration, u64),
     pub deliveries: u64,
     pub expected_deliveries: u64,
     /// Deliveries that skipped a `seq` or went backwards.
@@ -197,6 +200,13 @@ impl Report {
             self.out_of_order,
             self.closed.len()
         );
+        if self.backlog.1 > 0 {
+            out.push_str(&format!(
+                "\n  before the run: read {} bytes already sent, in {:.3} s",
+                self.backlog.1,
+                self.backlog.0.as_secs_f64()
+            ));
+        }
         if let Some(first) = self.first_last {
             out.push_str(&format!(
                 "\n  first message, last client: {:.3} ms",
@@ -239,6 +249,8 @@ impl Report {
             each: self.each.summary(),
             last: self.last.summary(),
             first_last_ms: self.first_last.map(|ns| round(Percentiles::ms(ns), 4)),
+            backlog_bytes: self.backlog.1,
+            backlog_s: round(self.backlog.0.as_secs_f64(), 3),
             deliveries: self.deliveries,
             expected: self.expected_deliveries,
             lost: self.lost(),
@@ -272,6 +284,8 @@ pub struct ReportJson {
     pub last: PercentilesJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_last_ms: Option<f64>,
+    pub backlog_bytes: u64,
+    pub backlog_s: f64,
     pub deliveries: u64,
     pub expected: u64,
     pub lost: u64,
@@ -546,6 +560,8 @@ struct Shared {
     start: Instant,
     /// Messages each client has received.
     received: Vec<AtomicU64>,
+    /// Bytes read from all clients.
+    bytes: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -623,7 +639,10 @@ fn read_loop(shared: &Shared, mut readers: Vec<Reader>) -> Seen {
                         r.open = false;
                         break;
                     }
-                    Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        r.buf.extend_from_slice(&chunk[..n]);
+                        shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
@@ -693,6 +712,7 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
     let shared = Arc::new(Shared {
         start: Instant::now(),
         received: (0..conns.len()).map(|_| AtomicU64::new(0)).collect(),
+        bytes: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let instances = conns.iter().map(|c| c.instance + 1).max().unwrap_or(1);
@@ -728,6 +748,7 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
         })
         .collect();
 
+    let backlog = settle(&shared);
     let began = shared.start.elapsed();
     let sending: Vec<_> = senders
         .into_iter()
@@ -848,6 +869,7 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
         each: Percentiles::of(all),
         last,
         first_last,
+        backlog,
         deliveries,
         expected_deliveries: expected,
         out_of_order: merged.out_of_order,
@@ -857,6 +879,27 @@ pub fn run(plan: &Plan, conns: Vec<Conn>) -> io::Result<Report> {
         errors: merged.errors,
         first_error: merged.first_error,
     })
+}
+
+/// Reads what the server sent before the run (after a connect storm, its
+/// presence news; history) until nothing more has come for 100 ms, so that
+/// the run times the room at rest, not the clients catching up; returns
+/// how long that took and how many bytes it was. Real clients read all
+/// along; this load generator only reads from here on.
+fn settle(shared: &Shared) -> (Duration, u64) {
+    const QUIET: Duration = Duration::from_millis(100);
+    let started = Instant::now();
+    let mut last = shared.bytes.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < QUIET && started.elapsed() < Duration::from_secs(60) {
+        thread::sleep(Duration::from_millis(5));
+        let now = shared.bytes.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    (started.elapsed().saturating_sub(QUIET), last)
 }
 
 /// One sender: `plan.messages` messages, paced by `plan.rate` and limited
