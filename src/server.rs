@@ -511,8 +511,8 @@ fn connection_cap(config: &Config) -> usize {
         Bound::Flag => {}
         Bound::Threads(threads) => crate::warn!(
             "--max-connections {} could need {} threads, but only about {threads} can be had \
-             (kernel.pid_max, kernel.threads-max, vm.max_map_count: see the README): \
-             connections past {cap} get 503",
+             (kernel.pid_max, kernel.threads-max, vm.max_map_count, the cgroup's pids.max: \
+             see the README): connections past {cap} get 503",
             config.max_connections,
             2 * config.max_connections,
         ),
@@ -558,19 +558,53 @@ fn file_room(limit: usize) -> usize {
 
 /// How many more threads this process can start, as far as the kernel's
 /// limits say: every thread takes a process id (`kernel.pid_max`, shared
-/// with every process), a place in `kernel.threads-max`, and two memory
-/// mappings, its stack and the guard below it (`vm.max_map_count`). Some
-/// room is kept for the server's own threads and the rest of the system.
+/// with every process), a place in `kernel.threads-max`, two memory
+/// mappings, its stack and the guard below it (`vm.max_map_count`), and a
+/// task in its control group (`pids.max`, which systemd sets from
+/// `TasksMax=`). Some room is kept for the server's own threads and the
+/// rest of the system.
 fn kernel_thread_room() -> Option<usize> {
-    let read =
-        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
     let limits = [
-        read("/proc/sys/kernel/pid_max"),
-        read("/proc/sys/kernel/threads-max"),
-        read("/proc/sys/vm/max_map_count").map(|maps| maps / 2),
+        read_number("/proc/sys/kernel/pid_max"),
+        read_number("/proc/sys/kernel/threads-max"),
+        read_number("/proc/sys/vm/max_map_count").map(|maps| maps / 2),
+        cgroup_task_room(),
     ];
     let room = limits.into_iter().flatten().min()?;
     Some(room.saturating_sub(room / 10 + 64))
+}
+
+/// The number in a one-number file such as `/proc/sys/kernel/pid_max`;
+/// `None` if it is missing or says something else (`max`).
+fn read_number(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Tasks (threads) this process's control group may still start:
+/// `pids.max - pids.current`, from the unified hierarchy (cgroup v2,
+/// `0::/path`) or the `pids` controller's (v1). `None` if there is no
+/// limit, as in the root group.
+fn cgroup_task_room() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups.lines().filter_map(pids_dir).find_map(|dir| {
+        let max = read_number(&format!("{dir}/pids.max"))?;
+        let current = read_number(&format!("{dir}/pids.current")).unwrap_or(0);
+        Some(max.saturating_sub(current))
+    })
+}
+
+/// The directory with the `pids` controller's files for one line of
+/// `/proc/self/cgroup` (`ID:CONTROLLERS:PATH`), if that line has them.
+fn pids_dir(line: &str) -> Option<String> {
+    let mut fields = line.splitn(3, ':');
+    let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+    if controllers.is_empty() {
+        Some(format!("/sys/fs/cgroup{path}"))
+    } else if controllers.split(',').any(|c| c == "pids") {
+        Some(format!("/sys/fs/cgroup/pids{path}"))
+    } else {
+        None
+    }
 }
 
 /// `503`: over a connection cap.
@@ -685,6 +719,24 @@ mod tests {
         );
         // Never zero: one connection is always tried.
         assert_eq!(cap_connections(10, Some(1), Some(0)), (1, Bound::Files(0)));
+    }
+
+    #[test]
+    fn the_task_limit_is_read_from_the_pids_controller() {
+        assert_eq!(
+            pids_dir("0::/system.slice/jwtchat.service").as_deref(),
+            Some("/sys/fs/cgroup/system.slice/jwtchat.service")
+        );
+        assert_eq!(
+            pids_dir("8:pids:/system.slice/jwtchat.service").as_deref(),
+            Some("/sys/fs/cgroup/pids/system.slice/jwtchat.service")
+        );
+        assert_eq!(
+            pids_dir("3:cpu,pids:/a").as_deref(),
+            Some("/sys/fs/cgroup/pids/a")
+        );
+        assert_eq!(pids_dir("4:memory:/a"), None);
+        assert_eq!(pids_dir("garbage"), None);
     }
 
     #[test]
