@@ -159,15 +159,30 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Runs a session to its end. `leftover` holds bytes read past the upgrade
-/// request (a client may send its first frame without waiting for the 101).
-pub fn run(
-    shared: &Shared,
-    stream: TcpStream,
-    leftover: Vec<u8>,
-    claims: Claims,
-    peer: SocketAddr,
-) {
+/// A connection that passed the WebSocket handshake (`routes::upgrade`):
+/// what the session needs from the HTTP phase, and nothing more.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    /// Bytes read past the upgrade request (a client may send its first
+    /// frame without waiting for the 101).
+    pub leftover: Vec<u8>,
+    pub claims: Claims,
+    pub peer: SocketAddr,
+}
+
+/// Runs a session to its end.
+pub fn run(shared: &Shared, upgraded: Upgraded) {
+    let Upgraded {
+        stream,
+        leftover,
+        claims,
+        peer,
+    } = upgraded;
+    // Only these claims are needed from here on; the rest (issuer,
+    // fingerprint) is dropped rather than kept for the session's life.
+    let Claims {
+        sub, username, exp, ..
+    } = claims;
     // The HTTP phase set a read timeout; a chat can be quiet for as long as
     // the token lasts (the sweep ends it at expiry).
     let _ = stream.set_read_timeout(None);
@@ -179,7 +194,7 @@ pub fn run(
         bytes: config.client_queue_bytes,
     };
     let outbox = Outbox::new(limit, stream.clone(), shared.room.reaper().clone());
-    let username: Arc<str> = claims.username.as_str().into();
+    let username: Arc<str> = username.into();
     // A conformance suite floods on purpose: no rate in echo mode.
     let rate = (!config.echo)
         .then(|| {
@@ -221,12 +236,12 @@ pub fn run(
     } else {
         let id = shared
             .room
-            .join(Client::new(username.clone(), claims.exp, outbox.clone()));
+            .join(Client::new(username.clone(), exp, outbox.clone()));
         let membership = Membership { shared, id };
         crate::info!("client {id} connected: {username:?} from {peer}");
         let me = Me {
             id,
-            sub: &claims.sub,
+            sub: &sub,
             username: &username,
         };
         let end = read_loop(shared, &mut ws, &outbox, &me);
@@ -285,62 +300,8 @@ fn read_loop(
         }
         match message {
             Message::Text(text) => {
-                // Decoded first, so that a refusal can name the message it
-                // refuses (its `id`).
-                let decoded = protocol::decode(&text, shared.config.max_message_bytes);
-                let id = match &decoded {
-                    Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
-                    Ok(Incoming::Reauth(_)) => None,
-                };
-                // Every text frame counts against the rate, whatever it
-                // holds: a flood of bad messages or reauths is a flood too.
-                match ws.get_mut().judge_message() {
-                    None | Some(Verdict::Accept) => {}
-                    Some(Verdict::Refuse) => {
-                        notify(
-                            outbox,
-                            ErrorCode::RateLimited,
-                            "too many messages: slow down",
-                            id,
-                        );
-                        continue;
-                    }
-                    Some(Verdict::Disconnect) => {
-                        return refuse(outbox, CloseReason::rate_exceeded());
-                    }
-                }
-                match decoded {
-                    Ok(Incoming::Chat { text, id }) => {
-                        let id = id.as_deref();
-                        match shared.room.broadcast(me.id, me.username, &text, id) {
-                            Ok(_) => {}
-                            // Evicted (expired) meanwhile: nothing more from it.
-                            Err(Refused::Gone) => return closed_by_room(outbox),
-                            // Everyone together is sending faster than the
-                            // room fans out: this sender must wait.
-                            Err(Refused::Busy) => notify(
-                                outbox,
-                                ErrorCode::RateLimited,
-                                "the room is busy: slow down and send it again",
-                                id,
-                            ),
-                            // Redis is away: the client should know, not
-                            // wait for a message that is not coming.
-                            Err(Refused::Unavailable(why)) => notify(
-                                outbox,
-                                ErrorCode::Unavailable,
-                                &format!("could not send the message: {why}"),
-                                id,
-                            ),
-                        }
-                    }
-                    Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
-                    Err(rejected) => notify(
-                        outbox,
-                        ErrorCode::BadMessage,
-                        &rejected.to_string(),
-                        rejected.id.as_deref(),
-                    ),
+                if let Some(end) = on_text(shared, ws, outbox, me, &text) {
+                    return end;
                 }
             }
             Message::Binary(_) => return refuse(outbox, CloseReason::binary_refused()),
@@ -349,6 +310,78 @@ fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+}
+
+/// One text message: a chat line, a `reauth`, or something to refuse.
+/// `Some` ends the session. Never inlined: its locals (the decoded message,
+/// the JSON it builds) would otherwise sit in the frame of
+/// [`read_loop`], which stays on the stack for the whole session.
+#[inline(never)]
+fn on_text(
+    shared: &Shared,
+    ws: &mut WebSocket<Duplex<'_>>,
+    outbox: &Arc<Outbox>,
+    me: &Me<'_>,
+    text: &str,
+) -> Option<End> {
+    // Decoded first, so that a refusal can name the message it refuses
+    // (its `id`).
+    let decoded = protocol::decode(text, shared.config.max_message_bytes);
+    let id = match &decoded {
+        Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
+        Ok(Incoming::Reauth(_)) => None,
+    };
+    // Every text frame counts against the rate, whatever it holds: a flood
+    // of bad messages or reauths is a flood too.
+    match ws.get_mut().judge_message() {
+        None | Some(Verdict::Accept) => {}
+        Some(Verdict::Refuse) => {
+            notify(
+                outbox,
+                ErrorCode::RateLimited,
+                "too many messages: slow down",
+                id,
+            );
+            return None;
+        }
+        Some(Verdict::Disconnect) => {
+            return Some(refuse(outbox, CloseReason::rate_exceeded()));
+        }
+    }
+    match decoded {
+        Ok(Incoming::Chat { text, id }) => {
+            let id = id.as_deref();
+            match shared.room.broadcast(me.id, me.username, &text, id) {
+                Ok(_) => {}
+                // Evicted (expired) meanwhile: nothing more from it.
+                Err(Refused::Gone) => return Some(closed_by_room(outbox)),
+                // Everyone together is sending faster than the room fans
+                // out: this sender must wait.
+                Err(Refused::Busy) => notify(
+                    outbox,
+                    ErrorCode::RateLimited,
+                    "the room is busy: slow down and send it again",
+                    id,
+                ),
+                // Redis is away: the client should know, not wait for a
+                // message that is not coming.
+                Err(Refused::Unavailable(why)) => notify(
+                    outbox,
+                    ErrorCode::Unavailable,
+                    &format!("could not send the message: {why}"),
+                    id,
+                ),
+            }
+        }
+        Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
+        Err(rejected) => notify(
+            outbox,
+            ErrorCode::BadMessage,
+            &rejected.to_string(),
+            rejected.id.as_deref(),
+        ),
+    }
+    None
 }
 
 /// Echo mode (a test aid for conformance suites): reads until the
@@ -446,7 +479,9 @@ fn refuse_on_error(outbox: &Arc<Outbox>, error: WsError) -> End {
 /// After the server's own close frame, reads and discards until the client
 /// closes too (or [`outbox::CLOSE_GRACE`] passes). Closing a socket that
 /// still has unread bytes makes the kernel send a reset, which can destroy
-/// the close frame before the client reads it.
+/// the close frame before the client reads it. Never inlined: its 4 KiB
+/// buffer must not be part of [`run`]'s frame, which is live all session.
+#[inline(never)]
 fn drain(mut stream: &TcpStream) {
     let deadline = Instant::now() + outbox::CLOSE_GRACE;
     let mut sink = [0u8; 4096];
