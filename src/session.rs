@@ -232,6 +232,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         // A conformance suite expects nothing but its own echoes: no room,
         // no welcome, no presence.
         crate::info!("echo client connected from {peer}");
+        crate::sys::release_stack_below_caller();
         (echo_loop(&mut ws, &outbox), format!("echo client {peer}"))
     } else {
         let id = shared
@@ -244,6 +245,10 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
             sub: &sub,
             username: &username,
         };
+        // The deep work is done (the handshake's parsing and HMAC, the
+        // welcome's JSON): what its stack pages hold is dead, and the
+        // client may now be quiet for hours.
+        crate::sys::release_stack_below_caller();
         let end = read_loop(shared, &mut ws, &outbox, &me);
         drop(membership);
         (end, format!("client {id} ({username:?})"))
@@ -373,7 +378,13 @@ fn on_text(
                 ),
             }
         }
-        Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
+        Ok(Incoming::Reauth(token)) => {
+            reauth(shared, outbox, me, &token);
+            // Checking a token (its HMAC, its JSON) is the deepest work a
+            // session does, once per token lifetime: give those pages back
+            // too, or every long session would keep them.
+            crate::sys::release_stack_below_caller();
+        }
         Err(rejected) => notify(
             outbox,
             ErrorCode::BadMessage,
