@@ -16,6 +16,28 @@
 //! write half is the client's [`Outbox`], so even the pongs it sends on its
 //! own take their turn with everything else (RFC 6455 §5.5.2: a Ping "MUST"
 //! get a Pong).
+//!
+//! # Memory
+//!
+//! A client is mostly idle, and an idle client costs what its thread keeps
+//! resident while it waits in `read`: about 14.6 KiB at N=1000 (README,
+//! "Performance"). Where that goes, and what keeps it there:
+//!
+//! - **Stack, 2 pages (8 KiB).** The top 4.4 KiB are glibc's before any
+//!   Rust runs (the thread descriptor, static TLS, `start_thread`); the
+//!   waiting reader's frames take about 2.5 KiB more. The handshake went
+//!   some 15 KiB deeper (HTTP parsing, the token's HMAC and JSON, the
+//!   welcome): those pages are given back
+//!   ([`crate::sys::release_stack_below_caller`]) before the read loop
+//!   starts, and again after a `reauth`. For that to leave little, the
+//!   session runs from a shallow frame (the HTTP phase returns its
+//!   [`Upgraded`] connection rather than calling [`run`]), and what is rare
+//!   or big ([`on_text`], [`drain`]) is kept out of the frames that stay.
+//! - **Heap, about 6 KiB.** `tungstenite`'s read buffer ([`READ_BUFFER`],
+//!   all of it written on every read); the outbox, the room's entry, the
+//!   name; glibc's per-thread cache (its table, and the small blocks the
+//!   handshake freed, which only this thread can reuse: about 3.5 KiB,
+//!   see the README for turning it off).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,9 +58,11 @@ use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
 use crate::room::{Client, ClientId, Refused};
 
-/// `tungstenite`'s read buffer per connection. Chat frames are small; a
-/// larger frame simply takes more reads.
-const READ_BUFFER: usize = 4 * 1024;
+/// `tungstenite`'s read buffer per connection. Every byte of it is written
+/// (zeroed) on each read, so it is resident for as long as the client is
+/// connected. Chat frames are small; a larger one simply takes more reads
+/// (the buffer grows to hold a frame whole, up to the frame limit).
+const READ_BUFFER: usize = 1024;
 
 /// The stream `tungstenite` works on: reads from the socket, writes into the
 /// outbox. The socket is shared with the writer thread through an `Arc`
@@ -222,7 +246,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
     let _ = duplex.meter(&leftover);
     let mut ws = WebSocket::from_partially_read(
         duplex,
-        leftover,
+        read_buffer(leftover),
         Role::Server,
         Some(ws_config(shared.config.frame_limit())),
     );
@@ -247,7 +271,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         };
         // The deep work is done (the handshake's parsing and HMAC, the
         // welcome's JSON): what its stack pages hold is dead, and the
-        // client may now be quiet for hours.
+        // client may now be quiet for hours. See the module docs.
         crate::sys::release_stack_below_caller();
         let end = read_loop(shared, &mut ws, &outbox, &me);
         drop(membership);
@@ -266,6 +290,16 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
     let _ = ws.flush();
     outbox.finish();
     crate::info!("{who} disconnected: {end}");
+}
+
+/// The allocation `tungstenite` reads into, holding `leftover`: exactly
+/// [`READ_BUFFER`] bytes (more only if `leftover` is longer). The HTTP
+/// phase's buffer would do, but its capacity is whatever the request
+/// happened to need, and `tungstenite` grows a short one to twice its size.
+fn read_buffer(leftover: Vec<u8>) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(READ_BUFFER.max(leftover.len()));
+    buffer.extend_from_slice(&leftover);
+    buffer
 }
 
 /// Every limit set deliberately (tungstenite's defaults allocate 128 KiB per
