@@ -27,7 +27,8 @@
 //! process set-up (`src/process.rs`: signals, the open-file limit, the
 //! allocator) around the same two calls.
 
-// The one exception is `sys`: a send that never blocks, one commented call.
+// The one exception is `sys`: a send that never blocks, and giving a
+// thread's dead stack pages back; each call commented.
 #![deny(unsafe_code)]
 // Every public item is documented (the fuzzing hooks are not the API).
 #![cfg_attr(not(feature = "fuzzing"), deny(missing_docs))]

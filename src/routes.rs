@@ -21,7 +21,8 @@ use crate::limits::LoginRefusal;
 use crate::log::Level;
 use crate::metrics::Metrics;
 use crate::room::Room;
-use crate::{Accounts, Shared, handshake, metrics, session};
+use crate::session::Upgraded;
+use crate::{Accounts, Shared, handshake, metrics};
 
 /// Headers on every front-end file: a strict Content-Security-Policy (the
 /// page has no inline script or style) and no MIME sniffing.
@@ -359,9 +360,16 @@ fn parse_credentials(request: &Request) -> Result<Credentials, Refusal> {
     }
 }
 
-/// `GET /ws`: check the handshake and token, send the `101`, and become the
-/// client's session.
-pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: SocketAddr) {
+/// `GET /ws`: check the handshake and token and send the `101`. What the
+/// session needs is returned, not run from here: the HTTP phase's frames
+/// and the request itself are gone before the session starts (see
+/// `server::serve_connection`). `None`: refused, or the client left.
+pub fn upgrade(
+    shared: &Shared,
+    mut conn: Connection,
+    request: &Request,
+    peer: SocketAddr,
+) -> Option<Upgraded> {
     let mut trace = Trace::new(shared.config.trace_handshake);
     trace.note(|| format!("== WebSocket handshake from {peer}"));
     trace.request(request);
@@ -385,7 +393,7 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
             trace.response(&String::from_utf8_lossy(&response.to_bytes(false, false)));
             print_trace(trace);
             let _ = conn.write_response(&response, false, false);
-            return;
+            return None;
         }
     };
     crate::debug!(
@@ -396,10 +404,15 @@ pub fn upgrade(shared: &Shared, mut conn: Connection, request: &Request, peer: S
     trace.response(&switching);
     print_trace(trace);
     if conn.write_raw(switching.as_bytes()).is_err() {
-        return;
+        return None;
     }
     let (stream, leftover) = conn.into_parts();
-    session::run(shared, stream, leftover, accepted.claims, peer);
+    Some(Upgraded {
+        stream,
+        leftover,
+        claims: accepted.claims,
+        peer,
+    })
 }
 
 fn print_trace(trace: Trace) {

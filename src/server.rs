@@ -21,6 +21,7 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::room::{MAX_PENDING_BYTES, Relay, Room};
+use crate::session::{self, Upgraded};
 use crate::{Accounts, Shared, proxy, routes};
 
 /// Stack for a connection thread, which becomes the client's reader after
@@ -620,6 +621,11 @@ fn too_busy() -> Response {
 /// A connection thread's body. A panic here is a bug, but it must cost one
 /// connection, not the server: it is caught and logged, and the client's
 /// room membership and connection permit are released as the stack unwinds.
+///
+/// The HTTP phase returns before an upgraded connection's session starts,
+/// so the session, which may wait for hours, runs from this shallow frame:
+/// the deep frames of parsing and token checking, and the request, are
+/// gone by then (see [`session::run`] for why that matters).
 fn serve_connection(
     shared: &Shared,
     stream: TcpStream,
@@ -628,7 +634,9 @@ fn serve_connection(
     role: Role,
 ) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle_connection(shared, stream, peer, &mut permit, role)
+        if let Some(upgraded) = handle_connection(shared, stream, peer, &mut permit, role) {
+            session::run(shared, upgraded);
+        }
     }));
     if outcome.is_err() {
         crate::error!("the connection from {peer} ended in a panic (see above); still serving");
@@ -637,21 +645,25 @@ fn serve_connection(
     drop(permit);
 }
 
-/// Serves requests on one connection until it closes or upgrades.
+/// Serves requests on one connection until it closes, or upgrades: then
+/// the connection is returned for its session. Never inlined, so that its
+/// frame (a few KiB: the request, the response, the parser's buffers) is
+/// not part of the session's.
+#[inline(never)]
 fn handle_connection(
     shared: &Shared,
     stream: TcpStream,
     peer: SocketAddr,
     permit: &mut ConnectionPermit,
     role: Role,
-) {
+) -> Option<Upgraded> {
     let mut conn = Connection::new(stream, shared.config.request_timeout);
     loop {
         let request = match conn.read_request() {
             Ok(request) => request,
             Err(error) => {
                 refuse(&mut conn, &error, peer);
-                return;
+                return None;
             }
         };
         // Behind a trusted proxy, the client is who X-Forwarded-For says;
@@ -659,7 +671,7 @@ fn handle_connection(
         let peer = proxy::client_addr(&shared.config.trusted_proxies, peer, &request);
         if permit.rebind(peer.ip()).is_err() {
             let _ = conn.write_response(&too_busy(), false, false);
-            return;
+            return None;
         }
         if role == Role::Main && request.path() == "/ws" && request.method == "GET" {
             return routes::upgrade(shared, conn, &request, peer);
@@ -681,7 +693,7 @@ fn handle_connection(
             .is_err()
             || !keep_alive
         {
-            return;
+            return None;
         }
     }
 }

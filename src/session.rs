@@ -16,6 +16,28 @@
 //! write half is the client's [`Outbox`], so even the pongs it sends on its
 //! own take their turn with everything else (RFC 6455 §5.5.2: a Ping "MUST"
 //! get a Pong).
+//!
+//! # Memory
+//!
+//! A client is mostly idle, and an idle client costs what its thread keeps
+//! resident while it waits in `read`: about 14.6 KiB at N=1000 (README,
+//! "Performance"). Where that goes, and what keeps it there:
+//!
+//! - **Stack, 2 pages (8 KiB).** The top 4.4 KiB are glibc's before any
+//!   Rust runs (the thread descriptor, static TLS, `start_thread`); the
+//!   waiting reader's frames take about 2.5 KiB more. The handshake went
+//!   some 15 KiB deeper (HTTP parsing, the token's HMAC and JSON, the
+//!   welcome): those pages are given back
+//!   ([`crate::sys::release_stack_below_caller`]) before the read loop
+//!   starts, and again after a `reauth`. For that to leave little, the
+//!   session runs from a shallow frame (the HTTP phase returns its
+//!   [`Upgraded`] connection rather than calling [`run`]), and what is rare
+//!   or big ([`on_text`], [`drain`]) is kept out of the frames that stay.
+//! - **Heap, about 6 KiB.** `tungstenite`'s read buffer ([`READ_BUFFER`],
+//!   all of it written on every read); the outbox, the room's entry, the
+//!   name; glibc's per-thread cache (its table, and the small blocks the
+//!   handshake freed, which only this thread can reuse: about 3.5 KiB,
+//!   see the README for turning it off).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,9 +58,11 @@ use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
 use crate::room::{Client, ClientId, Refused};
 
-/// `tungstenite`'s read buffer per connection. Chat frames are small; a
-/// larger frame simply takes more reads.
-const READ_BUFFER: usize = 4 * 1024;
+/// `tungstenite`'s read buffer per connection. Every byte of it is written
+/// (zeroed) on each read, so it is resident for as long as the client is
+/// connected. Chat frames are small; a larger one simply takes more reads
+/// (the buffer grows to hold a frame whole, up to the frame limit).
+const READ_BUFFER: usize = 1024;
 
 /// The stream `tungstenite` works on: reads from the socket, writes into the
 /// outbox. The socket is shared with the writer thread through an `Arc`
@@ -159,15 +183,30 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Runs a session to its end. `leftover` holds bytes read past the upgrade
-/// request (a client may send its first frame without waiting for the 101).
-pub fn run(
-    shared: &Shared,
-    stream: TcpStream,
-    leftover: Vec<u8>,
-    claims: Claims,
-    peer: SocketAddr,
-) {
+/// A connection that passed the WebSocket handshake (`routes::upgrade`):
+/// what the session needs from the HTTP phase, and nothing more.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    /// Bytes read past the upgrade request (a client may send its first
+    /// frame without waiting for the 101).
+    pub leftover: Vec<u8>,
+    pub claims: Claims,
+    pub peer: SocketAddr,
+}
+
+/// Runs a session to its end.
+pub fn run(shared: &Shared, upgraded: Upgraded) {
+    let Upgraded {
+        stream,
+        leftover,
+        claims,
+        peer,
+    } = upgraded;
+    // Only these claims are needed from here on; the rest (issuer,
+    // fingerprint) is dropped rather than kept for the session's life.
+    let Claims {
+        sub, username, exp, ..
+    } = claims;
     // The HTTP phase set a read timeout; a chat can be quiet for as long as
     // the token lasts (the sweep ends it at expiry).
     let _ = stream.set_read_timeout(None);
@@ -179,7 +218,7 @@ pub fn run(
         bytes: config.client_queue_bytes,
     };
     let outbox = Outbox::new(limit, stream.clone(), shared.room.reaper().clone());
-    let username: Arc<str> = claims.username.as_str().into();
+    let username: Arc<str> = username.into();
     // A conformance suite floods on purpose: no rate in echo mode.
     let rate = (!config.echo)
         .then(|| {
@@ -207,7 +246,7 @@ pub fn run(
     let _ = duplex.meter(&leftover);
     let mut ws = WebSocket::from_partially_read(
         duplex,
-        leftover,
+        read_buffer(leftover),
         Role::Server,
         Some(ws_config(shared.config.frame_limit())),
     );
@@ -217,18 +256,23 @@ pub fn run(
         // A conformance suite expects nothing but its own echoes: no room,
         // no welcome, no presence.
         crate::info!("echo client connected from {peer}");
+        crate::sys::release_stack_below_caller();
         (echo_loop(&mut ws, &outbox), format!("echo client {peer}"))
     } else {
         let id = shared
             .room
-            .join(Client::new(username.clone(), claims.exp, outbox.clone()));
+            .join(Client::new(username.clone(), exp, outbox.clone()));
         let membership = Membership { shared, id };
         crate::info!("client {id} connected: {username:?} from {peer}");
         let me = Me {
             id,
-            sub: &claims.sub,
+            sub: &sub,
             username: &username,
         };
+        // The deep work is done (the handshake's parsing and HMAC, the
+        // welcome's JSON): what its stack pages hold is dead, and the
+        // client may now be quiet for hours. See the module docs.
+        crate::sys::release_stack_below_caller();
         let end = read_loop(shared, &mut ws, &outbox, &me);
         drop(membership);
         (end, format!("client {id} ({username:?})"))
@@ -246,6 +290,16 @@ pub fn run(
     let _ = ws.flush();
     outbox.finish();
     crate::info!("{who} disconnected: {end}");
+}
+
+/// The allocation `tungstenite` reads into, holding `leftover`: exactly
+/// [`READ_BUFFER`] bytes (more only if `leftover` is longer). The HTTP
+/// phase's buffer would do, but its capacity is whatever the request
+/// happened to need, and `tungstenite` grows a short one to twice its size.
+fn read_buffer(leftover: Vec<u8>) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(READ_BUFFER.max(leftover.len()));
+    buffer.extend_from_slice(&leftover);
+    buffer
 }
 
 /// Every limit set deliberately (tungstenite's defaults allocate 128 KiB per
@@ -285,62 +339,8 @@ fn read_loop(
         }
         match message {
             Message::Text(text) => {
-                // Decoded first, so that a refusal can name the message it
-                // refuses (its `id`).
-                let decoded = protocol::decode(&text, shared.config.max_message_bytes);
-                let id = match &decoded {
-                    Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
-                    Ok(Incoming::Reauth(_)) => None,
-                };
-                // Every text frame counts against the rate, whatever it
-                // holds: a flood of bad messages or reauths is a flood too.
-                match ws.get_mut().judge_message() {
-                    None | Some(Verdict::Accept) => {}
-                    Some(Verdict::Refuse) => {
-                        notify(
-                            outbox,
-                            ErrorCode::RateLimited,
-                            "too many messages: slow down",
-                            id,
-                        );
-                        continue;
-                    }
-                    Some(Verdict::Disconnect) => {
-                        return refuse(outbox, CloseReason::rate_exceeded());
-                    }
-                }
-                match decoded {
-                    Ok(Incoming::Chat { text, id }) => {
-                        let id = id.as_deref();
-                        match shared.room.broadcast(me.id, me.username, &text, id) {
-                            Ok(_) => {}
-                            // Evicted (expired) meanwhile: nothing more from it.
-                            Err(Refused::Gone) => return closed_by_room(outbox),
-                            // Everyone together is sending faster than the
-                            // room fans out: this sender must wait.
-                            Err(Refused::Busy) => notify(
-                                outbox,
-                                ErrorCode::RateLimited,
-                                "the room is busy: slow down and send it again",
-                                id,
-                            ),
-                            // Redis is away: the client should know, not
-                            // wait for a message that is not coming.
-                            Err(Refused::Unavailable(why)) => notify(
-                                outbox,
-                                ErrorCode::Unavailable,
-                                &format!("could not send the message: {why}"),
-                                id,
-                            ),
-                        }
-                    }
-                    Ok(Incoming::Reauth(token)) => reauth(shared, outbox, me, &token),
-                    Err(rejected) => notify(
-                        outbox,
-                        ErrorCode::BadMessage,
-                        &rejected.to_string(),
-                        rejected.id.as_deref(),
-                    ),
+                if let Some(end) = on_text(shared, ws, outbox, me, &text) {
+                    return end;
                 }
             }
             Message::Binary(_) => return refuse(outbox, CloseReason::binary_refused()),
@@ -349,6 +349,84 @@ fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+}
+
+/// One text message: a chat line, a `reauth`, or something to refuse.
+/// `Some` ends the session. Never inlined: its locals (the decoded message,
+/// the JSON it builds) would otherwise sit in the frame of
+/// [`read_loop`], which stays on the stack for the whole session.
+#[inline(never)]
+fn on_text(
+    shared: &Shared,
+    ws: &mut WebSocket<Duplex<'_>>,
+    outbox: &Arc<Outbox>,
+    me: &Me<'_>,
+    text: &str,
+) -> Option<End> {
+    // Decoded first, so that a refusal can name the message it refuses
+    // (its `id`).
+    let decoded = protocol::decode(text, shared.config.max_message_bytes);
+    let id = match &decoded {
+        Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
+        Ok(Incoming::Reauth(_)) => None,
+    };
+    // Every text frame counts against the rate, whatever it holds: a flood
+    // of bad messages or reauths is a flood too.
+    match ws.get_mut().judge_message() {
+        None | Some(Verdict::Accept) => {}
+        Some(Verdict::Refuse) => {
+            notify(
+                outbox,
+                ErrorCode::RateLimited,
+                "too many messages: slow down",
+                id,
+            );
+            return None;
+        }
+        Some(Verdict::Disconnect) => {
+            return Some(refuse(outbox, CloseReason::rate_exceeded()));
+        }
+    }
+    match decoded {
+        Ok(Incoming::Chat { text, id }) => {
+            let id = id.as_deref();
+            match shared.room.broadcast(me.id, me.username, &text, id) {
+                Ok(_) => {}
+                // Evicted (expired) meanwhile: nothing more from it.
+                Err(Refused::Gone) => return Some(closed_by_room(outbox)),
+                // Everyone together is sending faster than the room fans
+                // out: this sender must wait.
+                Err(Refused::Busy) => notify(
+                    outbox,
+                    ErrorCode::RateLimited,
+                    "the room is busy: slow down and send it again",
+                    id,
+                ),
+                // Redis is away: the client should know, not wait for a
+                // message that is not coming.
+                Err(Refused::Unavailable(why)) => notify(
+                    outbox,
+                    ErrorCode::Unavailable,
+                    &format!("could not send the message: {why}"),
+                    id,
+                ),
+            }
+        }
+        Ok(Incoming::Reauth(token)) => {
+            reauth(shared, outbox, me, &token);
+            // Checking a token (its HMAC, its JSON) is the deepest work a
+            // session does, once per token lifetime: give those pages back
+            // too, or every long session would keep them.
+            crate::sys::release_stack_below_caller();
+        }
+        Err(rejected) => notify(
+            outbox,
+            ErrorCode::BadMessage,
+            &rejected.to_string(),
+            rejected.id.as_deref(),
+        ),
+    }
+    None
 }
 
 /// Echo mode (a test aid for conformance suites): reads until the
@@ -446,7 +524,9 @@ fn refuse_on_error(outbox: &Arc<Outbox>, error: WsError) -> End {
 /// After the server's own close frame, reads and discards until the client
 /// closes too (or [`outbox::CLOSE_GRACE`] passes). Closing a socket that
 /// still has unread bytes makes the kernel send a reset, which can destroy
-/// the close frame before the client reads it.
+/// the close frame before the client reads it. Never inlined: its 4 KiB
+/// buffer must not be part of [`run`]'s frame, which is live all session.
+#[inline(never)]
 fn drain(mut stream: &TcpStream) {
     let deadline = Instant::now() + outbox::CLOSE_GRACE;
     let mut sink = [0u8; 4096];
