@@ -88,8 +88,9 @@ fn encode(opcode: u8, payload: &[u8]) -> Frame {
 }
 
 /// Follows a client's byte stream frame by frame (§5.2), reporting each
-/// frame's opcode as its header completes. It checks nothing: malformed
-/// input is `tungstenite`'s to refuse, and the connection ends with it.
+/// frame's opcode as its header completes, and counting the data messages
+/// whose last byte has gone by. It checks nothing: malformed input is
+/// `tungstenite`'s to refuse, and the connection ends with it.
 #[derive(Debug, Default)]
 pub struct HeaderScanner {
     header: [u8; 14],
@@ -97,6 +98,11 @@ pub struct HeaderScanner {
     have: usize,
     /// Payload bytes of the current frame still to skip.
     payload_left: u64,
+    /// The current frame is the last of a data message (FIN set on a text,
+    /// binary or continuation frame, §5.4).
+    ends_message: bool,
+    /// Data messages seen whole so far.
+    messages: u64,
 }
 
 impl HeaderScanner {
@@ -109,16 +115,35 @@ impl HeaderScanner {
                     usize::try_from(self.payload_left).map_or(bytes.len(), |n| n.min(bytes.len()));
                 bytes = &bytes[skip..];
                 self.payload_left -= skip as u64;
+                self.count_if_whole();
                 continue;
             }
             self.header[self.have] = bytes[0];
             self.have += 1;
             bytes = &bytes[1..];
             if self.have == self.header_len() {
-                on_frame(self.header[0] & 0x0f);
+                let opcode = self.header[0] & 0x0f;
+                on_frame(opcode);
+                let fin = self.header[0] & 0x80 != 0;
+                self.ends_message =
+                    fin && matches!(opcode, OPCODE_CONTINUATION | OPCODE_TEXT | OPCODE_BINARY);
                 self.payload_left = self.payload_len();
                 self.have = 0;
+                self.count_if_whole();
             }
+        }
+    }
+
+    /// Data messages whose every byte has been fed so far.
+    pub fn whole_messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Counts the current frame's message once its payload is all here.
+    fn count_if_whole(&mut self) {
+        if self.payload_left == 0 && self.ends_message {
+            self.messages += 1;
+            self.ends_message = false;
         }
     }
 
@@ -169,6 +194,29 @@ mod tests {
         let long = close(1000, &"é".repeat(100));
         assert!(long.len() <= 2 + 125);
         assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+
+    #[test]
+    fn the_scanner_counts_whole_messages_only_once_their_last_byte_is_in() {
+        // A text message in two fragments, a ping between them, then an
+        // empty text message: two messages.
+        let mut stream = Vec::new();
+        stream.extend([0x01, 0x80 | 3, 0, 0, 0, 0, b'a', b'b', b'c']);
+        stream.extend([0x89, 0x80, 0, 0, 0, 0]);
+        stream.extend([0x80, 0x80 | 2, 0, 0, 0, 0, b'd', b'e']);
+        stream.extend([0x81, 0x80, 0, 0, 0, 0]);
+        let mut counts = Vec::new();
+        let mut scanner = HeaderScanner::default();
+        for byte in &stream {
+            scanner.feed(std::slice::from_ref(byte), |_| {});
+            counts.push(scanner.whole_messages());
+        }
+        // The first message is whole at its last fragment's last byte (the
+        // 23rd), the empty one at its header's last byte (the 29th).
+        let first_whole = counts.iter().position(|&n| n == 1);
+        let second_whole = counts.iter().position(|&n| n == 2);
+        assert_eq!((first_whole, second_whole), (Some(22), Some(28)));
+        assert_eq!(counts.len(), 29);
     }
 
     #[test]

@@ -56,7 +56,7 @@ use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
-use crate::room::{Client, ClientId, Refused};
+use crate::room::{Client, ClientId, Fanout, Refused};
 
 /// `tungstenite`'s read buffer per connection. Every byte of it is written
 /// (zeroed) on each read, so it is resident for as long as the client is
@@ -81,6 +81,9 @@ struct Duplex<'a> {
     /// The rate's time.
     clock: Clock,
     scanner: HeaderScanner,
+    /// Data messages `tungstenite` has handed to the session so far; the
+    /// scanner's count less this is how many more it already holds whole.
+    taken: u64,
 }
 
 /// The read error that ends a connection whose frames exceeded the rate.
@@ -107,20 +110,33 @@ impl Duplex<'_> {
     /// or a ping that must get its pong), so over the rate it only uses up
     /// patience, and a client that runs out of it is disconnected.
     fn meter(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Some(rate) = &mut self.rate else {
-            return Ok(());
-        };
         let now = self.clock.instant();
         let mut exceeded = false;
+        let rate = &mut self.rate;
         self.scanner.feed(bytes, |opcode| {
-            if frame::starts_no_message(opcode) && rate.judge(now) == Verdict::Disconnect {
-                exceeded = true;
+            if let Some(rate) = rate {
+                if frame::starts_no_message(opcode) && rate.judge(now) == Verdict::Disconnect {
+                    exceeded = true;
+                }
             }
         });
         if exceeded {
             return Err(io::Error::other(RateExceeded));
         }
         Ok(())
+    }
+}
+
+impl Duplex<'_> {
+    /// `tungstenite` handed over one more data message.
+    fn took_message(&mut self) {
+        self.taken += 1;
+    }
+
+    /// `tungstenite` already holds another whole data message, so the next
+    /// read returns it without waiting on the socket.
+    fn holds_whole_message(&self) -> bool {
+        self.scanner.whole_messages() > self.taken
     }
 }
 
@@ -240,6 +256,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         rate,
         clock: config.clock.clone(),
         scanner: HeaderScanner::default(),
+        taken: 0,
     };
     // The bytes read with the request are frames too; the scanner must see
     // them to stay in step with the stream.
@@ -320,41 +337,70 @@ fn ws_config(frame_limit: usize) -> WebSocketConfig {
 }
 
 /// Reads frames until the connection ends.
+///
+/// A chat message whose sender's next message has already arrived whole is
+/// held for the room's next fan-out ([`Fanout::Held`]): under load, a
+/// burst then leaves in one system call per client rather than one per
+/// message. Whatever is held goes out before any read that could wait, and
+/// before the session ends, so holding never delays a message behind the
+/// client's own silence.
 fn read_loop(
     shared: &Shared,
     ws: &mut WebSocket<Duplex<'_>>,
     outbox: &Arc<Outbox>,
     me: &Me<'_>,
 ) -> End {
-    loop {
+    let mut holding = false;
+    let end = loop {
+        if holding && !ws.get_ref().holds_whole_message() {
+            shared.room.flush_pending();
+            holding = false;
+        }
         let message = match ws.read() {
             Ok(message) => message,
-            Err(error) => return refuse_on_error(outbox, error),
+            Err(error) => break refuse_on_error(outbox, error),
         };
         // The room may have closed this connection (expiry, slow consumer)
         // while we waited: after its close frame, the client's data counts
         // for nothing (§5.5.1).
         if outbox.is_closing() {
-            return closed_by_room(outbox);
+            break closed_by_room(outbox);
         }
         match message {
             Message::Text(text) => {
-                if let Some(end) = on_text(shared, ws, outbox, me, &text) {
-                    return end;
+                ws.get_mut().took_message();
+                match on_text(shared, ws, outbox, me, &text) {
+                    Step::Next => {}
+                    Step::Held => holding = true,
+                    Step::End(end) => break end,
                 }
             }
-            Message::Binary(_) => return refuse(outbox, CloseReason::binary_refused()),
-            Message::Close(frame) => return End::ClientClosed(frame.map(|f| f.code.into())),
+            Message::Binary(_) => break refuse(outbox, CloseReason::binary_refused()),
+            Message::Close(frame) => break End::ClientClosed(frame.map(|f| f.code.into())),
             // tungstenite answers pings itself (through the outbox).
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
+    };
+    if holding {
+        shared.room.flush_pending();
     }
+    end
+}
+
+/// What [`on_text`] leaves the read loop to do.
+enum Step {
+    /// Read the next message.
+    Next,
+    /// Read the next message; a chat message is held for the fan-out.
+    Held,
+    /// The session is over.
+    End(End),
 }
 
 /// One text message: a chat line, a `reauth`, or something to refuse.
-/// `Some` ends the session. Never inlined: its locals (the decoded message,
-/// the JSON it builds) would otherwise sit in the frame of
-/// [`read_loop`], which stays on the stack for the whole session.
+/// Never inlined: its locals (the decoded message, the JSON it builds)
+/// would otherwise sit in the frame of [`read_loop`], which stays on the
+/// stack for the whole session.
 #[inline(never)]
 fn on_text(
     shared: &Shared,
@@ -362,7 +408,7 @@ fn on_text(
     outbox: &Arc<Outbox>,
     me: &Me<'_>,
     text: &str,
-) -> Option<End> {
+) -> Step {
     // Decoded first, so that a refusal can name the message it refuses
     // (its `id`).
     let decoded = protocol::decode(text, shared.config.max_message_bytes);
@@ -381,19 +427,25 @@ fn on_text(
                 "too many messages: slow down",
                 id,
             );
-            return None;
+            return Step::Next;
         }
         Some(Verdict::Disconnect) => {
-            return Some(refuse(outbox, CloseReason::rate_exceeded()));
+            return Step::End(refuse(outbox, CloseReason::rate_exceeded()));
         }
     }
     match decoded {
         Ok(Incoming::Chat { text, id }) => {
             let id = id.as_deref();
-            match shared.room.broadcast(me.id, me.username, &text, id) {
+            let fanout = if ws.get_ref().holds_whole_message() {
+                Fanout::Held
+            } else {
+                Fanout::Now
+            };
+            match shared.room.broadcast(me.id, me.username, &text, id, fanout) {
+                Ok(_) if fanout == Fanout::Held => return Step::Held,
                 Ok(_) => {}
                 // Evicted (expired) meanwhile: nothing more from it.
-                Err(Refused::Gone) => return Some(closed_by_room(outbox)),
+                Err(Refused::Gone) => return Step::End(closed_by_room(outbox)),
                 // Everyone together is sending faster than the room fans
                 // out: this sender must wait.
                 Err(Refused::Busy) => notify(
@@ -426,7 +478,7 @@ fn on_text(
             rejected.id.as_deref(),
         ),
     }
-    None
+    Step::Next
 }
 
 /// Echo mode (a test aid for conformance suites): reads until the

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 use tungstenite::Message;
 
@@ -86,6 +86,41 @@ fn messages_reach_everyone_including_the_sender() {
     b.say("second");
     assert_eq!(a.recv_type("message")["seq"], 2);
     assert_eq!(b.recv_type("message")["seq"], 2);
+}
+
+#[test]
+fn a_burst_in_one_write_arrives_whole_and_nothing_waits_for_more() {
+    let server = start_with(|c| c.message_rate = 0);
+    let (mut a, _) = server.connect("userA");
+    let (mut b, _) = server.connect("userB");
+    a.recv_type("join");
+
+    // Twenty messages and then one the server refuses, in one write: the
+    // server holds each message while the next is already there, so the
+    // last must still go out when what follows is no message at all.
+    for i in 0..20 {
+        let json = serde_json::json!({ "type": "message", "text": format!("m{i}") });
+        a.ws.write(Message::text(json.to_string())).expect("queue");
+    }
+    a.ws.write(Message::text("not json")).expect("queue");
+    a.ws.flush().expect("send");
+    let expected: Vec<Value> = (0..20).map(|i| format!("m{i}").into()).collect();
+    let texts: Vec<Value> = (0..20)
+        .map(|_| b.recv_type("message")["text"].clone())
+        .collect();
+    assert_eq!(texts, expected);
+    // The sender's error may come before its held messages: it is sent at
+    // once, they with the next fan-out.
+    let (mut texts, mut codes) = (Vec::new(), Vec::new());
+    while texts.len() < 20 || codes.is_empty() {
+        let m = a.recv_type_of(&["message", "error"]);
+        match m["type"].as_str() {
+            Some("message") => texts.push(m["text"].clone()),
+            _ => codes.push(m["code"].clone()),
+        }
+    }
+    assert_eq!(texts, expected);
+    assert_eq!(codes, ["bad_message"]);
 }
 
 #[test]

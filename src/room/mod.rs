@@ -57,6 +57,15 @@ use crate::protocol::{Limits, Outgoing};
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
 
+/// When [`Room::broadcast`] fans a message out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// At once (or with the fan-out already under way).
+    Now,
+    /// With the sender's next message, or at its [`Room::flush_pending`].
+    Held,
+}
+
 /// Why [`Room::broadcast`] did not take a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -302,12 +311,19 @@ impl Room {
     /// or its token has expired: then it is evicted like on any broadcast),
     /// if the pending batch is full, or if the relay cannot take the
     /// message.
+    ///
+    /// With [`Fanout::Held`] the fan-out is left to a later call: for a
+    /// sender whose next messages have already arrived, so that they leave
+    /// together, one system call per client for the lot instead of one
+    /// each. Whoever holds a message must call [`Room::flush_pending`]
+    /// before waiting for anything.
     pub fn broadcast(
         &self,
         sender: ClientId,
         from: &str,
         text: &str,
         id: Option<&str>,
+        fanout: Fanout,
     ) -> Result<u64, Refused> {
         let mut timeline = self.timeline();
         let sender_exp = self.read().get(&sender).map(Client::exp);
@@ -339,8 +355,17 @@ impl Room {
                 id,
             },
         );
-        self.flush_unless_flushing(timeline);
+        // Held, but never so long that the batch fills and refuses senders.
+        if fanout == Fanout::Now || timeline.pending.len() >= timeline.max_pending / 2 {
+            self.flush_unless_flushing(timeline);
+        }
         Ok(seq)
+    }
+
+    /// Fans out what is pending, unless a fan-out is already under way
+    /// (which will take it): the end of a run of [`Fanout::Held`] messages.
+    pub fn flush_pending(&self) {
+        self.flush_unless_flushing(self.timeline());
     }
 
     /// Adds one numbered message to the pending batch and the history.
@@ -581,7 +606,7 @@ pub(super) mod tests {
         let (_, mut old) = client(&room, "old", start + 5);
         room.flush_presence();
         clock.advance(std::time::Duration::from_secs(5));
-        assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "hi", None, Fanout::Now), Ok(1));
         room.flush_presence();
         assert_eq!(room.len(), 1);
         // The expired client got its notice and the close, not the message.
@@ -589,6 +614,30 @@ pub(super) mod tests {
         assert!(old.outbox.is_closing());
         assert_eq!(old.outbox.close_code(), Some(4001));
         assert_eq!(a.types(), ["welcome", "join", "message", "leave"]);
+    }
+
+    #[test]
+    fn held_messages_wait_for_the_flush_and_leave_as_one_batch() {
+        let room = Room::new(10);
+        let (a_id, mut a) = client(&room, "a", later());
+        room.flush_presence();
+        assert_eq!(a.types(), ["welcome"]);
+        let deliveries = || room.metrics().deliveries.load(Ordering::Relaxed);
+        let before = deliveries();
+        assert_eq!(room.broadcast(a_id, "a", "one", None, Fanout::Held), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "two", None, Fanout::Held), Ok(2));
+        assert!(a.messages().is_empty(), "a held message went out");
+        room.flush_pending();
+        let texts: Vec<_> = a.messages().iter().map(|m| m["text"].clone()).collect();
+        assert_eq!(texts, ["one", "two"]);
+        assert_eq!(
+            deliveries() - before,
+            1,
+            "two messages, one push per client"
+        );
+        // Nothing pending: a flush is harmless.
+        room.flush_pending();
+        assert!(a.messages().is_empty());
     }
 
     #[test]
@@ -628,7 +677,10 @@ pub(super) mod tests {
         })
         .join();
         assert!(room.timeline.is_poisoned() && room.clients.is_poisoned());
-        assert_eq!(room.broadcast(a_id, "a", "still works", None), Ok(1));
+        assert_eq!(
+            room.broadcast(a_id, "a", "still works", None, Fanout::Now),
+            Ok(1)
+        );
         assert_eq!(a.types(), ["welcome", "message"]);
     }
 
@@ -639,7 +691,7 @@ pub(super) mod tests {
         // Another thread is fanning out: messages wait in the batch.
         room.flushing.store(true, Ordering::Release);
         let mut taken = 0;
-        while room.broadcast(a_id, "a", "0123456789", None) != Err(Refused::Busy) {
+        while room.broadcast(a_id, "a", "0123456789", None, Fanout::Now) != Err(Refused::Busy) {
             taken += 1;
             assert!(taken < 10, "the batch never filled");
         }
@@ -648,7 +700,10 @@ pub(super) mod tests {
         room.flushing.store(false, Ordering::Release);
         room.flush_unless_flushing(room.timeline());
         assert_eq!(a.messages().len() as u64, taken, "every message taken");
-        assert_eq!(room.broadcast(a_id, "a", "again", None), Ok(taken + 1));
+        assert_eq!(
+            room.broadcast(a_id, "a", "again", None, Fanout::Now),
+            Ok(taken + 1)
+        );
     }
 
     #[test]

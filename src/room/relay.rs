@@ -186,6 +186,7 @@ impl Room {
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use super::super::Fanout;
     use super::super::tests::{client, later};
     use super::*;
 
@@ -210,7 +211,7 @@ mod tests {
     fn with_a_relay_messages_go_out_when_delivered_and_only_once() {
         let room = Room::with_relay(10, Some(Arc::new(Numbering::default())), Arc::default());
         let (a_id, mut a) = client(&room, "a", later());
-        assert_eq!(room.broadcast(a_id, "a", "hi", None), Ok(1));
+        assert_eq!(room.broadcast(a_id, "a", "hi", None, Fanout::Now), Ok(1));
         assert_eq!(a.types(), ["welcome"], "nothing before the relay delivers");
         let hi = |seq| Delivery {
             seq,
