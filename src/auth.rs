@@ -579,6 +579,7 @@ pub enum RefreshError {
 
 impl Tokens {
     pub fn new(secret: &[u8], issuer: &str, ttl_secs: u64) -> Tokens {
+        crate::signing::install();
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` and `nbf` are checked in `verify` against our clock, with no
         // leeway (jsonwebtoken's own checks read the system clock, with 60 s

@@ -62,6 +62,7 @@ mod room;
 mod routes;
 mod server;
 mod session;
+mod signing;
 mod sys;
 
 /// The parsers and checks the fuzz targets in `fuzz/` drive directly; only

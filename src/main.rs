@@ -65,15 +65,17 @@ fn serve(config: jwtchat::Config) -> ExitCode {
         jwtchat::warn!("cannot block SIGINT/SIGTERM: {e}");
     }
     // One descriptor per client: lift the soft limit (often 1024) to the
-    // hard limit before the server sizes its connection cap by it.
-    match process::raise_open_file_limit() {
-        Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
-        Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
-    }
+    // hard limit before the server sizes its connection cap by it (and say
+    // so only once the configuration is known to be good).
+    let open_files = process::raise_open_file_limit();
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(error) => return usage_error(&error),
     };
+    match open_files {
+        Ok(limit) => jwtchat::info!("open-file limit: {limit}"),
+        Err(e) => jwtchat::warn!("cannot raise the open-file limit: {e}"),
+    }
     let handle = match server.spawn() {
         Ok(handle) => handle,
         Err(e) => {

@@ -56,7 +56,7 @@ use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
-use crate::room::{Client, ClientId, Fanout, Refused};
+use crate::room::{Client, ClientId, Fanout, Refused, Room};
 
 /// `tungstenite`'s read buffer per connection. Every byte of it is written
 /// (zeroed) on each read, so it is resident for as long as the client is
@@ -341,58 +341,78 @@ fn ws_config(frame_limit: usize) -> WebSocketConfig {
 /// A chat message whose sender's next message has already arrived whole is
 /// held for the room's next fan-out ([`Fanout::Held`]): under load, a
 /// burst then leaves in one system call per client rather than one per
-/// message. Whatever is held goes out before any read that could wait, and
-/// before the session ends, so holding never delays a message behind the
-/// client's own silence.
+/// message. What is held goes out ([`Held::release`]) before any read that
+/// could wait, before this session writes anything to its own client, and
+/// before it ends, so holding never delays a message behind the client's
+/// silence, and the client sees its messages and the answers to what
+/// followed them in order.
 fn read_loop(
     shared: &Shared,
     ws: &mut WebSocket<Duplex<'_>>,
     outbox: &Arc<Outbox>,
     me: &Me<'_>,
 ) -> End {
-    let mut holding = false;
+    let mut held = Held {
+        room: &shared.room,
+        any: false,
+    };
     let end = loop {
-        if holding && !ws.get_ref().holds_whole_message() {
-            shared.room.flush_pending();
-            holding = false;
+        if !ws.get_ref().holds_whole_message() {
+            held.release();
         }
         let message = match ws.read() {
             Ok(message) => message,
-            Err(error) => break refuse_on_error(outbox, error),
+            Err(error) => {
+                held.release();
+                break refuse_on_error(outbox, error);
+            }
         };
         // The room may have closed this connection (expiry, slow consumer)
         // while we waited: after its close frame, the client's data counts
         // for nothing (§5.5.1).
         if outbox.is_closing() {
+            held.release();
             break closed_by_room(outbox);
         }
-        match message {
-            Message::Text(text) => {
-                ws.get_mut().took_message();
-                match on_text(shared, ws, outbox, me, &text) {
-                    Step::Next => {}
-                    Step::Held => holding = true,
-                    Step::End(end) => break end,
-                }
+        if let Message::Text(text) = &message {
+            ws.get_mut().took_message();
+            match on_text(shared, ws, outbox, me, text, &mut held) {
+                Step::Next => continue,
+                Step::End(end) => break end,
             }
+        }
+        held.release();
+        match message {
             Message::Binary(_) => break refuse(outbox, CloseReason::binary_refused()),
             Message::Close(frame) => break End::ClientClosed(frame.map(|f| f.code.into())),
             // tungstenite answers pings itself (through the outbox).
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            _ => {}
         }
     };
-    if holding {
-        shared.room.flush_pending();
-    }
+    held.release();
     end
+}
+
+/// Chat messages this session gave the room with [`Fanout::Held`] and
+/// that may not have gone out yet.
+struct Held<'a> {
+    room: &'a Room,
+    any: bool,
+}
+
+impl Held<'_> {
+    /// Sends what is held (or leaves it to a fan-out already under way).
+    fn release(&mut self) {
+        if std::mem::take(&mut self.any) {
+            self.room.flush_pending();
+        }
+    }
 }
 
 /// What [`on_text`] leaves the read loop to do.
 enum Step {
     /// Read the next message.
     Next,
-    /// Read the next message; a chat message is held for the fan-out.
-    Held,
     /// The session is over.
     End(End),
 }
@@ -408,6 +428,7 @@ fn on_text(
     outbox: &Arc<Outbox>,
     me: &Me<'_>,
     text: &str,
+    held: &mut Held<'_>,
 ) -> Step {
     // Decoded first, so that a refusal can name the message it refuses
     // (its `id`).
@@ -418,7 +439,14 @@ fn on_text(
     };
     // Every text frame counts against the rate, whatever it holds: a flood
     // of bad messages or reauths is a flood too.
-    match ws.get_mut().judge_message() {
+    let verdict = ws.get_mut().judge_message();
+    let accepted_chat = matches!(decoded, Ok(Incoming::Chat { .. }))
+        && matches!(verdict, None | Some(Verdict::Accept));
+    if !accepted_chat {
+        // An answer to this message must not overtake the ones before it.
+        held.release();
+    }
+    match verdict {
         None | Some(Verdict::Accept) => {}
         Some(Verdict::Refuse) => {
             notify(
@@ -441,8 +469,12 @@ fn on_text(
             } else {
                 Fanout::Now
             };
-            match shared.room.broadcast(me.id, me.username, &text, id, fanout) {
-                Ok(_) if fanout == Fanout::Held => return Step::Held,
+            let sent = shared.room.broadcast(me.id, me.username, &text, id, fanout);
+            match sent {
+                Ok(_) => held.any |= fanout == Fanout::Held,
+                Err(_) => held.release(),
+            }
+            match sent {
                 Ok(_) => {}
                 // Evicted (expired) meanwhile: nothing more from it.
                 Err(Refused::Gone) => return Step::End(closed_by_room(outbox)),
