@@ -9,6 +9,7 @@
 #   scripts/compare.sh            every scenario, 3 rounds (about 10 min)
 #   scripts/compare.sh --quick    1 round, fewer messages (about 3 min)
 #   ROUNDS=7 ONLY=N=1000 scripts/compare.sh   one scenario, more rounds
+#   PIN=1 scripts/compare.sh      server on core 0, load generator on core 1
 #
 # Scenarios: ping-pong at N = 100, 1,000, 5,000, 10,000 clients of as many
 # distinct users; 4 senders flat out at N = 100; a connect storm of 8,000
@@ -22,12 +23,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
+# With PIN=1 the server runs on core 0 and the load generator on core 1
+# (taskset): where the scheduler puts the two otherwise moves a ping-pong
+# figure by half from one run to the next.
+SERVER_CPU=()
+LOAD_CPU=()
+if [ -n "${PIN:-}" ]; then
+    SERVER_CPU=(taskset -c 0)
+    LOAD_CPU=(taskset -c 1)
+fi
 ONLY=${ONLY:-}
 QUICK=
 case "${1:-}" in
     "") ;;
     --quick) ROUNDS=1; QUICK=1 ;;
-    -h | --help) sed -n '2,20s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
 esac
 
@@ -50,12 +60,12 @@ start() {
         jwtchat)
             # No message rate (the senders go flat out) and room for the
             # 10,000-client runs; otherwise the defaults.
-            ./target/release/jwtchat --bind "127.0.0.1:$PORT" --secret-file "$SECRET" \
+            "${SERVER_CPU[@]}" ./target/release/jwtchat --bind "127.0.0.1:$PORT" --secret-file "$SECRET" \
                 --message-rate 0 --max-connections 12000 --log-level warn \
                 2> "$OUT/server.log" &
             ;;
         tokio | epoll)
-            "./target/release/examples/peer-$1" --bind "127.0.0.1:$PORT" \
+            "${SERVER_CPU[@]}" "./target/release/examples/peer-$1" --bind "127.0.0.1:$PORT" \
                 --secret-file "$SECRET" > /dev/null 2> "$OUT/server.log" &
             ;;
     esac
@@ -76,7 +86,7 @@ measure() {
     if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then return 0; fi
     start "$server"
     echo "== $name, $server, round $round"
-    if "$LOAD" --url "http://127.0.0.1:$PORT" --secret-file "$SECRET" --server-pid "$PID" "$@" \
+    if "${LOAD_CPU[@]}" "$LOAD" --url "http://127.0.0.1:$PORT" --secret-file "$SECRET" --server-pid "$PID" "$@" \
         > "$OUT/run.txt"; then
         grep -v '^{' "$OUT/run.txt" | sed 's/^/   /'
         tail -n 1 "$OUT/run.txt" \
@@ -148,6 +158,8 @@ for name, what, pick, digits in rows:
     j, t, e = (med(name, server, pick) for server in ["jwtchat", "tokio", "epoll"])
     if j is None and t is None:
         continue
+    # The peers send no presence: a ratio to their nothing says nothing.
+    ratios = ["—", "—"] if "sent before" in what else [ratio(j, t), ratio(j, e)]
     print(f"| {name} | {what} | {fmt(j, digits)} | {fmt(t, digits)} | {fmt(e, digits)} "
-          f"| {ratio(j, t)} | {ratio(j, e)} |")
+          f"| {ratios[0]} | {ratios[1]} |")
 EOF
