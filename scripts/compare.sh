@@ -41,7 +41,10 @@ case "${1:-}" in
     *) echo "unknown argument: $1" >&2; exit 2 ;;
 esac
 
-cargo build --release --bins --examples
+# The examples first, then the server alone: built together, cargo would give
+# the server the dev-only crypto features the load generator uses.
+cargo build --release --examples
+cargo build --release --bin jwtchat
 OUT=target/compare
 rm -rf "$OUT" && mkdir -p "$OUT"
 SECRET=$OUT/secret
@@ -60,12 +63,12 @@ start() {
         jwtchat)
             # No message rate (the senders go flat out) and room for the
             # 10,000-client runs; otherwise the defaults.
-            "${SERVER_CPU[@]}" ./target/release/jwtchat --bind "127.0.0.1:$PORT" --secret-file "$SECRET" \
+            ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} ./target/release/jwtchat --bind "127.0.0.1:$PORT" --secret-file "$SECRET" \
                 --message-rate 0 --max-connections 12000 --log-level warn \
                 2> "$OUT/server.log" &
             ;;
         tokio | epoll)
-            "${SERVER_CPU[@]}" "./target/release/examples/peer-$1" --bind "127.0.0.1:$PORT" \
+            ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} "./target/release/examples/peer-$1" --bind "127.0.0.1:$PORT" \
                 --secret-file "$SECRET" > /dev/null 2> "$OUT/server.log" &
             ;;
     esac
@@ -86,7 +89,7 @@ measure() {
     if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then return 0; fi
     start "$server"
     echo "== $name, $server, round $round"
-    if "${LOAD_CPU[@]}" "$LOAD" --url "http://127.0.0.1:$PORT" --secret-file "$SECRET" --server-pid "$PID" "$@" \
+    if ${LOAD_CPU[@]+"${LOAD_CPU[@]}"} "$LOAD" --url "http://127.0.0.1:$PORT" --secret-file "$SECRET" --server-pid "$PID" "$@" \
         > "$OUT/run.txt"; then
         grep -v '^{' "$OUT/run.txt" | sed 's/^/   /'
         tail -n 1 "$OUT/run.txt" \

@@ -581,17 +581,35 @@ fn read_number(path: &str) -> Option<usize> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Tasks (threads) this process's control group may still start:
-/// `pids.max - pids.current`, from the unified hierarchy (cgroup v2,
-/// `0::/path`) or the `pids` controller's (v1). `None` if there is no
-/// limit, as in the root group.
+/// Tasks (threads) this process's control group may still start: the
+/// least `pids.max - pids.current` of its group and every group above it
+/// (a limit on `user-1000.slice` binds a shell's session scope too), from
+/// the unified hierarchy (cgroup v2, `0::/path`) or the `pids` controller's
+/// (v1). `None` if no group on the way up has a limit.
 fn cgroup_task_room() -> Option<usize> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    cgroups.lines().filter_map(pids_dir).find_map(|dir| {
+    let dir = cgroups.lines().find_map(pids_dir)?;
+    let room = |dir: &str| -> Option<usize> {
         let max = read_number(&format!("{dir}/pids.max"))?;
         let current = read_number(&format!("{dir}/pids.current")).unwrap_or(0);
         Some(max.saturating_sub(current))
+    };
+    ancestors(&dir).filter_map(room).min()
+}
+
+/// `dir` and each directory above it, up to the hierarchy's root
+/// (`/sys/fs/cgroup` or `/sys/fs/cgroup/pids`), which is left out: the
+/// root group has no limit files.
+fn ancestors(dir: &str) -> impl Iterator<Item = &str> {
+    let root = if dir.starts_with("/sys/fs/cgroup/pids") {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    std::iter::successors(Some(dir.trim_end_matches('/')), move |d| {
+        d.rfind('/').map(|i| &d[..i])
     })
+    .take_while(move |d| d.len() > root.len())
 }
 
 /// The directory with the `pids` controller's files for one line of
@@ -749,6 +767,21 @@ mod tests {
         );
         assert_eq!(pids_dir("4:memory:/a"), None);
         assert_eq!(pids_dir("garbage"), None);
+        let up: Vec<&str> =
+            ancestors("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope").collect();
+        assert_eq!(
+            up,
+            [
+                "/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope",
+                "/sys/fs/cgroup/user.slice/user-1000.slice",
+                "/sys/fs/cgroup/user.slice",
+            ]
+        );
+        assert_eq!(ancestors("/sys/fs/cgroup/").count(), 0);
+        assert_eq!(
+            ancestors("/sys/fs/cgroup/pids/a").collect::<Vec<_>>(),
+            ["/sys/fs/cgroup/pids/a"]
+        );
     }
 
     #[test]

@@ -341,11 +341,13 @@ fn ws_config(frame_limit: usize) -> WebSocketConfig {
 /// A chat message whose sender's next message has already arrived whole is
 /// held for the room's next fan-out ([`Fanout::Held`]): under load, a
 /// burst then leaves in one system call per client rather than one per
-/// message. What is held goes out ([`Held::release`]) before any read that
-/// could wait, before this session writes anything to its own client, and
-/// before it ends, so holding never delays a message behind the client's
-/// silence, and the client sees its messages and the answers to what
-/// followed them in order.
+/// message. What is held is released ([`Held::release`]) before any read
+/// that could wait, before this session writes anything to its own client,
+/// and before it ends, so holding never delays a message behind the
+/// client's silence. Released means fanned out, or taken by the fan-out
+/// another thread is running; in the first case the client sees its
+/// messages before the answers to what followed them, in the second it may
+/// not, as without holding.
 fn read_loop(
     shared: &Shared,
     ws: &mut WebSocket<Duplex<'_>>,
@@ -406,6 +408,14 @@ impl Held<'_> {
         if std::mem::take(&mut self.any) {
             self.room.flush_pending();
         }
+    }
+}
+
+/// A panic in the read loop (caught in `server::serve_connection`) must
+/// not leave the room's next messages waiting for somebody else's.
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

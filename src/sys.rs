@@ -70,9 +70,15 @@ pub fn release_stack_below_caller() -> usize {
     // and the libc calls it makes are lower, within the margin.
     let marker = 0u8;
     let here = std::hint::black_box(&marker) as *const u8 as usize;
-    let Some(low) = stack_low() else {
+    let Some((low, high)) = stack_bounds() else {
         return 0;
     };
+    // Only on the thread's own stack: called from any other (a signal
+    // stack, a stack some library switched to), the range below would not
+    // be dead.
+    if !(low < here && here <= high) {
+        return 0;
+    }
     let page = page_size();
     let end = here.saturating_sub(MARGIN) & !(page - 1);
     if end <= low {
@@ -91,10 +97,10 @@ pub fn release_stack_below_caller() -> usize {
     if rc == 0 { end - low } else { 0 }
 }
 
-/// The lowest usable address of the calling thread's stack (above its
-/// guard page), if the C library knows it.
+/// The calling thread's stack, lowest usable address (above its guard
+/// page) to its top, if the C library knows it.
 #[cfg(target_os = "linux")]
-fn stack_low() -> Option<usize> {
+fn stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: a zeroed pthread_attr_t is valid storage for
     // pthread_getattr_np to initialise; it is destroyed once, and only if
     // that succeeded. `addr` and `size` are writable.
@@ -107,13 +113,14 @@ fn stack_low() -> Option<usize> {
         let mut size: libc::size_t = 0;
         let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
         libc::pthread_attr_destroy(&mut attr);
-        (rc == 0 && !addr.is_null()).then_some(addr as usize)
+        let low = addr as usize;
+        (rc == 0 && !addr.is_null()).then_some((low, low.saturating_add(size)))
     }
 }
 
 /// Elsewhere `pthread_getattr_np` may not exist: nothing is released.
 #[cfg(not(target_os = "linux"))]
-fn stack_low() -> Option<usize> {
+fn stack_bounds() -> Option<(usize, usize)> {
     None
 }
 
