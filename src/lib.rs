@@ -46,6 +46,7 @@ pub use server::{Server, ServerHandle, StartError};
 
 mod assets;
 mod auth;
+mod capacity;
 mod close;
 #[cfg(feature = "redis")]
 mod cluster;
