@@ -21,6 +21,14 @@
 //! `--max-rooms`), and freed when nobody is in it and it holds no history,
 //! or, with history, when nobody has been in it for `--room-idle-ttl`.
 //!
+//! **With a relay** (`--redis`) every room spans the instances. A room made
+//! here may have history elsewhere, which only Redis can tell, and Redis is
+//! never asked under the map's lock or a room's: the room is registered
+//! *seeding* (deliveries reach it, nobody joins it, it is not freed), the
+//! relay seeds it with no lock held, and then its first member joins under
+//! the map's read lock as usual. Others subscribing meanwhile wait for the
+//! seeding to end (see `room::relay`).
+//!
 //! **Expiry.** The sweep checks every connection once, whichever rooms it
 //! is in (none included: leaving `general` is allowed): it warns a minute
 //! ahead, and takes an expired connection out of all its rooms, closing it
@@ -114,12 +122,15 @@ pub struct Rooms {
     limits: Limits,
     /// Closed connections waiting for their client's close reply.
     reaper: Arc<Reaper>,
+    /// The other instances (`--redis`): every room is joined to it.
+    relay: Option<Arc<dyn Relay>>,
 }
 
 impl Rooms {
-    /// The registry, with `general` (joined to `relay`, with `--redis`).
+    /// The registry, with `general`; with `--redis`, every room it makes
+    /// is joined to `relay`.
     pub fn new(settings: Settings, limits: Limits, relay: Option<Arc<dyn Relay>>) -> Rooms {
-        let general = Arc::new(Room::configured(GENERAL.into(), &settings, relay));
+        let general = Arc::new(Room::configured(GENERAL.into(), &settings, relay.clone()));
         let rooms = HashMap::from([(general.name().clone(), general.clone())]);
         Rooms {
             general,
@@ -129,6 +140,7 @@ impl Rooms {
             settings,
             limits,
             reaper: Arc::default(),
+            relay,
         }
     }
 
@@ -152,10 +164,28 @@ impl Rooms {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `general`: every connection starts in it; with `--redis`, the room
-    /// the relay serves.
+    /// `general`: every connection starts in it.
     pub fn general(&self) -> &Arc<Room> {
         &self.general
+    }
+
+    /// Every room that exists now.
+    pub fn list(&self) -> Vec<Arc<Room>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Starts the relay, if there is one (see [`Relay::start`]).
+    pub fn start_relay(self: &Arc<Self>) {
+        if let Some(relay) = &self.relay {
+            relay.clone().start(self.clone());
+        }
+    }
+
+    /// Stops the relay, if there is one (see [`Relay::stop`]).
+    pub fn stop_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.stop();
+        }
     }
 
     /// The counters (kept by the rooms, shared with the server).
@@ -252,13 +282,25 @@ impl Rooms {
             room.join(member.id, member.client.clone(), Greet::Subscribed);
             room.clone()
         };
-        if let Some(room) = self.read().get(name.as_str()) {
-            return Ok(join(room));
+        // Each turn either joins, or waits out one room's seeding.
+        loop {
+            let seeding = match self.read().get(name.as_str()) {
+                Some(room) if !room.is_seeding() => return Ok(join(room)),
+                Some(room) => room.clone(),
+                None => break,
+            };
+            seeding.wait_seeded();
+            if seeding.is_seeding() {
+                // The relay is taking too long: join without the history
+                // rather than keep the client waiting.
+                return Ok(join(&seeding));
+            }
         }
         let mut rooms = self.write();
         // Another connection may have made it meanwhile.
-        if let Some(room) = rooms.get(name.as_str()) {
-            return Ok(join(room));
+        if rooms.contains_key(name.as_str()) {
+            drop(rooms);
+            return self.join(member, name);
         }
         if rooms.len() >= self.limits.max_rooms {
             return Err(RoomError::TooManyRooms(self.limits.max_rooms));
@@ -266,10 +308,26 @@ impl Rooms {
         let room = Arc::new(Room::configured(
             name.shared().clone(),
             &self.settings,
-            None,
+            self.relay.clone(),
         ));
         rooms.insert(name.shared().clone(), room.clone());
-        Ok(join(&room))
+        let Some(relay) = &self.relay else {
+            return Ok(join(&room));
+        };
+        let seeding = room.begin_seeding();
+        drop(rooms);
+        if let Err(why) = relay.seed(&room) {
+            crate::warn!(
+                "room {:?} starts without its history from Redis ({why}); it gets it once \
+                 Redis is back",
+                room.name()
+            );
+        }
+        // Not freed while seeding, so still the registered room.
+        let _rooms = self.read();
+        let joined = join(&room);
+        drop(seeding);
+        Ok(joined)
     }
 
     /// Takes `member` out of `name`; false if it was not in it.
@@ -384,8 +442,7 @@ impl Rooms {
 
     /// Sends every room's gathered joins and leaves now.
     pub fn flush_presence(&self) {
-        let rooms: Vec<Arc<Room>> = self.read().values().cloned().collect();
-        for room in rooms {
+        for room in self.list() {
             room.flush_presence();
         }
     }
@@ -393,8 +450,7 @@ impl Rooms {
     /// Closes every connection for `reason` (the server is going away);
     /// returns their outboxes, so the caller can wait for them to drain.
     pub fn close_all(&self, reason: &CloseReason) -> Vec<Arc<Outbox>> {
-        let rooms: Vec<Arc<Room>> = self.read().values().cloned().collect();
-        for room in &rooms {
+        for room in &self.list() {
             room.close_all(reason);
         }
         let clients = self.connections();

@@ -216,7 +216,7 @@ impl Server {
         } else if self.metrics_listener.is_none() {
             crate::info!("metrics not served (see --metrics-bind)");
         }
-        self.shared.rooms.general().start_relay();
+        self.shared.rooms.start_relay();
         if let Some(listener) = self.metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 crate::info!("metrics on http://{addr}/metrics");
@@ -368,7 +368,7 @@ impl ServerHandle {
     /// With `--redis`: stops following Redis and tells the other instances
     /// this one is gone (once; later calls do nothing).
     fn stop_relay(&self) {
-        self.shared.rooms.general().stop_relay();
+        self.shared.rooms.stop_relay();
     }
 }
 

@@ -1,10 +1,11 @@
-//! The consumer thread: follows the message and presence streams and hands
-//! what it reads to the room, and snapshots everyone's presence once a
-//! second. Its connection is the one whose health decides whether the
-//! relay takes messages: if it cannot follow the stream, nothing published
-//! now would reach this instance's clients.
+//! The consumer thread: follows the delivery and presence streams and
+//! hands what it reads to the rooms here, seeds rooms that have not had
+//! their history yet, and snapshots everyone's presence once a second. Its
+//! connection is the one whose health decides whether the relay takes
+//! messages: if it cannot follow the stream, nothing published now would
+//! reach this instance's clients.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -13,23 +14,29 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{Connection, RedisResult, Value};
 
-use super::millis;
+use super::presence::split_entry;
 use super::{BACKOFF_MAX, BACKOFF_MIN, Cluster, HEARTBEAT, INSTANCE_TTL, IO_TIMEOUT, SETTLE};
+use super::{lock, millis};
 use crate::metrics;
-use crate::room::{Delivery, RemotePresence, Room};
+use crate::room::{Delivery, RemotePresence, Seed};
+use crate::rooms::Rooms;
 
 /// Entries one `XREAD` returns at most per stream.
 const READ_BATCH: usize = 512;
 
-/// Another instance's user set as last read, with its version.
-type KnownSets = HashMap<String, (String, std::collections::BTreeSet<Arc<str>>)>;
+/// Another instance's `room<US>user` entries as last read, with their
+/// version.
+type KnownSets = HashMap<String, (String, BTreeSet<Arc<str>>)>;
 
 impl Cluster {
     /// The consumer thread: connect, follow, and when the connection
     /// breaks, be unavailable until it is back.
-    pub(super) fn consume(&self, room: &Room) {
+    pub(super) fn consume(&self, rooms: &Rooms) {
         let mut backoff = BACKOFF_MIN;
         let mut lost = false;
+        // Whether `delivered` says where to read on (after the first
+        // connection), or the stream's end is where to begin.
+        let mut following = false;
         while !self.stopping() {
             let ended = self.guarded(|| {
                 let mut con = self.connect(HEARTBEAT + IO_TIMEOUT)?;
@@ -38,7 +45,7 @@ impl Cluster {
                     lost = false;
                 }
                 backoff = BACKOFF_MIN;
-                self.follow(&mut con, room)
+                self.follow(&mut con, rooms, &mut following)
             });
             if let Err(error) = ended {
                 self.failed("reading the streams", &error, lost);
@@ -53,19 +60,26 @@ impl Cluster {
 
     /// Reads both streams on one connection until it fails or the relay
     /// stops.
-    fn follow(&self, con: &mut Connection, room: &Room) -> RedisResult<()> {
-        if room.last_seq() == 0 {
-            room.seed_history(self.recent(con)?);
-        }
-        self.settle(con, room)?;
+    fn follow(&self, con: &mut Connection, rooms: &Rooms, following: &mut bool) -> RedisResult<()> {
+        // First where to read from, then the histories: a message stored
+        // in between is both in a history and delivered, and the room
+        // skips it the second time (by its `seq`); the other way round it
+        // could be in neither.
+        let start = if *following {
+            self.delivered.load(Ordering::Relaxed)
+        } else {
+            self.stream_end(con)?
+        };
+        self.seed_unseeded(con, rooms)?;
+        self.settle(con, rooms, start)?;
         let connected = Instant::now();
         // Versions are only comparable within one Redis's life: start over.
         let mut known = KnownSets::new();
-        let mut presence_cursor = self.snapshot(con, room, &mut known, true)?;
-        // The stream's entry ids are `<seq>-0`, so the last seq delivered is
-        // where reading goes on; after that, the last id read.
-        let mut cursor = format!("{}-0", room.last_seq());
-        self.delivered.store(room.last_seq(), Ordering::Relaxed);
+        let mut presence_cursor = self.snapshot(con, rooms, &mut known, true)?;
+        // The delivery stream's entry ids are `<number>-0`.
+        let mut cursor = format!("{start}-0");
+        self.delivered.store(start, Ordering::Relaxed);
+        *following = true;
         self.set_down(None);
         self.tried.store(true, Ordering::Release);
         let mut next_snapshot = connected + HEARTBEAT;
@@ -76,7 +90,7 @@ impl Cluster {
                 // may just not have rewritten its set yet: keep its users
                 // for one TTL rather than flap them offline and back.
                 let settling = now < connected + INSTANCE_TTL;
-                presence_cursor = self.snapshot(con, room, &mut known, settling)?;
+                presence_cursor = self.snapshot(con, rooms, &mut known, settling)?;
                 next_snapshot = now + HEARTBEAT;
             }
             let block = next_snapshot
@@ -99,10 +113,10 @@ impl Cluster {
                 };
                 if stream.key == self.keys.messages {
                     cursor = last.id.clone();
-                    self.hand_to_room(room, &stream.ids);
+                    self.hand_to_rooms(rooms, &stream.ids);
                 } else {
                     presence_cursor = last.id.clone();
-                    if self.apply_presence(room, &stream.ids) {
+                    if self.apply_presence(rooms, &stream.ids) {
                         next_snapshot = Instant::now();
                     }
                 }
@@ -111,18 +125,85 @@ impl Cluster {
         Ok(())
     }
 
-    /// Raises the counter to what this instance has delivered, and if this
-    /// Redis's data has just begun, waits until every instance has had the
-    /// time to do the same (see [`SETTLE`]).
-    fn settle(&self, con: &mut Connection, room: &Room) -> RedisResult<()> {
+    /// The delivery stream's newest number (0 if empty): where an instance
+    /// that has delivered nothing yet begins. What came before is history,
+    /// which each room reads from its own keys.
+    fn stream_end(&self, con: &mut Connection) -> RedisResult<u64> {
+        let top: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.keys.messages)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(con)?;
+        Ok(top.ids.first().and_then(|e| number(&e.id)).unwrap_or(0))
+    }
+
+    /// Seeds every room here that has not had its history yet: `general`
+    /// at start, and rooms made while Redis was away.
+    fn seed_unseeded(&self, con: &mut Connection, rooms: &Rooms) -> RedisResult<()> {
+        for room in rooms.list().into_iter().filter(|r| r.is_unseeded()) {
+            room.seed(self.fetch(con, room.name())?);
+        }
+        Ok(())
+    }
+
+    /// Room `room`'s last `seq` and newest `--history` messages, read at
+    /// one instant.
+    pub(super) fn fetch(&self, con: &mut Connection, room: &str) -> RedisResult<Seed> {
+        let keys = self.keys.room(room);
+        let (last_seq, newest): (Option<u64>, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(&keys.seq)
+            .cmd("XREVRANGE")
+            .arg(&keys.history)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(self.history.max(1))
+            .query(con)?;
+        let mut history: Vec<Delivery> = newest
+            .ids
+            .iter()
+            .rev()
+            .filter_map(|entry| {
+                let seq = number(&entry.id)?;
+                message(entry, room, seq)
+            })
+            .collect();
+        // `--history 0` read one, only for its `seq`.
+        history.truncate(self.history.min(history.len()));
+        Ok(Seed {
+            last_seq: last_seq.unwrap_or(0),
+            history,
+        })
+    }
+
+    /// Raises the delivery counter to what this instance has read, and
+    /// each room's counter to its last `seq` here, and if this Redis's data
+    /// has just begun, waits until every instance has had the time to do
+    /// the same (see [`SETTLE`]).
+    fn settle(&self, con: &mut Connection, rooms: &Rooms, delivered: u64) -> RedisResult<()> {
         let wait: u64 = self
             .scripts
             .connect
             .key(&self.keys.epoch)
             .key(&self.keys.seq)
-            .arg(room.last_seq())
+            .arg(delivered)
             .arg(millis(SETTLE))
             .invoke(con)?;
+        // One room's keys per call: each is on its room's shard.
+        for room in rooms.list() {
+            let last = room.last_seq();
+            if last > 0 {
+                self.scripts
+                    .raise
+                    .key(self.keys.room(room.name()).seq)
+                    .arg(last)
+                    .invoke::<()>(con)?;
+            }
+        }
         if wait > 0 {
             crate::info!(
                 "redis: its data is new (first start, or it lost it); \
@@ -136,75 +217,88 @@ impl Cluster {
         Ok(())
     }
 
-    /// The newest messages in the stream, oldest first, for the history.
-    fn recent(&self, con: &mut Connection) -> RedisResult<Vec<Delivery>> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(&self.keys.messages)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            // At least one, for the `seq` to go on from.
-            .arg(self.history.max(1))
-            .query(con)?;
-        Ok(reply.ids.iter().rev().filter_map(delivery).collect())
-    }
-
-    /// Hands messages read from the stream to the room.
-    fn hand_to_room(&self, room: &Room, entries: &[StreamId]) {
-        let messages: Vec<Delivery> = entries.iter().filter_map(delivery).collect();
-        if messages.len() < entries.len() {
-            crate::warn!(
-                "redis: skipped {} stream entries that are not chat messages",
-                entries.len() - messages.len()
-            );
+    /// Hands messages read from the delivery stream to their rooms here, in
+    /// order within each room (a room not here has nobody to tell).
+    fn hand_to_rooms(&self, rooms: &Rooms, entries: &[StreamId]) {
+        let mut by_room: Vec<(String, Vec<Delivery>)> = Vec::new();
+        let mut numbers = Vec::new();
+        for entry in entries {
+            let Some((n, delivery)) = delivery(entry) else {
+                crate::warn!("redis: skipped a stream entry that is not a chat message");
+                continue;
+            };
+            numbers.push(n);
+            match by_room.iter_mut().find(|(room, _)| *room == delivery.room) {
+                Some((_, messages)) => messages.push(delivery),
+                None => by_room.push((delivery.room.clone(), vec![delivery])),
+            }
         }
-        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
             return;
         };
-        let before = room.last_seq();
-        if before > 0 && first.seq > before + 1 {
+        let before = self.delivered.load(Ordering::Relaxed);
+        if before > 0 && first > before + 1 {
             // The stream no longer held them: this instance was cut off
             // for longer than the stream lasts, or Redis lost its data.
-            let missed = first.seq - before - 1;
+            let missed = first - before - 1;
             metrics::add(&self.counters.missed, missed);
             crate::warn!(
-                "redis: {missed} messages (seq {}..{}) were gone from the stream before this \
-                 instance read them",
+                "redis: {missed} messages (numbers {}..{}) were gone from the stream before \
+                 this instance read them",
                 before + 1,
-                first.seq - 1
+                first - 1
             );
         }
-        room.deliver_relayed(&messages);
-        self.delivered.store(last.seq, Ordering::Relaxed);
+        for (name, messages) in by_room {
+            if let Some(room) = rooms.get(&name) {
+                room.deliver_relayed(&messages);
+            }
+        }
+        self.delivered.store(last, Ordering::Relaxed);
     }
 
-    /// Applies other instances' presence events; true if one asks for a
+    /// Applies other instances' presence events to the rooms concerned
+    /// (and to what rooms made later start from); true if one asks for a
     /// fresh snapshot (an instance resynced or left).
-    fn apply_presence(&self, room: &Room, events: &[StreamId]) -> bool {
+    fn apply_presence(&self, rooms: &Rooms, events: &[StreamId]) -> bool {
         let mut resnapshot = false;
+        let mut remote = lock(&self.remote);
         for event in events {
             let instance: Option<String> = event.get("instance");
             let Some(instance) = instance.filter(|i| *i != self.id) else {
                 continue;
             };
             let op: Option<String> = event.get("op");
-            let user: Option<String> = event.get("user");
-            match (op.as_deref(), user) {
-                (Some("join"), Some(user)) => room.remote_presence(&instance, &user, true),
-                (Some("leave"), Some(user)) => room.remote_presence(&instance, &user, false),
-                _ => resnapshot = true,
+            let entry: Option<String> = event.get("entry");
+            let online = match op.as_deref() {
+                Some("join") => true,
+                Some("leave") => false,
+                _ => {
+                    resnapshot = true;
+                    continue;
+                }
+            };
+            let Some((room, user)) = entry.as_deref().and_then(split_entry) else {
+                resnapshot = true;
+                continue;
+            };
+            note_remote(&mut remote, room, &instance, user, online);
+            if let Some(room) = rooms.get(room) {
+                room.remote_presence(&instance, user, online);
             }
         }
         resnapshot
     }
 
-    /// Reads the other live instances' users at once (only the sets that
-    /// changed since `known`) and gives them to the room; returns the
-    /// presence stream id the snapshot is as of.
+    /// Reads the other live instances' entries at once (only the sets that
+    /// changed since `known`) and gives each room here who is in it
+    /// elsewhere; returns the presence stream id the snapshot is as of.
+    /// With `keep_missing`, an instance missing from Redis keeps its last
+    /// known entries (just after a reconnect, see [`Cluster::follow`]).
     fn snapshot(
         &self,
         con: &mut Connection,
-        room: &Room,
+        rooms: &Rooms,
         known: &mut KnownSets,
         keep_missing: bool,
     ) -> RedisResult<String> {
@@ -223,42 +317,113 @@ impl Cluster {
             None => "0-0".to_string(),
         };
         let mut live = KnownSets::new();
-        while let (Some(id), Some(version), Some(users)) =
+        while let (Some(id), Some(version), Some(entries)) =
             (items.next(), items.next(), items.next())
         {
             let id: String = redis::from_redis_value(id)?;
             let version: String = redis::from_redis_value(version)?;
-            let users = match users {
+            let entries = match entries {
                 // Unchanged since the copy we have.
                 Value::Nil => known
                     .remove(&id)
-                    .map(|(_, users)| users)
+                    .map(|(_, entries)| entries)
                     .unwrap_or_default(),
-                users => {
-                    let users: Vec<String> = redis::from_redis_value(users)?;
-                    users.into_iter().map(Arc::from).collect()
+                entries => {
+                    let entries: Vec<String> = redis::from_redis_value(entries)?;
+                    entries.into_iter().map(Arc::from).collect()
                 }
             };
-            live.insert(id, (version, users));
+            live.insert(id, (version, entries));
+        }
+        if keep_missing {
+            // Kept without its version: once it is back, its set may have
+            // started over at the same version (Redis forgot it), so the
+            // next snapshot must read it whole.
+            for (id, (_, entries)) in known.drain() {
+                live.entry(id).or_insert((String::new(), entries));
+            }
         }
         *known = live;
-        let remote: RemotePresence = known
-            .iter()
-            .map(|(id, (_, users))| (id.as_str().into(), users.clone()))
-            .collect();
-        room.remote_snapshot(remote, keep_missing);
+        let by_room = per_room(known);
+        let mut remote = lock(&self.remote);
+        *remote = by_room;
+        for room in rooms.list() {
+            let elsewhere = remote.get(&**room.name()).cloned().unwrap_or_default();
+            room.remote_snapshot(elsewhere, false);
+        }
         Ok(cursor)
     }
 }
 
-/// A message as the stream holds it: the id is `<seq>-0`.
-fn delivery(entry: &StreamId) -> Option<Delivery> {
-    let seq = entry.id.split('-').next()?.parse().ok()?;
+/// The instances' entries, as who is in each room on which instance.
+fn per_room(known: &KnownSets) -> HashMap<Arc<str>, RemotePresence> {
+    let mut rooms: HashMap<Arc<str>, RemotePresence> = HashMap::new();
+    for (instance, (_, entries)) in known {
+        for (room, user) in entries.iter().filter_map(|e| split_entry(e)) {
+            rooms
+                .entry(room.into())
+                .or_default()
+                .entry(instance.as_str().into())
+                .or_default()
+                .insert(user.into());
+        }
+    }
+    rooms
+}
+
+/// Notes one presence event in the last word per room.
+fn note_remote(
+    remote: &mut HashMap<Arc<str>, RemotePresence>,
+    room: &str,
+    instance: &str,
+    user: &str,
+    online: bool,
+) {
+    if online {
+        remote
+            .entry(room.into())
+            .or_default()
+            .entry(instance.into())
+            .or_default()
+            .insert(user.into());
+        return;
+    }
+    let Some(instances) = remote.get_mut(room) else {
+        return;
+    };
+    if let Some(users) = instances.get_mut(instance) {
+        users.remove(user);
+        if users.is_empty() {
+            instances.remove(instance);
+        }
+    }
+    if instances.is_empty() {
+        remote.remove(room);
+    }
+}
+
+/// The number in a stream entry id `<number>-0`.
+fn number(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// A message of `room` as a stream holds it, numbered `seq` in its room.
+fn message(entry: &StreamId, room: &str, seq: u64) -> Option<Delivery> {
     Some(Delivery {
         seq,
+        room: room.to_string(),
         from: entry.get("from")?,
         text: entry.get("text")?,
         ts: entry.get("ts").unwrap_or(0),
         id: entry.get("cid"),
     })
+}
+
+/// A message as the delivery stream holds it: its delivery number (the
+/// entry id), and the message with its room and `seq` there.
+fn delivery(entry: &StreamId) -> Option<(u64, Delivery)> {
+    let n = number(&entry.id)?;
+    let room: String = entry.get("room")?;
+    let seq: u64 = entry.get("rseq")?;
+    Some((n, message(entry, &room, seq)?))
 }

@@ -1,62 +1,76 @@
-//! Several instances, one room, over Redis (`--features redis`,
-//! `--redis URL`): the [`Relay`] that joins this instance's [`Room`] to
-//! every other one using the same Redis and key prefix.
+//! Several instances, every room shared, over Redis (`--features redis`,
+//! `--redis URL`): the [`Relay`] that joins this instance's rooms to every
+//! other instance using the same Redis and key prefix.
 //!
 //! ```text
 //!   instance A                         Redis                          instance B
 //!  ┌───────────┐ EVAL publish ┌─────────────────────────┐
-//!  │ a reader  │─────────────►│ P:seq       INCR        │
-//!  │ thread    │◄── seq ──────│ P:messages  stream,     │  XREAD BLOCK  ┌──────────┐
-//!  └───────────┘              │   id = seq, MAXLEN ~    │──────────────►│ consumer │─► room.deliver
-//!  ┌───────────┐ XREAD BLOCK  │   10,000                │               └──────────┘   ─► clients
-//!  │ consumer  │◄─────────────│ P:presence  stream of   │
+//!  │ a reader  │─────────────►│ P:seq, {P:R}:seq  INCR  │
+//!  │ thread    │◄── R's seq ──│ P:messages  stream,     │  XREAD BLOCK  ┌──────────┐
+//!  └───────────┘              │   every room, MAXLEN ~  │──────────────►│ consumer │─► rooms.get(R)
+//!  ┌───────────┐ XREAD BLOCK  │ {P:R}:history  R's own  │               └──────────┘   .deliver
+//!  │ consumer  │◄─────────────│ P:presence  stream of   │                              ─► R's clients
 //!  └─────┬─────┘              │   join/leave events     │
-//!        ▼ room.deliver       │ P:online:ID set, TTL    │◄─ SADD/SREM, heartbeat ─ presence thread
+//!        ▼ rooms.get(R)       │ P:online:ID set, TTL    │◄─ SADD/SREM, heartbeat ─ presence thread
 //!  ┌───────────┐ SADD/SREM,   │ P:instances zset of     │
 //!  │ presence  │─ heartbeat ─►│   live ids (by expiry)  │
 //!  └───────────┘              └─────────────────────────┘
 //! ```
 //!
 //! **Messages** ([`Relay::publish`], here). A reader thread runs one Lua
-//! script: `INCR P:seq`, then `XADD P:messages <seq>-0 ...`. A script runs
-//! atomically, so every instance's messages share one `seq` sequence, and
-//! the stream holds them in that order (the entry id *is* the `seq`).
-//! Nothing is fanned out at that point.
+//! script: it numbers the message twice, `INCR P:seq` (the delivery
+//! number, over every room) and `INCR {P:R}:seq` (the room's `seq`), then
+//! appends it to `P:messages` under the delivery number and to the room's
+//! own `{P:R}:history` under its `seq`. A script runs atomically, so every
+//! instance's messages to a room share one `seq` sequence, and the
+//! delivery stream holds every room's messages in one order. Nothing is
+//! fanned out at that point.
 //!
 //! **Delivery** ([`follow`]). Each instance has one consumer thread that
-//! follows the stream with `XREAD BLOCK` from the last entry it read and
-//! hands what it reads to [`Room::deliver_relayed`]: the sender's own instance
-//! included, so every client everywhere sees the same order. A consumer
-//! whose connection drops reconnects and reads on from the same id, so
-//! nothing is lost or repeated (as long as the stream still holds it: it
-//! keeps [`STREAM_MIN_LEN`] messages, or `--history` if more). The newest
-//! `--history` entries are also the `welcome.history` of an instance that
-//! starts.
+//! follows the delivery stream with `XREAD BLOCK` from the last entry it
+//! read and hands each message to its room here, if the room exists here
+//! ([`Room::deliver_relayed`]): the sender's own instance included, so
+//! every client everywhere sees a room's messages in the same order. A
+//! consumer whose connection drops reconnects and reads on from the same
+//! number, so nothing is lost or repeated (as long as the stream still
+//! holds it: it keeps [`STREAM_MIN_LEN`] messages, or `--history` if more).
 //!
-//! **Presence** ([`presence`]). Each instance keeps the set of its users in
-//! `P:online:<id>` and announces each change on the `P:presence` stream,
-//! which every consumer reads alongside the messages. Every second an
+//! **History.** A room made here (the first subscribe on this instance,
+//! or `general` at start) reads its newest `--history` messages and its
+//! last `seq` from its own keys ([`Relay::seed`]), so `subscribed.history`
+//! and `last_seq` are the same on every instance. See `crate::rooms` for
+//! how this avoids both Redis under a lock and a message falling between
+//! the read and the room's first delivery.
+//!
+//! **Presence** ([`presence`]). Each instance keeps the set of its users,
+//! per room, in `P:online:<id>` (entries `room<US>user`) and announces
+//! each change on the `P:presence` stream, which every consumer reads
+//! alongside the messages and hands to the room concerned. Every second an
 //! instance renews its entry in `P:instances` (a sorted set scored by
 //! expiry), and reads the sets that changed, to correct any drift; an
 //! instance that stops renewing (it crashed) drops out after
-//! [`INSTANCE_TTL`], and its users get a `leave`.
+//! [`INSTANCE_TTL`], and its users get a `leave` in each of their rooms.
+//! The consumer keeps the last word per room (even rooms not here), so a
+//! room made here later starts with who is in it elsewhere.
 //!
 //! **Redis away.** The consumer's connection breaking marks the relay
 //! unavailable: messages are refused with `unavailable`, `/healthz` says
 //! 503, clients stay connected. The threads retry with back-off and
 //! everything resumes when Redis answers. A Redis that comes back without
-//! its data would start `seq` at 1 again: each consumer, as it reconnects,
-//! raises the counter to the last `seq` it delivered, and nobody publishes
-//! until [`SETTLE`] after Redis's data began, by when every instance that
-//! was following has reconnected.
+//! its data would start the numbers at 1 again: each consumer, as it
+//! reconnects, raises the delivery counter and each of its rooms' counters
+//! to the last it delivered, and nobody publishes until [`SETTLE`] after
+//! Redis's data began, by when every instance that was following has
+//! reconnected.
 //!
-//! The scripts and keys are in [`scripts`].
+//! The scripts and keys are in [`scripts`]; what a Redis Cluster would
+//! refuse is said there.
 
 mod follow;
 mod presence;
 mod scripts;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
@@ -66,7 +80,8 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult};
 
 use crate::metrics::{self, RedisCounters};
-use crate::room::{Relay, Room, Unavailable};
+use crate::room::{Relay, RemotePresence, Room, Unavailable};
+use crate::rooms::Rooms;
 use scripts::{Keys, Scripts};
 
 /// How often an instance renews its heartbeat and re-reads everyone's
@@ -145,7 +160,8 @@ pub struct Cluster {
     id: String,
     /// The message stream's `MAXLEN` (see [`STREAM_MIN_LEN`]).
     stream_len: usize,
-    /// `--history`: how many messages a starting instance reads back.
+    /// `--history`: how many messages a room made here reads back, and
+    /// (at least 1) each room's history stream's `MAXLEN`.
     history: usize,
     publishers: Vec<Mutex<Option<Publisher>>>,
     next_publisher: AtomicUsize,
@@ -157,12 +173,17 @@ pub struct Cluster {
     /// The consumer has tried Redis once: it follows the stream, or knows
     /// it cannot.
     tried: AtomicBool,
-    /// The highest `seq` delivered here (the room's, kept here too so that
-    /// publishing does not take the room's lock): the floor for numbering.
+    /// The highest delivery number read here (from `P:messages`): where
+    /// the consumer reads on after a reconnect, and the floor for numbering.
     delivered: AtomicU64,
-    /// Users whose presence here changed since the presence thread last
-    /// wrote them.
-    changed: Mutex<BTreeSet<Arc<str>>>,
+    /// (room, user) pairs whose presence here changed since the presence
+    /// thread last wrote them.
+    changed: Mutex<BTreeSet<(Arc<str>, Arc<str>)>>,
+    /// Who is in each room on the other instances, as the consumer last
+    /// read it (rooms not here included): what a room made here starts
+    /// from. The consumer holds this lock while it hands presence to the
+    /// rooms, so that a room being seeded misses nothing in between.
+    remote: Mutex<HashMap<Arc<str>, RemotePresence>>,
     wake: Condvar,
     counters: Arc<RedisCounters>,
     stop: AtomicBool,
@@ -194,6 +215,7 @@ impl Cluster {
             tried: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             changed: Mutex::new(BTreeSet::new()),
+            remote: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
             counters,
             stop: AtomicBool::new(false),
@@ -208,15 +230,15 @@ impl Cluster {
 
     fn spawn(
         self: &Arc<Self>,
-        room: &Arc<Room>,
+        rooms: &Arc<Rooms>,
         name: &str,
-        body: fn(&Cluster, &Room),
+        body: fn(&Cluster, &Rooms),
     ) -> Option<thread::JoinHandle<()>> {
-        let (cluster, room) = (self.clone(), room.clone());
+        let (cluster, rooms) = (self.clone(), rooms.clone());
         let spawned = thread::Builder::new()
             .name(name.into())
             .stack_size(256 * 1024)
-            .spawn(move || body(&cluster, &room));
+            .spawn(move || body(&cluster, &rooms));
         spawned
             .inspect_err(|e| crate::error!("cannot start the {name} thread: {e}"))
             .ok()
@@ -250,7 +272,7 @@ impl Cluster {
         let up = why.is_none();
         let mut down = self.down.write().unwrap_or_else(PoisonError::into_inner);
         if down.is_some() && up {
-            crate::info!("redis: connected; following the room's stream");
+            crate::info!("redis: connected; following the rooms' stream");
         } else if down.is_none() && !up {
             crate::warn!("redis: unavailable; chat messages are refused until it is back");
             self.outages.fetch_add(1, Ordering::Release);
@@ -259,38 +281,58 @@ impl Cluster {
         self.counters.up.store(u64::from(up), Ordering::Relaxed);
     }
 
-    /// Publishes on one of the pooled connections, taking turns.
-    fn publish_on_pool(
+    /// Runs `body` on one of the pooled connections, taking turns; `what`
+    /// names it in the log if it fails.
+    fn on_pool<T>(
         &self,
-        from: &str,
-        text: &str,
-        id: Option<&str>,
-    ) -> Result<u64, Unavailable> {
+        what: &str,
+        body: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, Unavailable> {
         let turn = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
         let mut slot = lock(&self.publishers[turn]);
         // Waiting for the slot may have outlasted Redis (a hung Redis
         // holds each slot for a timeout): do not queue behind it.
         self.health()?;
-        let floor = self.delivered.load(Ordering::Relaxed);
-        let stored = self.ready_publisher(&mut slot).and_then(|con| {
+        let done = self.ready_publisher(&mut slot).and_then(body);
+        done.map_err(|error| {
+            *slot = None;
+            self.failed(what, &error.to_string(), false);
+            Unavailable(short(&error))
+        })
+    }
+
+    /// Publishes on the pool (see [`Relay::publish`]).
+    fn publish_on_pool(
+        &self,
+        room: &str,
+        floor: u64,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<u64, Unavailable> {
+        let keys = self.keys.room(room);
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let stored = self.on_pool("publishing a message", |con| {
             self.scripts
                 .publish
                 .key(&self.keys.seq)
                 .key(&self.keys.messages)
+                .key(&keys.seq)
+                .key(&keys.history)
+                .arg(room)
                 .arg(from)
                 .arg(text)
                 .arg(self.stream_len)
-                .arg(floor)
+                .arg(delivered)
                 .arg(id.unwrap_or(""))
+                .arg(floor)
+                .arg(self.history.max(1))
                 .invoke::<u64>(con)
         });
-        stored.map_err(|error| {
-            *slot = None;
-            self.failed("publishing a message", &error.to_string(), false);
-            // It may have been stored all the same (the reply was lost).
+        // It may have been stored all the same (the reply was lost).
+        stored.map_err(|Unavailable(why)| {
             Unavailable(format!(
-                "Redis did not confirm it ({}); it may still appear",
-                short(&error)
+                "Redis did not confirm it ({why}); it may still appear"
             ))
         })
     }
@@ -338,18 +380,43 @@ impl Cluster {
 }
 
 impl Relay for Cluster {
-    fn publish(&self, from: &str, text: &str, id: Option<&str>) -> Result<u64, Unavailable> {
+    fn publish(
+        &self,
+        room: &str,
+        floor: u64,
+        from: &str,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<u64, Unavailable> {
         self.health()?;
-        self.publish_on_pool(from, text, id)
+        self.publish_on_pool(room, floor, from, text, id)
+    }
+
+    /// Who is in the room elsewhere first (the consumer's last word, taken
+    /// under its lock, so no event falls in between), then its history.
+    fn seed(&self, room: &Room) -> Result<(), Unavailable> {
+        {
+            let remote = lock(&self.remote);
+            let elsewhere = remote.get(&**room.name()).cloned().unwrap_or_default();
+            room.remote_snapshot(elsewhere, false);
+        }
+        // Nobody is in it yet: the list goes out now, for its first
+        // member's `subscribed`, rather than with the next window.
+        room.flush_presence();
+        let seed = self.on_pool("reading a room's history", |con| {
+            self.fetch(con, room.name())
+        })?;
+        room.seed(seed);
+        Ok(())
     }
 
     /// Starts the consumer and the presence thread, which run until
     /// [`Relay::stop`], and waits for the consumer's first try at Redis,
     /// so that a server whose Redis is up takes messages from its first
     /// client.
-    fn start(self: Arc<Self>, room: Arc<Room>) {
-        self.spawn(&room, "redis-consumer", Cluster::consume);
-        *lock(&self.presence_thread) = self.spawn(&room, "redis-presence", Cluster::keep_present);
+    fn start(self: Arc<Self>, rooms: Arc<Rooms>) {
+        self.spawn(&rooms, "redis-consumer", Cluster::consume);
+        *lock(&self.presence_thread) = self.spawn(&rooms, "redis-presence", Cluster::keep_present);
         let deadline = Instant::now() + CONNECT_TIMEOUT + IO_TIMEOUT + SETTLE;
         while !self.tried.load(Ordering::Acquire) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(2));
@@ -392,8 +459,8 @@ impl Relay for Cluster {
         }
     }
 
-    fn presence_changed(&self, user: &Arc<str>) {
-        lock(&self.changed).insert(user.clone());
+    fn presence_changed(&self, room: &Arc<str>, user: &Arc<str>) {
+        lock(&self.changed).insert((room.clone(), user.clone()));
         self.wake.notify_one();
     }
 

@@ -1,59 +1,87 @@
-//! The Redis side of the relay: the keys of one room and the Lua scripts
-//! that change them. A script runs atomically in Redis (nothing else runs
-//! in between), which is what makes a `seq` unique and a presence snapshot
-//! consistent. Times come from Redis's own clock (`TIME`), so instances
-//! whose clocks disagree still agree on heartbeats.
+//! The Redis side of the relay: the keys and the Lua scripts that change
+//! them. A script runs atomically in Redis (nothing else runs in between),
+//! which is what makes a `seq` unique and a presence snapshot consistent.
+//! Times come from Redis's own clock (`TIME`), so instances whose clocks
+//! disagree still agree on heartbeats.
 //!
-//! | key (`P` = `--redis-prefix`) | type | holds |
+//! | key (`P` = `--redis-prefix`, `R` = a room) | type | holds |
 //! |---|---|---|
-//! | `P:seq` | string | the last `seq` handed out |
-//! | `P:messages` | stream | the messages, entry id `<seq>-0` |
+//! | `P:seq` | string | the last delivery number handed out (all rooms) |
+//! | `P:messages` | stream | every room's messages, entry id `<delivery number>-0`, fields `room`, `rseq` (the room's `seq`), `from`, `text`, `ts`, `cid` |
+//! | `{P:R}:seq` | string | room `R`'s last `seq` |
+//! | `{P:R}:history` | stream | room `R`'s messages, entry id `<seq>-0`, `MAXLEN ~ --history` |
 //! | `P:epoch` | string | when this Redis's data began (ms) |
-//! | `P:presence` | stream | `join`/`leave`/`sync`/`gone` events |
+//! | `P:presence` | stream | `join`/`leave` (of a `R<US>user` entry), `sync`/`gone` events |
 //! | `P:instances` | sorted set | live instance ids, scored by expiry (ms) |
-//! | `P:online:<id>` | set, TTL | the users on instance `<id>` |
+//! | `P:online:<id>` | set, TTL | the `R<US>user` entries on instance `<id>` (`<US>` = `\x1f`) |
 //! | `P:version:<id>` | string, TTL | bumped on each change of that set |
+//!
+//! A room's own keys share the hash tag `{P:R}`, so a Redis Cluster would
+//! keep each room's counter and history together on one shard. The scripts
+//! themselves are not Cluster-ready: the publish script writes `P:seq` and
+//! `P:messages` with the room's keys, and the snapshot computes key names,
+//! which a Redis Cluster refuses (`CROSSSLOT`). One Redis (with replicas)
+//! is what the relay supports.
 
 use redis::Script;
 
-/// Numbers and stores one message. KEYS: seq counter, message stream.
-/// ARGV: from, text, stream length, floor (the highest `seq` the caller
-/// has delivered), the sender's message id ("" for none, then the entry has
-/// no `cid` field). Returns the `seq`.
+/// Numbers and stores one message to a room. KEYS: delivery counter,
+/// delivery stream, the room's counter, the room's history. ARGV: room,
+/// from, text, delivery stream length, delivery floor (the highest number
+/// the caller has delivered), the sender's message id ("" for none, then
+/// the entry has no `cid` field), room floor (the room's last `seq` at the
+/// caller), room history length. Returns the room's `seq`.
+///
+/// Each counter is raised past its stream's newest entry and the caller's
+/// floor first: a counter behind what clients have seen (Redis lost it)
+/// must never hand out a number twice.
 const PUBLISH: &str = r"
-local seq = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[4])
-local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #top > 0 then
-  local last = tonumber(string.match(top[1][1], '^%d+'))
-  if last > floor then floor = last end
+local function next_number(counter, stream, floor)
+  local n = redis.call('INCR', counter)
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local last = tonumber(string.match(top[1][1], '^%d+'))
+    if last > floor then floor = last end
+  end
+  if n <= floor then
+    n = floor + 1
+    redis.call('SET', counter, n)
+  end
+  return n
 end
-if seq <= floor then
-  -- The counter is behind what clients have seen (Redis lost it):
-  -- never hand out a seq twice.
-  seq = floor + 1
-  redis.call('SET', KEYS[1], seq)
-end
+local number = next_number(KEYS[1], KEYS[2], tonumber(ARGV[5]))
+local seq = next_number(KEYS[3], KEYS[4], tonumber(ARGV[7]))
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local entry = string.format('%d-0', seq)
-if ARGV[5] == '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], entry,
-    'from', ARGV[1], 'text', ARGV[2], 'ts', ts)
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], entry,
-    'from', ARGV[1], 'text', ARGV[2], 'ts', ts, 'cid', ARGV[5])
+local fields = { 'room', ARGV[1], 'rseq', seq, 'from', ARGV[2], 'text', ARGV[3], 'ts', ts }
+if ARGV[6] ~= '' then
+  table.insert(fields, 'cid')
+  table.insert(fields, ARGV[6])
 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-0', number),
+  unpack(fields))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], string.format('%d-0', seq),
+  'from', ARGV[2], 'text', ARGV[3], 'ts', ts)
 return seq
 ";
 
-/// An instance's consumer has (re)connected. KEYS: epoch, seq counter.
-/// ARGV: the highest `seq` it has delivered, the settling time (ms).
-/// Raises the counter to that `seq`, and stamps the epoch if this Redis has
+/// Raises a room's counter to what an instance has delivered of it, after
+/// Redis lost its data (see CONNECT). KEYS: the room's counter. ARGV: its
+/// last `seq` at the caller.
+const RAISE: &str = r"
+if (tonumber(redis.call('GET', KEYS[1])) or 0) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+";
+
+/// An instance's consumer has (re)connected. KEYS: epoch, delivery
+/// counter. ARGV: the highest delivery number it has read, the settling
+/// time (ms). Raises the counter to that number (RAISE does the same for
+/// each of its rooms' counters), and stamps the epoch if this Redis has
 /// none (it is new, or lost its data). Returns the milliseconds until the
 /// epoch is older than the settling time: until then nobody publishes, so
 /// that every instance that was following the old data has time to raise
-/// the counter first.
+/// the counters first.
 const CONNECT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -67,9 +95,10 @@ if wait < 0 then wait = 0 end
 return wait
 ";
 
-/// Some of this instance's users came or went. KEYS: its online set, its
-/// version, the presence stream. ARGV: instance id, TTL ms, presence
-/// stream length, then pairs of user and `1` (here) or `0` (gone).
+/// Some of this instance's users came into a room or left it. KEYS: its
+/// online set, its version, the presence stream. ARGV: instance id, TTL
+/// ms, presence stream length, then pairs of entry (`room<US>user`) and
+/// `1` (here) or `0` (gone).
 const CHANGE: &str = r"
 for i = 4, #ARGV, 2 do
   local op = 'leave'
@@ -80,7 +109,7 @@ for i = 4, #ARGV, 2 do
     redis.call('SREM', KEYS[1], ARGV[i])
   end
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-    'instance', ARGV[1], 'user', ARGV[i], 'op', op)
+    'instance', ARGV[1], 'entry', ARGV[i], 'op', op)
 end
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -90,7 +119,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 /// Writes this instance's whole user set and its heartbeat (after a
 /// connect, when Redis may have lost them). KEYS: online set, version,
 /// presence stream, instances. ARGV: instance id, TTL ms, presence stream
-/// length, users...
+/// length, entries (`room<US>user`)...
 const SYNC: &str = r"
 redis.call('DEL', KEYS[1])
 for i = 4, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
@@ -137,7 +166,7 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
 /// ARGV: key prefix, this instance's id, then pairs of instance id and the
 /// version of its set the caller already has. Returns the presence
 /// stream's last id (events up to it are in the snapshot), then for every
-/// other live instance: its id, its version, and its users, or nil if the
+/// other live instance: its id, its version, and its entries, or nil if the
 /// caller's copy is current (so a quiet room costs almost nothing).
 const SNAPSHOT: &str = r"
 local known = {}
@@ -166,6 +195,7 @@ return out
 /// loads one again if Redis answers `NOSCRIPT` (as after a restart).
 pub(super) struct Scripts {
     pub publish: Script,
+    pub raise: Script,
     pub connect: Script,
     pub change: Script,
     pub sync: Script,
@@ -178,6 +208,7 @@ impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
             publish: Script::new(PUBLISH),
+            raise: Script::new(RAISE),
             connect: Script::new(CONNECT),
             change: Script::new(CHANGE),
             sync: Script::new(SYNC),
@@ -188,8 +219,8 @@ impl Scripts {
     }
 }
 
-/// The Redis keys of one room (one `--redis-prefix`), as seen by one
-/// instance.
+/// The Redis keys of one deployment (one `--redis-prefix`), as seen by
+/// one instance; a room's own keys come from [`Keys::room`].
 pub(super) struct Keys {
     pub prefix: String,
     pub seq: String,
@@ -216,4 +247,18 @@ impl Keys {
             version: format!("{prefix}:version:{instance}"),
         }
     }
+
+    /// Room `room`'s counter and history, under one hash tag.
+    pub fn room(&self, room: &str) -> RoomKeys {
+        RoomKeys {
+            seq: format!("{{{}:{room}}}:seq", self.prefix),
+            history: format!("{{{}:{room}}}:history", self.prefix),
+        }
+    }
+}
+
+/// One room's keys.
+pub(super) struct RoomKeys {
+    pub seq: String,
+    pub history: String,
 }

@@ -7,7 +7,7 @@
 //! | [`timeline`] | numbering, the pending batch, history: pure data |
 //! | [`expiry`] | the expiry sweep, `expiring` warnings, `reauth` |
 //! | [`presence`] | presence windows: gathering joins and leaves, one frame per window |
-//! | [`relay`] | the [`Relay`] trait and what a relay feeds back in |
+//! | [`relay`] | the [`Relay`] trait, what a relay feeds back in, seeding a room from it |
 //!
 //! The pool is a `RwLock<HashMap<ClientId, Arc<Client>>>`: a connection in
 //! several rooms is one [`Client`], shared by their pools, so that its
@@ -41,8 +41,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 // `Delivery` is what the cluster (`--features redis`) hands back in.
 use self::presence::who_is_online;
 pub use self::presence::{OpenWindows, PRESENCE_LIST_MAX};
+use self::relay::Seeding;
 #[allow(unused_imports)]
-pub use self::relay::{Delivery, Relay, Unavailable};
+pub use self::relay::{Delivery, Relay, Seed, SeedingGuard, Unavailable};
 pub use self::timeline::MAX_PENDING_BYTES;
 use self::timeline::{Numbered, Timeline};
 use crate::auth::is_expired;
@@ -195,6 +196,8 @@ pub struct Room {
     last_active: AtomicU64,
     /// The other instances, with `--redis`.
     relay: Option<Arc<dyn Relay>>,
+    /// Whether it waits for its history from the relay (see `relay.rs`).
+    seeding: Seeding,
     /// A thread is fanning out chat messages, and will take `pending` too.
     /// Set and cleared under the timeline lock; an atomic only so that a
     /// panicking flusher can clear it on its way out without that lock.
@@ -248,6 +251,7 @@ impl Room {
             last_active: AtomicU64::new(settings.clock.unix_secs()),
             name,
             clients: RwLock::new(HashMap::new()),
+            seeding: Seeding::new(relay.is_some()),
             relay,
             metrics: settings.metrics.clone(),
             flushing: AtomicBool::new(false),
@@ -312,11 +316,13 @@ impl Room {
         self.read().len()
     }
 
-    /// Whether the room may be freed at `now`: nobody is in it, and it
-    /// keeps no history, or nobody has been in it for `idle_ttl` seconds.
+    /// Whether the room may be freed at `now`: nobody is in it, it is not
+    /// being seeded, and it keeps no history, or nobody has been in it for
+    /// `idle_ttl` seconds.
     pub fn is_freeable(&self, now: u64, idle_ttl: u64) -> bool {
         let timeline = self.timeline();
         self.read().is_empty()
+            && !self.is_seeding()
             && (!timeline.has_history()
                 || now
                     >= self
@@ -448,9 +454,13 @@ impl Room {
             Some(_) => {}
         }
         if let Some(relay) = &self.relay {
+            // The relay never numbers at or below what this room has seen.
+            let floor = timeline.seq;
             // Never wait on Redis while holding the room.
             drop(timeline);
-            return relay.publish(from, text, id).map_err(Refused::Unavailable);
+            return relay
+                .publish(&self.name, floor, from, text, id)
+                .map_err(Refused::Unavailable);
         }
         if timeline.is_full() {
             return Err(Refused::Busy);

@@ -2,7 +2,7 @@
 //! batch waiting for the next fan-out, and the history newcomers get. Pure
 //! data, under the room's timeline lock; nothing here touches a socket.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -234,6 +234,30 @@ impl Timeline {
             text,
             ts,
         });
+    }
+
+    /// Adds messages `(seq, from, text, ts)` from elsewhere (the relay, as
+    /// the room is seeded) to the history: in `seq` order with what it
+    /// holds, each `seq` once, keeping the newest.
+    pub(super) fn merge_history(
+        &mut self,
+        messages: impl IntoIterator<Item = (u64, Arc<str>, Box<str>, u64)>,
+    ) {
+        if self.history_limit == 0 {
+            return;
+        }
+        let mut by_seq: BTreeMap<u64, Stored> =
+            self.history.drain(..).map(|m| (m.seq, m)).collect();
+        for (seq, from, text, ts) in messages {
+            by_seq.entry(seq).or_insert(Stored {
+                seq,
+                from,
+                text,
+                ts,
+            });
+        }
+        let older = by_seq.len().saturating_sub(self.history_limit);
+        self.history = by_seq.into_values().skip(older).collect();
     }
 
     /// The newest stored messages (oldest first) that were already fanned
