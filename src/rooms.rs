@@ -278,29 +278,44 @@ impl Rooms {
     /// Finds or creates the room and joins it, under the map's lock (see
     /// the module docs).
     fn join(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
-        let join = |room: &Arc<Room>| {
-            room.join(member.id, member.client.clone(), Greet::Subscribed);
-            room.clone()
-        };
-        // Each turn either joins, or waits out one room's seeding.
+        loop {
+            if let Some(room) = self.join_existing(member, name) {
+                return Ok(room);
+            }
+            if let Some(room) = self.create(member, name)? {
+                return Ok(room);
+            }
+            // Another connection made it meanwhile: join that one.
+        }
+    }
+
+    /// Joins `name` if it exists, once it is seeded; `None` if it does not
+    /// exist.
+    fn join_existing(&self, member: &Member, name: &RoomName) -> Option<Arc<Room>> {
+        let mut patient = true;
         loop {
             let seeding = match self.read().get(name.as_str()) {
-                Some(room) if !room.is_seeding() => return Ok(join(room)),
+                Some(room) if !patient || !room.is_seeding() => {
+                    room.join(member.id, member.client.clone(), Greet::Subscribed);
+                    return Some(room.clone());
+                }
                 Some(room) => room.clone(),
-                None => break,
+                None => return None,
             };
+            // Made a moment ago by another connection, which is reading its
+            // history from Redis: wait for it, but not for ever (then join
+            // without the history rather than keep the client waiting).
             seeding.wait_seeded();
-            if seeding.is_seeding() {
-                // The relay is taking too long: join without the history
-                // rather than keep the client waiting.
-                return Ok(join(&seeding));
-            }
+            patient = !seeding.is_seeding();
         }
+    }
+
+    /// Creates `name` and joins `member` to it; `None` if it exists after
+    /// all. With a relay, the room is seeded first, with no lock held.
+    fn create(&self, member: &Member, name: &RoomName) -> Result<Option<Arc<Room>>, RoomError> {
         let mut rooms = self.write();
-        // Another connection may have made it meanwhile.
         if rooms.contains_key(name.as_str()) {
-            drop(rooms);
-            return self.join(member, name);
+            return Ok(None);
         }
         if rooms.len() >= self.limits.max_rooms {
             return Err(RoomError::TooManyRooms(self.limits.max_rooms));
@@ -311,6 +326,10 @@ impl Rooms {
             self.relay.clone(),
         ));
         rooms.insert(name.shared().clone(), room.clone());
+        let join = |room: &Arc<Room>| {
+            room.join(member.id, member.client.clone(), Greet::Subscribed);
+            Some(room.clone())
+        };
         let Some(relay) = &self.relay else {
             return Ok(join(&room));
         };
@@ -477,15 +496,15 @@ mod tests {
     }
 
     impl Peer {
-        /// The `type` of each frame sent so far (all small, unmasked).
-        fn types(&mut self) -> Vec<String> {
+        /// Each text frame sent so far (all small, unmasked).
+        fn frames(&mut self) -> Vec<serde_json::Value> {
             self.socket.set_nonblocking(true).unwrap();
             let mut bytes = Vec::new();
             let mut chunk = [0u8; 65536];
             while let Ok(n @ 1..) = self.socket.read(&mut chunk) {
                 bytes.extend_from_slice(&chunk[..n]);
             }
-            let mut types = Vec::new();
+            let mut frames = Vec::new();
             let mut at = 0;
             while at + 2 <= bytes.len() {
                 let (start, len) = match bytes[at + 1] & 0x7f {
@@ -496,17 +515,25 @@ mod tests {
                     len => (at + 2, usize::from(len)),
                 };
                 if bytes[at] == 0x81 {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&bytes[start..start + len]).unwrap();
+                    frames.push(serde_json::from_slice(&bytes[start..start + len]).unwrap());
+                }
+                at = start + len;
+            }
+            frames
+        }
+
+        /// The `type` (and room) of each frame sent so far.
+        fn types(&mut self) -> Vec<String> {
+            self.frames()
+                .iter()
+                .map(|v| {
                     let room = v["room"]
                         .as_str()
                         .map(|r| format!(" {r}"))
                         .unwrap_or_default();
-                    types.push(format!("{}{room}", v["type"].as_str().unwrap()));
-                }
-                at = start + len;
-            }
-            types
+                    format!("{}{room}", v["type"].as_str().unwrap())
+                })
+                .collect()
         }
     }
 
@@ -639,5 +666,88 @@ mod tests {
             rooms.metrics().expiry_disconnects.load(Ordering::Relaxed),
             2
         );
+    }
+
+    /// A relay whose Redis holds ops's messages 1 and 2 when the room is
+    /// seeded, and whose consumer delivers 2 and 3 meanwhile.
+    struct Seeder;
+
+    fn said(seq: u64) -> crate::room::Delivery {
+        crate::room::Delivery {
+            seq,
+            room: "ops".into(),
+            from: "b".into(),
+            text: format!("m{seq}"),
+            ts: 0,
+            id: None,
+        }
+    }
+
+    impl Relay for Seeder {
+        fn publish(
+            &self,
+            _room: &str,
+            _floor: u64,
+            _from: &str,
+            _text: &str,
+            _id: Option<&str>,
+        ) -> Result<u64, crate::room::Unavailable> {
+            Ok(0)
+        }
+        fn presence_changed(&self, _room: &Arc<str>, _user: &Arc<str>) {}
+        fn health(&self) -> Result<(), crate::room::Unavailable> {
+            Ok(())
+        }
+        fn seed(&self, room: &Room) -> Result<(), crate::room::Unavailable> {
+            assert!(room.is_seeding(), "registered, not yet joinable");
+            room.deliver_relayed(&[said(2), said(3)]);
+            room.seed(crate::room::Seed {
+                last_seq: 2,
+                history: vec![said(1), said(2)],
+            });
+            Ok(())
+        }
+        fn start(self: Arc<Self>, _rooms: Arc<Rooms>) {}
+        fn stop(&self) {}
+    }
+
+    #[test]
+    fn a_room_made_with_a_relay_starts_from_its_history_and_what_came_meanwhile() {
+        let (plain, clock) = rooms(100, 64);
+        let rooms = Rooms::new(
+            plain.settings.clone(),
+            plain.limits.clone(),
+            Some(Arc::new(Seeder)),
+        );
+        let later = clock.clock().unix_secs() + 600;
+        let mut a = connect(&rooms, "a", later, &[]);
+        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        let frames = a.frames();
+        let subscribed = frames.iter().find(|f| f["type"] == "subscribed").unwrap();
+        let seqs: Vec<u64> = subscribed["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 3],
+            "the relay's history, then what came meanwhile, once"
+        );
+        assert_eq!(subscribed["last_seq"], 3);
+        assert!(
+            !frames.iter().any(|f| f["type"] == "message"),
+            "nothing of it live: {frames:?}"
+        );
+        // The consumer reads on: 3 again (skipped), then 4 (live).
+        let ops = rooms.get("ops").unwrap();
+        ops.deliver_relayed(&[said(3), said(4)]);
+        let live: Vec<u64> = a
+            .frames()
+            .iter()
+            .filter_map(|f| f["seq"].as_u64())
+            .collect();
+        assert_eq!(live, [4]);
     }
 }

@@ -850,3 +850,309 @@ fn a_forgotten_instance_announces_its_users_again() {
     wait_online(&three, "userC", &everyone, "an instance started afterwards");
     wait_online(&two, "userC", &everyone, "the instance that was there");
 }
+
+// ---------------------------------------------------------------------------
+// Rooms across instances (#15): every room spans the instances, with its
+// own `seq`, history and presence.
+
+/// Open room `ops` for everyone, on an instance of `redis`.
+fn with_ops(redis: &RedisServer) -> TestServer {
+    instance(redis, |c| c.open_rooms = vec!["ops".into()])
+}
+
+/// Sends `{"type":"subscribe","room":room}` and returns the `subscribed`
+/// answer (an `error` fails the test), skipping presence news.
+fn subscribe(client: &mut Client, room: &str) -> Value {
+    client.send_json(&json!({ "type": "subscribe", "room": room }));
+    let answer = client.recv_type_of(&["subscribed", "error"]);
+    assert_eq!(
+        answer["type"], "subscribed",
+        "subscribing to {room}: {answer}"
+    );
+    assert_eq!(answer["room"], room, "{answer}");
+    answer
+}
+
+fn say_in(client: &mut Client, room: &str, text: &str) {
+    client.send_json(&json!({ "type": "message", "room": room, "text": text }));
+}
+
+/// The messages of `room` among `messages`, in the order they came.
+fn in_room(messages: &[Value], room: &str) -> Vec<Value> {
+    messages
+        .iter()
+        .filter(|m| m["room"] == room)
+        .cloned()
+        .collect()
+}
+
+fn texts(messages: &[Value]) -> Vec<&str> {
+    messages.iter().filter_map(|m| m["text"].as_str()).collect()
+}
+
+/// Waits for `{"type":kind,"room":room,"user":user}` (a `presence` frame
+/// counts too); returns what came before it.
+fn wait_news(client: &mut Client, kind: &str, room: &str, user: &str) -> Vec<Value> {
+    let (skipped, _) = wait_for(client, &format!("`{kind} {user}` in {room}"), |v| {
+        is_event(v, kind, user) && v["room"] == room
+    });
+    skipped
+}
+
+#[test]
+fn each_room_has_one_order_across_instances() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = with_ops(&redis);
+    let two = with_ops(&redis);
+    let (mut a, _) = one.connect("userA");
+    let (mut b, _) = two.connect("userB");
+    let (mut c1, _) = one.connect("userC");
+    let (mut c2, _) = two.connect("userC");
+    for client in [&mut a, &mut b, &mut c1, &mut c2] {
+        let subscribed = subscribe(client, "ops");
+        assert_eq!(subscribed["last_seq"], 0, "{subscribed}");
+    }
+
+    // userA (instance 1) and userB (instance 2) talk in ops and in general
+    // at once, interleaved; every member sees both rooms.
+    const PER_ROOM: usize = 20;
+    const TOTAL: usize = 2 * 2 * PER_ROOM;
+    let senders = [(a, "userA@1"), (b, "userB@2")].map(|(mut client, who)| {
+        std::thread::spawn(move || {
+            for i in 0..PER_ROOM {
+                say_in(&mut client, "ops", &format!("{who} in ops {i}"));
+                client.say(&format!("{who} in general {i}"));
+            }
+            (who, collect_messages(&mut client, TOTAL, who), client)
+        })
+    });
+    let watchers = [(c1, "userC@1"), (c2, "userC@2")].map(|(mut client, who)| {
+        std::thread::spawn(move || (who, collect_messages(&mut client, TOTAL, who), client))
+    });
+    let mut seen = Vec::new();
+    let mut clients = Vec::new();
+    for handle in senders.into_iter().chain(watchers) {
+        let (who, messages, client) = handle.join().expect("client thread");
+        seen.push((who, messages));
+        clients.push(client);
+    }
+
+    for room in ["ops", "general"] {
+        let reference = in_room(&seen[0].1, room);
+        assert_eq!(reference.len(), 2 * PER_ROOM, "{room}: {reference:#?}");
+        for (who, messages) in &seen {
+            let mine = in_room(messages, room);
+            // Each room numbers its own: general's seq is not ops's.
+            assert_gapless(&format!("{who} in {room}"), &mine);
+            assert_eq!(
+                mine, reference,
+                "{who} and {} saw {room} differently",
+                seen[0].0
+            );
+        }
+        for m in &reference {
+            assert!(
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&format!(" in {room} "))),
+                "only {room}'s messages in {room}: {m}"
+            );
+        }
+        for who in ["userA@1", "userB@2"] {
+            let sent: Vec<String> = (0..PER_ROOM)
+                .map(|i| format!("{who} in {room} {i}"))
+                .collect();
+            let got: Vec<&str> = texts(&reference)
+                .into_iter()
+                .filter(|t| t.starts_with(who))
+                .collect();
+            assert_eq!(got, sent, "{who}'s messages in {room}, in the order sent");
+        }
+    }
+    drop(clients);
+}
+
+#[test]
+fn a_direct_message_crosses_instances() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = instance(&redis, |_| {});
+    let two = instance(&redis, |_| {});
+    let (mut a, _) = one.connect("userA");
+    let (mut b, _) = two.connect("userB");
+    let dm = "dm:userA:userB";
+
+    // Both subscribed: userA's message on instance 1 reaches userB on 2.
+    assert_eq!(subscribe(&mut b, dm)["history"], json!([]));
+    say_in(&mut a, dm, "psst");
+    let on_b = wait_message(&mut b, "psst", &mut Vec::new());
+    assert_eq!(
+        (&on_b["room"], &on_b["seq"], &on_b["from"]),
+        (&json!(dm), &json!(1), &json!("userA")),
+        "{on_b}"
+    );
+    let on_a = wait_message(&mut a, "psst", &mut Vec::new());
+    assert_eq!(
+        on_a, on_b,
+        "the sender sees its message as the recipient does"
+    );
+    say_in(&mut b, dm, "what?");
+    let reply = wait_message(&mut a, "what?", &mut Vec::new());
+    assert_eq!((&reply["room"], &reply["seq"]), (&json!(dm), &json!(2)));
+
+    // userC is not connected anywhere yet: it finds userA's message in the
+    // room's history when it subscribes later, on the other instance.
+    let dm_c = "dm:userA:userC";
+    say_in(&mut a, dm_c, "call me");
+    let sent = wait_message(&mut a, "call me", &mut Vec::new());
+    assert_eq!((&sent["room"], &sent["seq"]), (&json!(dm_c), &json!(1)));
+    let (mut c, welcome) = two.connect("userC");
+    assert_eq!(
+        history(&welcome),
+        Vec::<Value>::new(),
+        "direct messages stay out of general: {welcome}"
+    );
+    let subscribed = subscribe(&mut c, dm_c);
+    assert_eq!(subscribed["history"], json!([sent]), "{subscribed}");
+    assert_eq!(subscribed["last_seq"], 1, "{subscribed}");
+    say_in(&mut c, dm_c, "calling");
+    let answer = wait_message(&mut a, "calling", &mut Vec::new());
+    assert_eq!((&answer["room"], &answer["seq"]), (&json!(dm_c), &json!(2)));
+    // userB, in neither conversation with userC, heard none of it.
+    say_in(&mut a, dm, "still there?");
+    let (between, _) = wait_for(&mut b, "the message \"still there?\"", |v| {
+        v["type"] == "message" && v["text"] == "still there?"
+    });
+    assert!(
+        !between.iter().any(|v| v["room"] == dm_c),
+        "userB got userA and userC's messages: {between:#?}"
+    );
+}
+
+#[test]
+fn a_new_instance_gets_each_rooms_history_and_last_seq() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = with_ops(&redis);
+    let two = with_ops(&redis);
+    let (mut a, _) = one.connect("userA");
+    let (mut b, _) = two.connect("userB");
+    subscribe(&mut a, "ops");
+    subscribe(&mut b, "ops");
+    for i in 0..6 {
+        let sender = if i % 2 == 0 { &mut a } else { &mut b };
+        say_in(sender, "ops", &format!("ops {i}"));
+        if i % 2 == 0 {
+            a.say(&format!("general {i}"));
+        }
+    }
+    let seen = collect_messages(&mut a, 9, "userA@1");
+    let (ops, general) = (in_room(&seen, "ops"), in_room(&seen, "general"));
+    assert_gapless("ops", &ops);
+    assert_gapless("general", &general);
+
+    // Started after it all: the history of each room comes from Redis.
+    let three = with_ops(&redis);
+    let (mut c, welcome) = three.connect("userC");
+    assert_eq!(
+        history(&welcome),
+        general,
+        "general's history on instance 3"
+    );
+    let subscribed = subscribe(&mut c, "ops");
+    assert_eq!(
+        subscribed["history"],
+        json!(ops),
+        "ops's history on instance 3"
+    );
+    assert_eq!(subscribed["last_seq"], 6, "{subscribed}");
+    // And it goes on from there, on every instance.
+    say_in(&mut c, "ops", "from three");
+    let on_a = wait_message(&mut a, "from three", &mut Vec::new());
+    let on_c = wait_message(&mut c, "from three", &mut Vec::new());
+    assert_eq!(on_a["seq"], 7, "{on_a}");
+    assert_eq!(on_a, on_c);
+    // An instance with --history 2 gives the last 2.
+    let short = instance(&redis, |c| {
+        c.open_rooms = vec!["ops".into()];
+        c.history = 2;
+    });
+    let (mut d, _) = short.connect("userC");
+    let subscribed = subscribe(&mut d, "ops");
+    assert_eq!(
+        subscribed["history"],
+        json!([ops[5], on_a]),
+        "--history 2: the last two of ops"
+    );
+    assert_eq!(subscribed["last_seq"], 7, "{subscribed}");
+}
+
+#[test]
+fn presence_in_a_room_spans_instances() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let one = with_ops(&redis);
+    let two = with_ops(&redis);
+    // On instance 2: userB in ops, userC in general only.
+    let (mut b, _) = two.connect("userB");
+    subscribe(&mut b, "ops");
+    let (mut c, _) = two.connect("userC");
+    let (mut a, _) = one.connect("userA");
+    wait_news(&mut b, "join", "general", "userA");
+    wait_news(&mut c, "join", "general", "userA");
+    // Instance 1 hears of userB in ops within milliseconds (the presence
+    // stream), at worst with the next snapshot (1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // ops is new on instance 1, and starts with who is in it elsewhere.
+    let subscribed = subscribe(&mut a, "ops");
+    assert_eq!(
+        subscribed["online"],
+        json!(["userA", "userB"]),
+        "{subscribed}"
+    );
+    assert_eq!(subscribed["online_count"], 2, "{subscribed}");
+    let before = wait_news(&mut b, "join", "ops", "userA");
+    assert!(
+        !before.iter().any(|v| v["room"] == "ops"),
+        "one join in ops: {before:#?}"
+    );
+
+    // userA leaves ops (and stays in general).
+    a.send_json(&json!({ "type": "unsubscribe", "room": "ops" }));
+    a.recv_type("unsubscribed");
+    wait_news(&mut b, "leave", "ops", "userA");
+
+    // userB leaves ops: userA, back in it on instance 1, hears of it.
+    let subscribed = subscribe(&mut a, "ops");
+    assert_eq!(
+        subscribed["online"],
+        json!(["userA", "userB"]),
+        "{subscribed}"
+    );
+    wait_news(&mut b, "join", "ops", "userA");
+    b.send_json(&json!({ "type": "unsubscribe", "room": "ops" }));
+    b.recv_type("unsubscribed");
+    let before = wait_news(&mut a, "leave", "ops", "userB");
+    assert!(
+        !before.iter().any(|v| v["user"] == "userB"),
+        "nothing else about userB before it left ops: {before:#?}"
+    );
+
+    // userC, in general only, heard nothing of ops, and userA never left
+    // general.
+    a.say("marker");
+    let (before, _) = wait_for(&mut c, "the message \"marker\"", |v| {
+        v["type"] == "message" && v["text"] == "marker"
+    });
+    assert!(
+        before.iter().all(|v| v["room"] == "general")
+            && !before.iter().any(|v| is_event(v, "leave", "userA")),
+        "userC (general only) heard of ops: {before:#?}"
+    );
+}
