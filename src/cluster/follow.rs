@@ -70,7 +70,7 @@ impl Cluster {
         } else {
             self.stream_end(con)?
         };
-        self.seed_unseeded(con, rooms)?;
+        self.seed_unseeded(con, rooms, start)?;
         self.settle(con, rooms, start)?;
         let connected = Instant::now();
         // Versions are only comparable within one Redis's life: start over.
@@ -91,6 +91,9 @@ impl Cluster {
                 // for one TTL rather than flap them offline and back.
                 let settling = now < connected + INSTANCE_TTL;
                 presence_cursor = self.snapshot(con, rooms, &mut known, settling)?;
+                // A room whose seeding failed since (a publishing
+                // connection broke, say) need not wait for a reconnect.
+                self.seed_unseeded(con, rooms, self.delivered.load(Ordering::Relaxed))?;
                 next_snapshot = now + HEARTBEAT;
             }
             let block = next_snapshot
@@ -140,44 +143,39 @@ impl Cluster {
     }
 
     /// Seeds every room here that has not had its history yet: `general`
-    /// at start, and rooms made while Redis was away.
-    fn seed_unseeded(&self, con: &mut Connection, rooms: &Rooms) -> RedisResult<()> {
+    /// at start, and rooms made while Redis was away. What comes after
+    /// `start` the consumer is about to read, and delivers live.
+    fn seed_unseeded(&self, con: &mut Connection, rooms: &Rooms, start: u64) -> RedisResult<()> {
         for room in rooms.list().into_iter().filter(|r| r.is_unseeded()) {
-            room.seed(self.fetch(con, room.name())?);
+            room.seed(self.fetch(con, room.name(), start)?);
         }
         Ok(())
     }
 
-    /// Room `room`'s last `seq` and newest `--history` messages, read at
-    /// one instant.
-    pub(super) fn fetch(&self, con: &mut Connection, room: &str) -> RedisResult<Seed> {
-        let keys = self.keys.room(room);
-        let (last_seq, newest): (Option<u64>, StreamRangeReply) = redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(&keys.seq)
-            .cmd("XREVRANGE")
-            .arg(&keys.history)
+    /// Room `room`'s newest `--history` messages up to delivery number
+    /// `upto`, and the `seq` of the newest. Those after `upto` are left
+    /// out: the consumer delivers them to the room live (see
+    /// [`Cluster::upto`]).
+    pub(super) fn fetch(&self, con: &mut Connection, room: &str, upto: u64) -> RedisResult<Seed> {
+        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.keys.room(room).history)
             .arg("+")
             .arg("-")
             .arg("COUNT")
+            // At least one, for the `seq` to go on from.
             .arg(self.history.max(1))
             .query(con)?;
         let mut history: Vec<Delivery> = newest
             .ids
             .iter()
             .rev()
-            .filter_map(|entry| {
-                let seq = number(&entry.id)?;
-                message(entry, room, seq)
-            })
+            .filter(|entry| entry.get::<u64>("n").unwrap_or(0) <= upto)
+            .filter_map(|entry| message(entry, room, number(&entry.id)?))
             .collect();
+        let last_seq = history.last().map_or(0, |m| m.seq);
         // `--history 0` read one, only for its `seq`.
-        history.truncate(self.history.min(history.len()));
-        Ok(Seed {
-            last_seq: last_seq.unwrap_or(0),
-            history,
-        })
+        history.truncate(self.history);
+        Ok(Seed { last_seq, history })
     }
 
     /// Raises the delivery counter to what this instance has read, and
@@ -236,6 +234,9 @@ impl Cluster {
         let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
             return;
         };
+        // Rooms are looked up and `delivered` moves on as one step for
+        // [`Cluster::upto`].
+        let _handing = lock(&self.handing);
         let before = self.delivered.load(Ordering::Relaxed);
         if before > 0 && first > before + 1 {
             // The stream no longer held them: this instance was cut off

@@ -38,9 +38,11 @@
 //! **History.** A room made here (the first subscribe on this instance,
 //! or `general` at start) reads its newest `--history` messages and its
 //! last `seq` from its own keys ([`Relay::seed`]), so `subscribed.history`
-//! and `last_seq` are the same on every instance. See `crate::rooms` for
-//! how this avoids both Redis under a lock and a message falling between
-//! the read and the room's first delivery.
+//! and `last_seq` are the same on every instance. Each history entry
+//! carries its delivery number: the room takes as history what the
+//! consumer has already handed out ([`Cluster::upto`]), and gets the rest
+//! live, so a message stored meanwhile is neither lost nor shown twice.
+//! See `crate::rooms` for how Redis is never asked under a lock.
 //!
 //! **Presence** ([`presence`]). Each instance keeps the set of its users,
 //! per room, in `P:online:<id>` (entries `room<US>user`) and announces
@@ -176,6 +178,9 @@ pub struct Cluster {
     /// The highest delivery number read here (from `P:messages`): where
     /// the consumer reads on after a reconnect, and the floor for numbering.
     delivered: AtomicU64,
+    /// Held while the consumer hands a batch to the rooms and moves
+    /// `delivered` on (see [`Cluster::upto`]).
+    handing: Mutex<()>,
     /// (room, user) pairs whose presence here changed since the presence
     /// thread last wrote them.
     changed: Mutex<BTreeSet<(Arc<str>, Arc<str>)>>,
@@ -214,6 +219,7 @@ impl Cluster {
             down: RwLock::new(Some("not connected to Redis yet".to_string())),
             tried: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
+            handing: Mutex::new(()),
             changed: Mutex::new(BTreeSet::new()),
             remote: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
@@ -299,6 +305,15 @@ impl Cluster {
             self.failed(what, &error.to_string(), false);
             Unavailable(short(&error))
         })
+    }
+
+    /// Where a room registered before this call takes its history up to:
+    /// every message numbered up to it has been handed to the rooms (this
+    /// one too, had it been here), and every one after it will be handed
+    /// to this room live, since the consumer looks rooms up after this.
+    fn upto(&self) -> u64 {
+        let _handing = lock(&self.handing);
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Publishes on the pool (see [`Relay::publish`]).
@@ -403,8 +418,9 @@ impl Relay for Cluster {
         // Nobody is in it yet: the list goes out now, for its first
         // member's `subscribed`, rather than with the next window.
         room.flush_presence();
+        let upto = self.upto();
         let seed = self.on_pool("reading a room's history", |con| {
-            self.fetch(con, room.name())
+            self.fetch(con, room.name(), upto)
         })?;
         room.seed(seed);
         Ok(())

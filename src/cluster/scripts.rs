@@ -9,7 +9,7 @@
 //! | `P:seq` | string | the last delivery number handed out (all rooms) |
 //! | `P:messages` | stream | every room's messages, entry id `<delivery number>-0`, fields `room`, `rseq` (the room's `seq`), `from`, `text`, `ts`, `cid` |
 //! | `{P:R}:seq` | string | room `R`'s last `seq` |
-//! | `{P:R}:history` | stream | room `R`'s messages, entry id `<seq>-0`, `MAXLEN ~ --history` |
+//! | `{P:R}:history` | stream | room `R`'s messages, entry id `<seq>-0`, fields `n` (the delivery number), `from`, `text`, `ts`; `MAXLEN ~ --history` |
 //! | `P:epoch` | string | when this Redis's data began (ms) |
 //! | `P:presence` | stream | `join`/`leave` (of a `R<US>user` entry), `sync`/`gone` events |
 //! | `P:instances` | sorted set | live instance ids, scored by expiry (ms) |
@@ -61,7 +61,7 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-0', number),
   unpack(fields))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], string.format('%d-0', seq),
-  'from', ARGV[2], 'text', ARGV[3], 'ts', ts)
+  'n', number, 'from', ARGV[2], 'text', ARGV[3], 'ts', ts)
 return seq
 ";
 
