@@ -1156,3 +1156,63 @@ fn presence_in_a_room_spans_instances() {
         "userC (general only) heard of ops: {before:#?}"
     );
 }
+
+/// Instance 1 alone loses Redis (its ACL user is switched off and its
+/// connections killed; instance 2 logs in as another user and chats on),
+/// and a room is made there meanwhile. Once Redis lets it back in, the
+/// room gets its history, and its member there gets what was said in it
+/// meanwhile live, with its own `seq`.
+#[test]
+fn a_room_made_while_redis_was_away_catches_up() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let admin = Some(("other", "other-secret"));
+    let created = redis.command(&[
+        "ACL",
+        "SETUSER",
+        "other",
+        "on",
+        ">other-secret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    assert_eq!(created, redis_server::Reply::Status("OK".into()));
+    let one = with_ops(&redis);
+    let two = instance(&redis, |c| {
+        c.open_rooms = vec!["ops".into()];
+        c.redis = Some(redis.url_as("other", "other-secret"));
+    });
+    let (mut b, _) = two.connect("userB");
+    subscribe(&mut b, "ops");
+    say_in(&mut b, "ops", "before");
+    let before = wait_message(&mut b, "before", &mut Vec::new());
+    let (mut a, _) = one.connect("userA");
+
+    redis.command_as(admin, &["ACL", "SETUSER", "default", "off"]);
+    redis.command_as(admin, &["CLIENT", "KILL", "USER", "default"]);
+    wait_health(one.addr, 503, "instance 1, locked out");
+    let subscribed = subscribe(&mut a, "ops");
+    assert_eq!(subscribed["history"], json!([]), "{subscribed}");
+    assert_eq!(subscribed["last_seq"], 0, "{subscribed}");
+    say_in(&mut b, "ops", "meanwhile");
+    let meanwhile = wait_message(&mut b, "meanwhile", &mut Vec::new());
+    assert_eq!(meanwhile["seq"], 2, "{meanwhile}");
+
+    redis.command_as(admin, &["ACL", "SETUSER", "default", "on"]);
+    wait_health(one.addr, 200, "instance 1, let back in");
+    let live = wait_message(&mut a, "meanwhile", &mut Vec::new());
+    assert_eq!(
+        live, meanwhile,
+        "said while instance 1 was away, delivered live"
+    );
+    let (mut c, _) = one.connect("userC");
+    let subscribed = subscribe(&mut c, "ops");
+    assert_eq!(
+        subscribed["history"],
+        json!([before, meanwhile]),
+        "{subscribed}"
+    );
+    assert_eq!(subscribed["last_seq"], 2, "{subscribed}");
+}

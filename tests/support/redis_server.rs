@@ -134,12 +134,31 @@ impl RedisServer {
 
     /// Sends one command and returns the reply (see [`Reply`]).
     pub fn command(&self, args: &[&str]) -> Reply {
+        self.command_as(None, args)
+    }
+
+    /// Sends one command as ACL user `(name, password)` (the default user
+    /// if `None`) and returns the reply.
+    pub fn command_as(&self, user: Option<(&str, &str)>, args: &[&str]) -> Reply {
         let mut stream = TcpStream::connect(self.addr()).expect("connect to redis-server");
         stream
             .set_read_timeout(Some(START_PATIENCE))
             .expect("read timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+        if let Some((name, password)) = user {
+            stream
+                .write_all(&encode(&["AUTH", name, password]))
+                .expect("send AUTH");
+            let auth = read_reply(&mut reader).expect("a RESP reply");
+            assert_eq!(auth, Reply::Status("OK".into()), "AUTH {name}");
+        }
         stream.write_all(&encode(args)).expect("send a command");
-        read_reply(&mut BufReader::new(stream)).expect("a RESP reply")
+        read_reply(&mut reader).expect("a RESP reply")
+    }
+
+    /// `redis://name:password@127.0.0.1:PORT/0`, for an ACL user.
+    pub fn url_as(&self, name: &str, password: &str) -> String {
+        format!("redis://{name}:{password}@127.0.0.1:{}/0", self.port)
     }
 
     /// Every key in the database (`KEYS *`, fine for a test's few keys).
