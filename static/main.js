@@ -680,7 +680,7 @@ function addMessages(room, frames, news = false) {
   room.count += added;
   if (news && fromOthers && !shown) {
     room.unread += fromOthers;
-    renderBadge(room);
+    renderRoomItem(room);
   }
   // Live messages from others are news in the title while the tab is hidden.
   if (document.hidden && news && !mine) {
@@ -997,7 +997,6 @@ function showRoom(room) {
   room.unread = 0;
   renderRoomItem(room);
   el.roomTitle.textContent = roomLabel(room);
-  el.input.placeholder = `Message ${roomLabel(room)}… (Enter to send, Shift+Enter for a new line)`;
   renderOnline();
   renderEmpty();
   updateComposer();
@@ -1105,7 +1104,7 @@ function renderRoomItem(room) {
   room.button.setAttribute('aria-current', String(room.name === session.current));
   const n = room.unread;
   room.badge.hidden = n === 0;
-  room.badge.textContent = n > BADGE_MAX ? `${BADGE_MAX}+` : String(n);
+  room.badge.textContent = n > BADGE_MAX ? `${BADGE_MAX}+` : String(n || '');
   room.badge.title = `${n} unread`;
 }
 
