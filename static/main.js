@@ -428,8 +428,8 @@ function onFrame(data) {
 }
 
 /** Welcome describes `general`, and lists the other rooms this user may
- *  join: the page joins them all (so their unread counts run), joins again
- *  the DMs and rooms it had open, and shows the room the URL names. */
+ *  join: the page joins again the rooms and DMs it had open, and shows the
+ *  room the URL names. */
 function onWelcome(frame) {
   const wasReconnect = session.retries > 0;
   session.retries = 0;
@@ -478,13 +478,10 @@ function onSubscribed(frame) {
   const room = knownRoom(name, true);
   if (!room) return;
   room.state = 'joined';
+  room.open = true;
   setPresence(room, frame);
   addMessages(room, Array.isArray(frame.history) ? frame.history : [], isNew);
   renderRoomState(room);
-  if (room.name === session.current) {
-    renderEmpty();
-    updateComposer();
-  }
 }
 
 /** Out of a room: asked for, or the renewed token no longer allows it
@@ -493,6 +490,8 @@ function onUnsubscribed(frame) {
   const room = knownRoom(String(frame.room), false);
   if (!room || room.name === GENERAL) return;
   room.state = 'idle';
+  room.open = false;
+  saveSession();
   if (frame.reason === 'forbidden') {
     session.allowed = session.allowed.filter((name) => name !== room.name);
     showNotice(`You no longer have access to ${roomLabel(room)}.`);
@@ -803,6 +802,7 @@ function newRoom(name) {
   return {
     name,
     peer: dmPeer(name),            // a DM room's other user, else null
+    open: false,                   // to be in: opened here, or put in by the server
     state: 'idle',                 // idle → joining (subscribe sent) → joined
     log: document.createDocumentFragment(),  // its lines while off screen
     count: 0,                      // its messages, for "No messages yet"
@@ -877,14 +877,14 @@ function isListed(room) {
   return room.name === GENERAL || session.allowed.includes(room.name);
 }
 
-/** The rooms a reload brings back (DMs, rooms from the join box); welcome
- *  lists the others again. */
+/** The open rooms, which a reload opens again. */
 function remembered() {
-  return [...session.rooms.keys()].filter((name) => name !== GENERAL);
+  return [...session.rooms.values()]
+    .filter((room) => room.open && room.name !== GENERAL).map((room) => room.name);
 }
 
-/** Back to general alone, plus the rooms of `names` (a reload), none of
- *  them joined until welcome. */
+/** Back to general alone, plus the open rooms of `names` (a reload), none
+ *  of them joined until welcome. */
 function resetRooms(names) {
   for (const room of session.rooms.values()) room.item?.remove();
   session.rooms = new Map([[GENERAL, newRoom(GENERAL)]]);
@@ -892,8 +892,9 @@ function resetRooms(names) {
   session.roomsSupported = false;
   session.allowed = [];
   el.messages.replaceChildren();
-  for (const name of names) {
-    if (isRoomName(name)) session.rooms.set(name, newRoom(name));
+  for (const name of names.filter(isRoomName)) {
+    session.rooms.set(name, newRoom(name));
+    session.rooms.get(name).open = true;
   }
   renderRoomList();
   renderJoinBox();
@@ -920,6 +921,8 @@ function knownRoom(name, create) {
   if (room || !create || !isRoomName(name)) return room ?? null;
   const added = ensureRoom(name);
   added.state = 'joined';
+  added.open = true;
+  saveSession();
   renderRoomState(added);
   return added;
 }
@@ -934,9 +937,10 @@ function dropRoom(room) {
   saveSession();
 }
 
-/** Welcome's `rooms`: the names are listed, and every room here but
- *  general is joined (again, after a reconnect); patterns open the join
- *  box. Without the list, the server is one that has general only. */
+/** Welcome's `rooms`: the names are listed, to be joined when opened (a
+ *  room costs a subscription, and a subscribe counts against the message
+ *  rate); the open ones are joined again (a reconnect, a reload); patterns
+ *  show the join box. Without the list, the server has general only. */
 function setAllowedRooms(list) {
   session.roomsSupported = Array.isArray(list);
   session.allowed = names(list);
@@ -946,7 +950,7 @@ function setAllowedRooms(list) {
   for (const room of session.rooms.values()) {
     if (room.name === GENERAL) continue;
     room.state = 'idle';
-    subscribe(room);
+    if (room.open) subscribe(room);
   }
   renderRoomList();
   renderJoinBox();
@@ -958,9 +962,13 @@ function subscribe(room) {
   renderRoomState(room);
 }
 
-/** Shows room `name`, joining it first if need be, and puts it in the URL. */
+/** Shows room `name`, opening it first if need be, and puts it in the URL. */
 function selectRoom(name) {
   const room = ensureRoom(name);
+  if (!room.open && name !== GENERAL) {
+    room.open = true;
+    saveSession();
+  }
   if (room.state === 'idle') subscribe(room);
   showRoom(room);
   writeHash(room.name);
@@ -996,6 +1004,8 @@ function showRoom(room) {
   }
   room.unread = 0;
   renderRoomItem(room);
+  // In the phone-width strip the room may be scrolled out of sight.
+  room.button?.scrollIntoView({ block: 'nearest', inline: 'nearest' });
   el.roomTitle.textContent = roomLabel(room);
   renderOnline();
   renderEmpty();
@@ -1015,6 +1025,8 @@ function onRoomRefused(frame) {
     }
   } else if (['bad_room', 'forbidden', 'too_many_rooms'].includes(frame.code)) {
     room.state = 'idle';
+    room.open = false;
+    saveSession();
     if (isListed(room)) renderRoomState(room);
     else dropRoom(room);
   }

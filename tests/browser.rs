@@ -662,19 +662,29 @@ fn rooms_unread_counts_and_direct_messages_in_a_real_browser() {
     cdp.log_in(&a, "userA", "passwordA");
     cdp.log_in(&b, "userB", "passwordB");
 
-    // Both start in general and join the listed rooms, to count their
-    // unread messages.
+    // Both start in general, with the rooms they may join listed, to be
+    // joined when opened.
     for page in [&a, &b] {
-        cdp.wait_for(page, &joined("ops"));
-        cdp.wait_for(page, &joined("random"));
         assert_eq!(cdp.eval(page, "window.jwtchat.room"), json!("general"));
         assert_eq!(
             cdp.eval(page, ROOM_LIST),
             json!(["general", "ops", "random"])
         );
         assert_eq!(cdp.eval(page, DM_LIST), json!([]));
+        assert_eq!(cdp.eval(page, &joined("ops")), json!(false));
     }
     cdp.wait_for(&a, "online('userA') && online('userB')");
+
+    // B opens ops, then goes back up to general with Alt+ArrowUp: ops stays
+    // open, counting what B does not see.
+    cdp.click(&b, &room_button("ops"));
+    cdp.wait_for(&b, &joined("ops"));
+    cdp.wait_for(&b, "location.hash === '#room=ops'");
+    cdp.press_alt_arrow(&b, "ArrowUp");
+    cdp.wait_for(
+        &b,
+        "window.jwtchat.room === 'general' && location.hash === ''",
+    );
 
     // A writes in ops while B looks at general: a badge of 1 on ops.
     cdp.click(&a, &room_button("ops"));
@@ -706,18 +716,13 @@ fn rooms_unread_counts_and_direct_messages_in_a_real_browser() {
         ),
         json!(0)
     );
-    // The online list is ops's.
     cdp.wait_for(&b, "online('userA') && online('userB')");
 
-    // Alt+ArrowUp takes A from ops back to general, the room above it.
+    // A goes back to general, where A clicks userB in the online list:
+    // their DM opens, listed as userB.
     cdp.press_alt_arrow(&a, "ArrowUp");
-    cdp.wait_for(
-        &a,
-        "window.jwtchat.room === 'general' && location.hash === ''",
-    );
+    cdp.wait_for(&a, "window.jwtchat.room === 'general'");
     assert_eq!(cdp.eval(&a, "texts()"), json!([]));
-
-    // A clicks userB in the online list: their DM opens, listed as userB.
     let dm = "dm:userA:userB";
     cdp.click(&a, "#online li[data-user='userB'] button");
     cdp.wait_for(
@@ -755,12 +760,14 @@ fn rooms_unread_counts_and_direct_messages_in_a_real_browser() {
     cdp.wait_for(&b, &joined(dm));
     assert_eq!(cdp.eval(&b, DM_LIST), json!(["userA"]));
 
-    // Alt+ArrowDown: the next room.
+    // Alt+ArrowDown: the next room, where B is alone.
     cdp.press_alt_arrow(&b, "ArrowDown");
     cdp.wait_for(
         &b,
         "window.jwtchat.room === 'random' && location.hash === '#room=random'",
     );
+    cdp.wait_for(&b, &joined("random"));
+    assert_eq!(online_names(&mut cdp, &b), json!(["userB"]));
 
     // The claim's "team-*": the name box takes only names that fit it.
     let join = "document.querySelector('#join-button')";
