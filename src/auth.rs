@@ -56,7 +56,15 @@ pub struct User {
     pub id: String,
     pub username: String,
     pub password_hash: String,
+    /// Rooms this user may join beyond the open ones: names, or prefixes
+    /// ending in `*` (`team-*`). Goes into the token's `rooms` claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
+
+/// What the demo accounts may join beyond `general`: `random`, and any
+/// room whose name starts with `team-` (created by joining it).
+pub const DEMO_ROOMS: [&str; 2] = ["random", "team-*"];
 
 /// The longest username, in characters.
 pub const MAX_USERNAME_CHARS: usize = 64;
@@ -107,6 +115,12 @@ pub enum UsersError {
     /// A username that is empty, over 64 characters, has a control
     /// character or is not NFC, and why.
     BadUsername { line: usize, why: String },
+    /// A `rooms` entry that is no room name or prefix pattern, and why.
+    BadRooms {
+        username: String,
+        line: usize,
+        why: String,
+    },
     /// A `password_hash` that is not a usable argon2id PHC string, and why.
     BadHash {
         username: String,
@@ -130,6 +144,11 @@ impl fmt::Display for UsersError {
             UsersError::BadUsername { line, why } => {
                 write!(f, "users file line {line}: the username {why}")
             }
+            UsersError::BadRooms {
+                username,
+                line,
+                why,
+            } => write!(f, "users file line {line} ({username:?}): {why}"),
             UsersError::BadHash {
                 username,
                 line,
@@ -144,7 +163,7 @@ impl fmt::Display for UsersError {
 }
 
 impl Users {
-    /// The built-in demo accounts `userA`/`passwordA`, `userB`/`passwordB`,
+    /// The built-in demo accounts, each granted [`DEMO_ROOMS`]:  `userA`/`passwordA`, `userB`/`passwordB`,
     /// `userC`/`passwordC`, hashed at start-up like any other.
     pub fn demo() -> Users {
         let users = ["A", "B", "C"]
@@ -154,6 +173,7 @@ impl Users {
                 id: (i + 1).to_string(),
                 username: format!("user{letter}"),
                 password_hash: hash_password(&format!("password{letter}")),
+                rooms: DEMO_ROOMS.iter().map(|r| r.to_string()).collect(),
             })
             .collect();
         Users::new(users)
@@ -178,6 +198,11 @@ impl Users {
             let line = line_of(&text, entry.get());
             check_username(&user.username).map_err(|why| UsersError::BadUsername { line, why })?;
             check_phc(&user.password_hash).map_err(|why| UsersError::BadHash {
+                username: user.username.clone(),
+                line,
+                why,
+            })?;
+            crate::access::check_grants(&user.rooms).map_err(|why| UsersError::BadRooms {
                 username: user.username.clone(),
                 line,
                 why,
@@ -281,7 +306,7 @@ fn line_of(text: &str, part: &str) -> usize {
 /// and in one canonical form: in NFC (Unicode UAX #15), "é" typed as one
 /// code point and as "e" + U+0301 would otherwise be two different users
 /// who look the same.
-fn check_username(name: &str) -> Result<(), String> {
+pub(crate) fn check_username(name: &str) -> Result<(), String> {
     let chars = name.chars().count();
     if chars == 0 {
         return Err("is empty".to_string());
@@ -481,6 +506,10 @@ pub struct Claims {
     /// existed lack it and cannot be renewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pwf: Option<String>,
+    /// Rooms the holder may join beyond the open ones: names, or prefixes
+    /// ending in `*` (see `crate::access`). From the users file's `rooms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
 
 impl Claims {
@@ -665,6 +694,7 @@ impl Tokens {
             nbf: None,
             auth_time: Some(iat),
             pwf: Some(self.fingerprint(&user.password_hash)),
+            rooms: user.rooms.clone(),
         })
     }
 
@@ -676,6 +706,11 @@ impl Tokens {
         let old = self
             .verify_current(token, users)
             .map_err(RefreshError::Token)?;
+        // The rooms the users file grants now, not those of the old token.
+        let rooms = users
+            .by_id(&old.sub)
+            .map(|user| user.rooms.clone())
+            .unwrap_or_default();
         let now = self.clock.unix_secs();
         let session_end = old.login_time().saturating_add(self.max_session_secs);
         if now >= session_end {
@@ -687,6 +722,7 @@ impl Tokens {
             auth_time: Some(old.login_time()),
             nbf: None,
             iss: self.issuer.clone(),
+            rooms,
             ..old
         }))
     }
@@ -734,6 +770,7 @@ mod tests {
             id: "7".into(),
             username: "ann".into(),
             password_hash: hash_password("secret"),
+            rooms: vec!["team-*".into()],
         }
     }
 

@@ -113,12 +113,13 @@ enum Group {
     Accounts,
     Limits,
     History,
+    Rooms,
     Logging,
     Cluster,
     Other,
 }
 
-const GROUPS: [(Group, &str, &str); 7] = [
+const GROUPS: [(Group, &str, &str); 8] = [
     (Group::Network, "NETWORK", "network"),
     (
         Group::Accounts,
@@ -127,6 +128,7 @@ const GROUPS: [(Group, &str, &str); 7] = [
     ),
     (Group::Limits, "LIMITS", "limits"),
     (Group::History, "HISTORY", "history"),
+    (Group::Rooms, "ROOMS", "rooms"),
     (Group::Logging, "LOGGING AND METRICS", "logging and metrics"),
     (Group::Cluster, "CLUSTER", "cluster"),
     (Group::Other, "OTHER", "other"),
@@ -526,6 +528,61 @@ const FLAGS: &[Flag] = &[
         help: "online users a newcomer's welcome lists at most (online_count says how many there are)",
         #[cfg(test)]
         doc: "online users a newcomer's `welcome` lists at most; `online_count` always says how many there are, and `online_truncated` that the list was cut",
+    },
+    // ROOMS
+    Flag {
+        name: "--room",
+        short: None,
+        value: "NAME",
+        group: Group::Rooms,
+        kind: Kind::Text(|c, v| c.open_rooms.push(v)),
+        show: |c| (!c.open_rooms.is_empty()).then(|| c.open_rooms.join(" ")),
+        unset: (Some("only general"), ""),
+        help: "a room every logged-in user may join, besides general; repeatable",
+        #[cfg(test)]
+        doc: "a room every logged-in user may join, besides `general`; repeatable (see \
+              [Rooms](#rooms))",
+    },
+    Flag {
+        name: "--max-rooms-per-connection",
+        short: None,
+        value: "N",
+        group: Group::Rooms,
+        kind: Kind::Number(range::ROOMS_PER_CONNECTION, |c, n| {
+            c.max_rooms_per_connection = n as usize
+        }),
+        show: |c| some(c.max_rooms_per_connection),
+        unset: (None, ""),
+        help: "rooms one connection may be in at once, general included",
+        #[cfg(test)]
+        doc: "rooms one connection may be in at once, `general` included; past it, \
+              `too_many_rooms`",
+    },
+    Flag {
+        name: "--max-rooms",
+        short: None,
+        value: "N",
+        group: Group::Rooms,
+        kind: Kind::Number(range::ROOMS, |c, n| c.max_rooms = n as usize),
+        show: |c| some(c.max_rooms),
+        unset: (None, ""),
+        help: "rooms the server keeps (with anyone in them, or with history), general included",
+        #[cfg(test)]
+        doc: "rooms the server keeps (with anyone in them, or with history), `general` \
+              included; a subscribe that would make one more gets `too_many_rooms`",
+    },
+    Flag {
+        name: "--room-idle-ttl",
+        short: None,
+        value: "SECS",
+        group: Group::Rooms,
+        kind: Kind::Number(range::SECONDS, |c, n| c.room_idle_ttl_secs = n),
+        show: |c| some(c.room_idle_ttl_secs),
+        unset: (None, ""),
+        help: "a room nobody has been in for this long is freed with its history",
+        #[cfg(test)]
+        doc: "a room nobody has been in for this long is freed with its history \
+              (`general` never is)",
     },
     // LOGGING AND METRICS
     Flag {
@@ -1026,6 +1083,7 @@ mod tests {
         for flag in FLAGS {
             let value = match &flag.kind {
                 Kind::Number(range, _) => Some(range.end().to_string()),
+                Kind::Text(_) if flag.name == "--room" => Some("ops".to_string()),
                 Kind::Text(_) => Some("elsewhere.example:1".to_string()),
                 Kind::Path(_) => Some("/some/file".to_string()),
                 Kind::Parsed(..) if flag.name == "--trust-proxy" => Some("10.0.0.0/8".into()),

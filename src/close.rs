@@ -105,6 +105,7 @@ impl CloseReason {
                 code,
                 message,
                 id: None,
+                room: None,
             }
             .frame()
         });

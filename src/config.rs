@@ -208,6 +208,17 @@ pub struct Config {
     pub redis: Option<String>,
     /// Prefix of every Redis key, so several rooms can share one Redis.
     pub redis_prefix: String,
+    /// Rooms every authenticated user may join, beyond `general`
+    /// (`--room`, repeatable).
+    pub open_rooms: Vec<String>,
+    /// Rooms one connection may be in at once, `general` included.
+    pub max_rooms_per_connection: usize,
+    /// Rooms the server keeps at most: with anyone in them, or with
+    /// history; `general` included.
+    pub max_rooms: usize,
+    /// A room nobody has been in for this long is freed with its history,
+    /// in seconds.
+    pub room_idle_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -250,6 +261,10 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             redis: None,
             redis_prefix: "jwtchat".to_string(),
+            open_rooms: Vec::new(),
+            max_rooms_per_connection: 64,
+            max_rooms: 10_000,
+            room_idle_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -307,6 +322,10 @@ pub mod range {
     pub const HISTORY: RangeInclusive<u64> = 0..=100_000;
     /// `presence_list_max`: each name costs every welcome its bytes.
     pub const PRESENCE_LIST: RangeInclusive<u64> = 1..=100_000;
+    /// `max_rooms_per_connection`: each subscription costs a pool entry.
+    pub const ROOMS_PER_CONNECTION: RangeInclusive<u64> = 1..=10_000;
+    /// `max_rooms`: `general` is always one.
+    pub const ROOMS: RangeInclusive<u64> = 1..=10_000_000;
 }
 
 /// Why a [`Config`] cannot start a server. Each `Display` is one line, the
@@ -341,6 +360,8 @@ pub enum ConfigError {
     },
     /// The secret fails [`check_secret`].
     WeakSecret(WeakSecret),
+    /// A `--room` that is not a plain room name (`a-z`, `0-9`, `_`, `-`).
+    BadRoom(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -363,6 +384,11 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Zero { setting } => write!(f, "{setting} must be more than zero"),
             ConfigError::WeakSecret(why) => write!(f, "the secret {why}"),
+            ConfigError::BadRoom(room) => write!(
+                f,
+                "invalid value {room:?} for --room: a room name is 1 to 32 characters of \
+                 a-z, 0-9, '_' and '-', starting with a letter or digit"
+            ),
         }
     }
 }
@@ -477,6 +503,18 @@ impl Config {
             not_blank("--redis", url)?;
         }
         not_blank("--redis-prefix", &self.redis_prefix)?;
+        within(
+            "--max-rooms-per-connection",
+            wide(self.max_rooms_per_connection),
+            range::ROOMS_PER_CONNECTION,
+        )?;
+        within("--max-rooms", wide(self.max_rooms), range::ROOMS)?;
+        within("--room-idle-ttl", self.room_idle_ttl_secs, range::SECONDS)?;
+        for room in &self.open_rooms {
+            if !crate::access::is_open_room_name(room) {
+                return Err(ConfigError::BadRoom(room.clone()));
+            }
+        }
         // No flags: only an embedder sets these.
         if self.sweep_interval.is_zero() {
             return Err(ConfigError::Zero {

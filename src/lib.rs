@@ -44,6 +44,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{Config, ConfigError};
 pub use server::{Server, ServerHandle, StartError};
 
+mod access;
 mod assets;
 mod auth;
 mod capacity;
@@ -60,6 +61,7 @@ mod presence;
 mod protocol;
 mod proxy;
 mod room;
+mod rooms;
 mod routes;
 mod server;
 mod session;
@@ -79,12 +81,12 @@ pub mod fuzzing {
 }
 
 /// What every connection thread shares: configuration, accounts, token
-/// keys, the front end and the room.
+/// keys, the front end and the rooms.
 pub(crate) struct Shared {
     pub config: Config,
     pub accounts: Accounts,
     pub assets: assets::Assets,
-    pub room: std::sync::Arc<room::Room>,
+    pub rooms: std::sync::Arc<rooms::Rooms>,
     pub connections: std::sync::Arc<limits::ConnectionLimits>,
     /// Message budgets per user and per IP (`None`: no such limit).
     pub message_budgets: Option<limits::SharedBudgets>,
@@ -101,14 +103,17 @@ pub(crate) struct Accounts {
 }
 
 impl Shared {
-    /// The server's counters (kept by the room, shared by everyone).
+    /// The server's counters (kept by the rooms, shared by everyone).
     fn metrics(&self) -> &metrics::Metrics {
-        self.room.metrics()
+        self.rooms.metrics()
     }
 
     /// The counters in Prometheus's text format.
     fn metrics_text(&self) -> String {
-        self.metrics()
-            .render(self.connections.open(), self.room.len())
+        self.metrics().render(
+            self.connections.open(),
+            self.rooms.clients(),
+            self.rooms.len(),
+        )
     }
 }

@@ -46,6 +46,72 @@ pub struct Metrics {
     logins_throttled: [AtomicU64; LOGIN_LIMITS.len()],
     /// With `--redis` only.
     pub redis: Option<Arc<RedisCounters>>,
+    /// How many rooms each connection is in.
+    pub subscriptions: SubscriptionHistogram,
+}
+
+/// Upper bounds of the subscriptions-per-connection buckets (the default
+/// `--max-rooms-per-connection` is the last).
+const SUBSCRIPTION_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// Rooms per open connection, as a histogram of the connections open now
+/// (`jwtchat_subscriptions_per_connection`): each connection is counted
+/// once, in the bucket of its current number of rooms, and moves between
+/// buckets as it subscribes and unsubscribes. No room names: they would
+/// make a label per room.
+#[derive(Default)]
+pub struct SubscriptionHistogram {
+    /// Connections with at most `SUBSCRIPTION_BUCKETS[i]` rooms and more
+    /// than the bound before (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; SUBSCRIPTION_BUCKETS.len() + 1],
+    /// Subscriptions of every open connection together.
+    sum: AtomicU64,
+}
+
+impl SubscriptionHistogram {
+    fn bucket(rooms: usize) -> usize {
+        SUBSCRIPTION_BUCKETS
+            .iter()
+            .position(|&bound| rooms as u64 <= bound)
+            .unwrap_or(SUBSCRIPTION_BUCKETS.len())
+    }
+
+    /// A connection went from `from` rooms to `to` (`None`: it was not, or
+    /// is no longer, open).
+    pub fn moved(&self, from: Option<usize>, to: Option<usize>) {
+        if let Some(from) = from {
+            self.buckets[Self::bucket(from)].fetch_sub(1, Ordering::Relaxed);
+            self.sum.fetch_sub(from as u64, Ordering::Relaxed);
+        }
+        if let Some(to) = to {
+            inc(&self.buckets[Self::bucket(to)]);
+            add(&self.sum, to as u64);
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP jwtchat_subscriptions_per_connection Rooms each open connection is in \
+             (a histogram of the connections open now).\n\
+             # TYPE jwtchat_subscriptions_per_connection histogram\n",
+        );
+        let mut cumulative = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = SUBSCRIPTION_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "jwtchat_subscriptions_per_connection_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "jwtchat_subscriptions_per_connection_sum {}\njwtchat_subscriptions_per_connection_count {cumulative}",
+            self.sum.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// What the Redis relay counts (`--redis`).
@@ -94,9 +160,10 @@ impl Metrics {
     }
 
     /// The exposition text. `tcp_connections_open` (every accepted TCP
-    /// connection still open, HTTP or WebSocket) and `clients` (WebSocket
-    /// clients) are gauges read from their owners at the time of the scrape.
-    pub fn render(&self, tcp_connections_open: usize, clients: usize) -> String {
+    /// connection still open, HTTP or WebSocket), `clients` (WebSocket
+    /// clients) and `rooms` are gauges read from their owners at the time
+    /// of the scrape.
+    pub fn render(&self, tcp_connections_open: usize, clients: usize, rooms: usize) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -116,6 +183,12 @@ impl Metrics {
             "gauge",
             "Connected WebSocket clients.",
             clients as u64,
+        );
+        metric(
+            "jwtchat_rooms",
+            "gauge",
+            "Rooms that exist: with anyone in them, or with history (general always).",
+            rooms as u64,
         );
         metric(
             "jwtchat_websocket_connections_total",
@@ -203,6 +276,7 @@ impl Metrics {
                 get(&redis.missed),
             );
         }
+        self.subscriptions.render(&mut out);
         out.push_str("# HELP jwtchat_tokens_rejected_total Tokens refused, by reason.\n");
         out.push_str("# TYPE jwtchat_tokens_rejected_total counter\n");
         for (reason, count) in TOKEN_REASONS.iter().zip(&self.tokens_rejected) {
@@ -245,7 +319,21 @@ mod tests {
         let m = Metrics::default();
         inc(&m.deliveries);
         m.token_rejected(TokenError::Expired);
-        let text = m.render(3, 2);
+        m.subscriptions.moved(None, Some(1));
+        m.subscriptions.moved(None, Some(1));
+        m.subscriptions.moved(Some(1), Some(3));
+        let text = m.render(3, 2, 5);
+        assert!(text.contains("jwtchat_rooms 5\n"));
+        assert!(text.contains(
+            "jwtchat_subscriptions_per_connection_bucket{le=\"1\"} 1\n\
+             jwtchat_subscriptions_per_connection_bucket{le=\"2\"} 1\n\
+             jwtchat_subscriptions_per_connection_bucket{le=\"4\"} 2\n"
+        ));
+        assert!(text.contains(
+            "jwtchat_subscriptions_per_connection_bucket{le=\"+Inf\"} 2\n\
+             jwtchat_subscriptions_per_connection_sum 4\n\
+             jwtchat_subscriptions_per_connection_count 2\n"
+        ));
         assert!(
             text.contains("# TYPE jwtchat_deliveries_total counter\njwtchat_deliveries_total 1\n")
         );

@@ -31,6 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{BadRoom, RoomName};
 use crate::frame::{self, Frame};
 
 /// Close codes (RFC 6455 §7.4.1; 4000–4999 are for applications, §7.4.2).
@@ -61,10 +62,19 @@ pub const MAX_ID_BYTES: usize = 64;
 /// A message from a client, after checks.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// Chat text to broadcast, with the sender's own `id` for it, if any:
-    /// echoed on the broadcast and on any error about it, so the sender can
-    /// tell which of its messages was taken or refused.
-    Chat { text: String, id: Option<String> },
+    /// Chat text to broadcast to `room` (`general` if it named none), with
+    /// the sender's own `id` for it, if any: echoed on the broadcast and on
+    /// any error about it, so the sender can tell which of its messages was
+    /// taken or refused.
+    Chat {
+        text: String,
+        id: Option<String>,
+        room: RoomName,
+    },
+    /// Join a room.
+    Subscribe(RoomName),
+    /// Leave a room.
+    Unsubscribe(RoomName),
     /// A renewed token for this connection.
     Reauth(String),
 }
@@ -73,8 +83,20 @@ pub enum Incoming {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Wire {
-    Message { text: String, id: Option<String> },
-    Reauth { token: String },
+    Message {
+        text: String,
+        id: Option<String>,
+        room: Option<serde_json::Value>,
+    },
+    Subscribe {
+        room: serde_json::Value,
+    },
+    Unsubscribe {
+        room: serde_json::Value,
+    },
+    Reauth {
+        token: String,
+    },
 }
 
 /// Why a client message was refused. The client gets
@@ -96,6 +118,18 @@ pub enum MessageError {
         len: usize,
         max: usize,
     },
+    /// A `room` that is no room name (answered with `bad_room`).
+    BadRoom(BadRoom),
+}
+
+impl MessageError {
+    /// The `code` of the `error` that answers it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MessageError::BadRoom(_) => ErrorCode::BadRoom,
+            _ => ErrorCode::BadMessage,
+        }
+    }
 }
 
 impl std::fmt::Display for MessageError {
@@ -113,6 +147,7 @@ impl std::fmt::Display for MessageError {
             MessageError::TextTooLong { len, max } => {
                 write!(f, "text is {len} bytes; the limit is {max}")
             }
+            MessageError::BadRoom(why) => why.fmt(f),
         }
     }
 }
@@ -154,12 +189,22 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
         }
     })?;
     match wire {
-        Wire::Message { text, id } => {
+        Wire::Message { text, id, room } => {
             if let Some(id) = &id {
                 if id.len() > MAX_ID_BYTES {
                     return Err(MessageError::IdTooLong { len: id.len() }.into());
                 }
             }
+            let room = match room.as_ref().map(room_name) {
+                None => RoomName::general(),
+                Some(Ok(room)) => room,
+                Some(Err(why)) => {
+                    return Err(Rejected {
+                        error: MessageError::BadRoom(why),
+                        id,
+                    });
+                }
+            };
             let error = if text.trim().is_empty() {
                 MessageError::EmptyText
             } else if text.len() > max_text_bytes {
@@ -168,12 +213,26 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
                     max: max_text_bytes,
                 }
             } else {
-                return Ok(Incoming::Chat { text, id });
+                return Ok(Incoming::Chat { text, id, room });
             };
             Err(Rejected { error, id })
         }
+        Wire::Subscribe { room } => Ok(Incoming::Subscribe(parse_room(&room)?)),
+        Wire::Unsubscribe { room } => Ok(Incoming::Unsubscribe(parse_room(&room)?)),
         Wire::Reauth { token } => Ok(Incoming::Reauth(token)),
     }
+}
+
+/// A `room` field: a string that is a room name.
+fn room_name(room: &serde_json::Value) -> Result<RoomName, BadRoom> {
+    match room {
+        serde_json::Value::String(name) => RoomName::parse(name),
+        _ => Err(BadRoom::Plain),
+    }
+}
+
+fn parse_room(room: &serde_json::Value) -> Result<RoomName, Rejected> {
+    room_name(room).map_err(|why| MessageError::BadRoom(why).into())
 }
 
 /// serde's message without the position, which means nothing to a chat user
@@ -197,6 +256,15 @@ pub enum ErrorCode {
     /// The chat cannot take messages now (with `--redis`: Redis is
     /// unreachable); the message was not sent.
     Unavailable,
+    /// A `room` that is no room name.
+    BadRoom,
+    /// A room this user may not join (the same answer whether it exists
+    /// or not).
+    Forbidden,
+    /// A message to a room this connection has not subscribed to.
+    NotSubscribed,
+    /// Past `--max-rooms-per-connection`, or a new room past `--max-rooms`.
+    TooManyRooms,
 }
 
 /// The limits a client should keep to, in `welcome`, so a page can check a
@@ -213,29 +281,43 @@ pub struct Limits {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outgoing<'a> {
-    /// First frame on every connection.
+    /// First frame on every connection: the user, the token's expiry, the
+    /// limits, and `general` (every connection starts in it).
     Welcome {
         user: &'a str,
         expires_at: u64,
-        /// Who is online, sorted; at most `--presence-list-max` names.
-        online: Vec<&'a str>,
-        /// How many users are online, however many `online` lists.
-        online_count: usize,
-        /// Present (true) when `online` was cut to `--presence-list-max`.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        online_truncated: bool,
-        /// Recent messages, oldest first (see `--history`).
-        history: Vec<Outgoing<'a>>,
+        /// Always `general`: the room the other fields describe.
+        room: &'a str,
+        /// The rooms this user may join (`general`, `--room`s, the token's
+        /// grants; patterns as `team-*`), not DMs.
+        rooms: &'a [String],
+        #[serde(flatten)]
+        greeting: Greeting<'a>,
         limits: Limits,
+    },
+    /// A `subscribe` was accepted (or a first DM subscribed its sender).
+    Subscribed {
+        room: &'a str,
+        #[serde(flatten)]
+        greeting: Greeting<'a>,
+        /// The `seq` of the room's last message (0: none yet).
+        last_seq: u64,
+    },
+    /// This connection left `room`: it asked, or (`reason: "forbidden"`)
+    /// a `reauth` took the room away.
+    Unsubscribed {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     /// The token expires in a minute or less: time to renew it.
     Expiring { expires_at: u64 },
     /// A `reauth` was accepted: the connection now lasts until this.
     Reauthed { expires_at: u64 },
-    /// A user came online (their first connection).
-    Join { user: &'a str },
-    /// A user went offline (their last connection closed).
-    Leave { user: &'a str },
+    /// A user came online in `room` (their first connection there).
+    Join { room: &'a str, user: &'a str },
+    /// A user went offline in `room` (their last connection there closed).
+    Leave { room: &'a str, user: &'a str },
     /// Several users came online or went offline within one presence
     /// window (see `room::presence::PRESENCE_WINDOW`): one frame instead of one each.
     Presence {
@@ -243,8 +325,10 @@ pub enum Outgoing<'a> {
         joined: Vec<&'a str>,
         left: Vec<&'a str>,
     },
-    /// A chat message, to everyone, the sender included.
+    /// A chat message, to everyone in `room`, the sender included.
     Message {
+        room: &'a str,
+        /// Numbers this room's messages from 1, with no gaps.
         seq: u64,
         from: &'a str,
         text: &'a str,
@@ -260,7 +344,26 @@ pub enum Outgoing<'a> {
         /// The `id` of the client message this error is about, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+        /// The room this error is about, if it is about one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
+}
+
+/// What a newcomer to a room is told of it, in `welcome` (for `general`)
+/// and `subscribed`.
+#[derive(Debug, Serialize)]
+pub struct Greeting<'a> {
+    /// Who is online in the room, sorted; at most `--presence-list-max`
+    /// names.
+    pub online: Vec<&'a str>,
+    /// How many users are online in the room, however many `online` lists.
+    pub online_count: usize,
+    /// Present (true) when `online` was cut to `--presence-list-max`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub online_truncated: bool,
+    /// The room's recent messages, oldest first (see `--history`).
+    pub history: Vec<Outgoing<'a>>,
 }
 
 /// What the server says, once, before closing with 4001.
@@ -286,16 +389,50 @@ mod tests {
             decode(r#"{"type":"message","text":"hi"}"#, 10),
             Ok(Incoming::Chat {
                 text: "hi".into(),
-                id: None
+                id: None,
+                room: RoomName::general(),
             })
         );
         assert_eq!(
-            decode(r#"{"type":"message","text":"hi","id":"c1"}"#, 10),
+            decode(
+                r#"{"type":"message","text":"hi","id":"c1","room":"ops"}"#,
+                10
+            ),
             Ok(Incoming::Chat {
                 text: "hi".into(),
-                id: Some("c1".into())
+                id: Some("c1".into()),
+                room: RoomName::parse("ops").unwrap(),
             })
         );
+    }
+
+    #[test]
+    fn room_messages_decode_and_bad_rooms_are_named() {
+        assert_eq!(
+            decode(r#"{"type":"subscribe","room":"ops"}"#, 10),
+            Ok(Incoming::Subscribe(RoomName::parse("ops").unwrap()))
+        );
+        assert_eq!(
+            decode(r#"{"type":"unsubscribe","room":"dm:a:b"}"#, 10),
+            Ok(Incoming::Unsubscribe(RoomName::dm("b", "a")))
+        );
+        let bad = decode(
+            r#"{"type":"message","text":"hi","id":"c9","room":"Ops"}"#,
+            10,
+        );
+        let bad = bad.unwrap_err();
+        assert_eq!(bad.error.code(), ErrorCode::BadRoom);
+        assert_eq!(bad.id.as_deref(), Some("c9"));
+        let bad = decode(r#"{"type":"subscribe","room":"dm:b:a"}"#, 10).unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "the two usernames go in byte order: the room is dm:a:b"
+        );
+        // A room field must be a string.
+        let bad = decode(r#"{"type":"subscribe","room":5}"#, 10).unwrap_err();
+        assert_eq!(bad.error.code(), ErrorCode::BadRoom);
+        let bad = decode(r#"{"type":"subscribe"}"#, 10).unwrap_err();
+        assert_eq!(bad.error.code(), ErrorCode::BadMessage);
     }
 
     #[test]
@@ -380,29 +517,32 @@ mod tests {
         };
         assert_eq!(
             json(Outgoing::Message {
+                room: "general",
                 seq: 1,
                 from: "a",
                 text: "<b>",
                 ts: 5,
                 id: None
             }),
-            serde_json::json!({"type":"message","seq":1,"from":"a","text":"<b>","ts":5})
+            serde_json::json!({"type":"message","room":"general","seq":1,"from":"a","text":"<b>","ts":5})
         );
         assert_eq!(
             json(Outgoing::Message {
+                room: "ops",
                 seq: 1,
                 from: "a",
                 text: "<b>",
                 ts: 5,
                 id: Some("c1")
             }),
-            serde_json::json!({"type":"message","seq":1,"from":"a","text":"<b>","ts":5,"id":"c1"})
+            serde_json::json!({"type":"message","room":"ops","seq":1,"from":"a","text":"<b>","ts":5,"id":"c1"})
         );
         assert_eq!(
             json(Outgoing::Error {
                 code: ErrorCode::TokenExpired,
                 message: "m",
-                id: None
+                id: None,
+                room: None
             }),
             serde_json::json!({"type":"error","code":"token_expired","message":"m"})
         );
@@ -410,26 +550,61 @@ mod tests {
             json(Outgoing::Error {
                 code: ErrorCode::RateLimited,
                 message: "m",
-                id: Some("c2")
+                id: Some("c2"),
+                room: None
             }),
             serde_json::json!({"type":"error","code":"rate_limited","message":"m","id":"c2"})
+        );
+        assert_eq!(
+            json(Outgoing::Error {
+                code: ErrorCode::NotSubscribed,
+                message: "m",
+                id: None,
+                room: Some("ops")
+            }),
+            serde_json::json!({"type":"error","code":"not_subscribed","message":"m","room":"ops"})
         );
         assert_eq!(
             json(Outgoing::Welcome {
                 user: "a",
                 expires_at: 9,
-                online: vec!["a"],
-                online_count: 1,
-                online_truncated: false,
-                history: vec![],
+                room: "general",
+                rooms: &["general".to_string(), "team-*".to_string()],
+                greeting: Greeting {
+                    online: vec!["a"],
+                    online_count: 1,
+                    online_truncated: false,
+                    history: vec![],
+                },
                 limits: Limits {
                     max_message_bytes: 10,
                     message_rate: 3
                 }
             }),
             serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],
-                "online_count":1,"history":[],
+                "online_count":1,"history":[],"room":"general","rooms":["general","team-*"],
                 "limits":{"max_message_bytes":10,"message_rate":3}})
+        );
+        assert_eq!(
+            json(Outgoing::Subscribed {
+                room: "ops",
+                greeting: Greeting {
+                    online: vec!["a", "b"],
+                    online_count: 3,
+                    online_truncated: true,
+                    history: vec![],
+                },
+                last_seq: 7,
+            }),
+            serde_json::json!({"type":"subscribed","room":"ops","online":["a","b"],
+                "online_count":3,"online_truncated":true,"history":[],"last_seq":7})
+        );
+        assert_eq!(
+            json(Outgoing::Unsubscribed {
+                room: "ops",
+                reason: Some("forbidden")
+            }),
+            serde_json::json!({"type":"unsubscribed","room":"ops","reason":"forbidden"})
         );
     }
 }

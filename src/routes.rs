@@ -123,7 +123,7 @@ pub fn route(shared: &Shared, request: &Request, peer: SocketAddr, conn: &Connec
         ("/auth/refresh", _) => Err(Refusal::MethodNotAllowed("POST")),
         ("/auth", _) => Err(Refusal::MethodNotAllowed("POST")),
         ("/ws", _) => Err(Refusal::MethodNotAllowed("GET")),
-        ("/healthz", "GET" | "HEAD") => health(&shared.room),
+        ("/healthz", "GET" | "HEAD") => health(shared.rooms.general()),
         ("/healthz", _) => Err(Refusal::MethodNotAllowed("GET, HEAD")),
         (path, "GET" | "HEAD") => Ok(static_file(&shared.assets, path)),
         _ => Err(Refusal::MethodNotAllowed("GET, HEAD")),

@@ -20,7 +20,8 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
-use crate::room::{MAX_PENDING_BYTES, Relay, Room};
+use crate::room::{self, MAX_PENDING_BYTES, Relay};
+use crate::rooms::{self, Rooms};
 use crate::session::{self, Upgraded};
 use crate::{Accounts, Shared, proxy, routes};
 
@@ -139,17 +140,11 @@ impl Server {
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
             .with_max_session(config.max_session_secs)
             .with_clock(config.clock.clone());
-        // A batch must fit a client's queue with room to spare, or clients
-        // that keep up would be cut off for one batch.
-        let room = Room::with_relay(config.history, relay, metrics)
-            .with_max_pending(MAX_PENDING_BYTES.min(config.client_queue_bytes / 4))
-            .with_limits(Limits {
-                max_message_bytes: config.max_message_bytes,
-                message_rate: config.message_rate,
-            })
-            .with_clock(config.clock.clone())
-            .with_presence_list_max(config.presence_list_max);
-        let room = Arc::new(room);
+        let rooms = Arc::new(Rooms::new(
+            room_settings(&config, metrics),
+            room_limits(&config),
+            relay,
+        ));
         let shared = Shared {
             connections: ConnectionLimits::new(
                 crate::capacity::connection_cap(&config),
@@ -169,7 +164,7 @@ impl Server {
             message_budgets: SharedBudgets::new(config.user_rate(), config.user_burst()),
             config,
             assets,
-            room,
+            rooms,
         };
         Ok(Server {
             listener,
@@ -221,7 +216,7 @@ impl Server {
         } else if self.metrics_listener.is_none() {
             crate::info!("metrics not served (see --metrics-bind)");
         }
-        self.shared.room.start_relay();
+        self.shared.rooms.general().start_relay();
         if let Some(listener) = self.metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 crate::info!("metrics on http://{addr}/metrics");
@@ -315,7 +310,7 @@ impl ServerHandle {
     /// their presence window closes (at most 100 ms later): for a caller
     /// that needs presence settled, as a test does before its next step.
     pub fn flush_presence(&self) {
-        self.shared.room.flush_presence();
+        self.shared.rooms.flush_presence();
     }
 
     /// TCP connections open now (HTTP and WebSocket alike).
@@ -344,7 +339,7 @@ impl ServerHandle {
     /// written.
     pub fn shutdown_gracefully(mut self, grace: Duration) {
         self.stop_accepting();
-        let outboxes = self.shared.room.close_all(&CloseReason::going_away());
+        let outboxes = self.shared.rooms.close_all(&CloseReason::going_away());
         // After the close frames are on their way: saying goodbye to Redis
         // can take a while if it is unwell.
         self.stop_relay();
@@ -373,7 +368,7 @@ impl ServerHandle {
     /// With `--redis`: stops following Redis and tells the other instances
     /// this one is gone (once; later calls do nothing).
     fn stop_relay(&self) {
-        self.shared.room.stop_relay();
+        self.shared.rooms.general().stop_relay();
     }
 }
 
@@ -416,6 +411,38 @@ fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, S
     }
 }
 
+/// How every room is set up.
+fn room_settings(config: &Config, metrics: Arc<Metrics>) -> room::Settings {
+    room::Settings {
+        history: config.history,
+        // A batch must fit a client's queue with room to spare, or clients
+        // that keep up would be cut off for one batch.
+        max_pending: MAX_PENDING_BYTES.min(config.client_queue_bytes / 4),
+        limits: Limits {
+            max_message_bytes: config.max_message_bytes,
+            message_rate: config.message_rate,
+        },
+        clock: config.clock.clone(),
+        presence_list_max: config.presence_list_max,
+        metrics,
+        windows: Arc::default(),
+    }
+}
+
+/// The limits on rooms, and the rooms open to everyone.
+fn room_limits(config: &Config) -> rooms::Limits {
+    rooms::Limits {
+        max_rooms: config.max_rooms,
+        max_per_connection: config.max_rooms_per_connection,
+        idle_ttl: config.room_idle_ttl_secs,
+        open: config
+            .open_rooms
+            .iter()
+            .map(|r| r.as_str().into())
+            .collect(),
+    }
+}
+
 fn random_secret() -> Vec<u8> {
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).expect("the OS random source is available");
@@ -431,7 +458,7 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 thread::sleep(interval);
-                shared.room.sweep();
+                shared.rooms.sweep();
             }
         });
     if let Err(e) = spawned {
@@ -439,12 +466,13 @@ fn spawn_sweeper(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Closes each presence window in time (see `Room::run_presence_windows`).
+/// Closes each room's presence window in time (see
+/// `Rooms::run_presence_windows`).
 fn spawn_presence_windows(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let spawned = thread::Builder::new()
         .name("presence".into())
         .stack_size(64 * 1024)
-        .spawn(move || shared.room.run_presence_windows(&stop));
+        .spawn(move || shared.rooms.run_presence_windows(&stop));
     if let Err(e) = spawned {
         crate::error!("cannot start the presence thread: {e}");
     }

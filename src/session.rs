@@ -48,6 +48,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::Shared;
+use crate::access::RoomName;
 use crate::auth::Claims;
 use crate::clock::Clock;
 use crate::close::CloseReason;
@@ -56,7 +57,8 @@ use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
 use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
-use crate::room::{Client, ClientId, Fanout, Refused, Room};
+use crate::room::{Client, Fanout, Refused, Room};
+use crate::rooms::{Member, RoomError};
 
 /// `tungstenite`'s read buffer per connection. Every byte of it is written
 /// (zeroed) on each read, so it is resident for as long as the client is
@@ -178,24 +180,24 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Who this connection is.
+/// Who this connection is, and the rooms it is in.
 struct Me<'a> {
-    id: ClientId,
     /// The token's subject: a `reauth` must be for the same user.
     sub: &'a str,
     username: &'a str,
+    member: Member,
 }
 
-/// Removes the client from the room when the session ends, however it ends
-/// (a panic included), so nobody stays "online" forever.
+/// Takes the client out of every room when the session ends, however it
+/// ends (a panic included), so nobody stays "online" forever.
 struct Membership<'a> {
     shared: &'a Shared,
-    id: ClientId,
+    me: Me<'a>,
 }
 
 impl Drop for Membership<'_> {
     fn drop(&mut self) {
-        self.shared.room.leave(self.id);
+        self.shared.rooms.disconnect(&self.me.member);
     }
 }
 
@@ -221,7 +223,11 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
     // Only these claims are needed from here on; the rest (issuer,
     // fingerprint) is dropped rather than kept for the session's life.
     let Claims {
-        sub, username, exp, ..
+        sub,
+        username,
+        exp,
+        rooms,
+        ..
     } = claims;
     // The HTTP phase set a read timeout; a chat can be quiet for as long as
     // the token lasts (the sweep ends it at expiry).
@@ -233,7 +239,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         frames: config.client_queue_frames,
         bytes: config.client_queue_bytes,
     };
-    let outbox = Outbox::new(limit, stream.clone(), shared.room.reaper().clone());
+    let outbox = Outbox::new(limit, stream.clone(), shared.rooms.reaper().clone());
     let username: Arc<str> = username.into();
     // A conformance suite floods on purpose: no rate in echo mode.
     let rate = (!config.echo)
@@ -276,21 +282,25 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         crate::sys::release_stack_below_caller();
         (echo_loop(&mut ws, &outbox), format!("echo client {peer}"))
     } else {
-        let id = shared
-            .room
-            .join(Client::new(username.clone(), exp, outbox.clone()));
-        let membership = Membership { shared, id };
-        crate::info!("client {id} connected: {username:?} from {peer}");
-        let me = Me {
-            id,
-            sub: &sub,
-            username: &username,
+        let client = Arc::new(Client::new(username.clone(), exp, outbox.clone()));
+        let access = shared.rooms.access(username.clone(), &rooms);
+        drop(rooms);
+        let member = shared.rooms.connect(client, access);
+        let id = member.id;
+        let mut membership = Membership {
+            shared,
+            me: Me {
+                sub: &sub,
+                username: &username,
+                member,
+            },
         };
+        crate::info!("client {id} connected: {username:?} from {peer}");
         // The deep work is done (the handshake's parsing and HMAC, the
         // welcome's JSON): what its stack pages hold is dead, and the
         // client may now be quiet for hours. See the module docs.
         crate::sys::release_stack_below_caller();
-        let end = read_loop(shared, &mut ws, &outbox, &me);
+        let end = read_loop(shared, &mut ws, &outbox, &mut membership.me);
         drop(membership);
         (end, format!("client {id} ({username:?})"))
     };
@@ -352,12 +362,9 @@ fn read_loop(
     shared: &Shared,
     ws: &mut WebSocket<Duplex<'_>>,
     outbox: &Arc<Outbox>,
-    me: &Me<'_>,
+    me: &mut Me<'_>,
 ) -> End {
-    let mut held = Held {
-        room: &shared.room,
-        any: false,
-    };
+    let mut held = Held { rooms: Vec::new() };
     let end = loop {
         if !ws.get_ref().holds_whole_message() {
             held.release();
@@ -395,25 +402,31 @@ fn read_loop(
     end
 }
 
-/// Chat messages this session gave the room with [`Fanout::Held`] and
-/// that may not have gone out yet.
-struct Held<'a> {
-    room: &'a Room,
-    any: bool,
+/// The rooms this session gave chat messages with [`Fanout::Held`] that
+/// may not have gone out yet.
+struct Held {
+    rooms: Vec<Arc<Room>>,
 }
 
-impl Held<'_> {
+impl Held {
+    /// A message to `room` was held.
+    fn hold(&mut self, room: &Arc<Room>) {
+        if !self.rooms.iter().any(|held| Arc::ptr_eq(held, room)) {
+            self.rooms.push(room.clone());
+        }
+    }
+
     /// Sends what is held (or leaves it to a fan-out already under way).
     fn release(&mut self) {
-        if std::mem::take(&mut self.any) {
-            self.room.flush_pending();
+        for room in self.rooms.drain(..) {
+            room.flush_pending();
         }
     }
 }
 
 /// A panic in the read loop (caught in `server::serve_connection`) must
-/// not leave the room's next messages waiting for somebody else's.
-impl Drop for Held<'_> {
+/// not leave the rooms' next messages waiting for somebody else's.
+impl Drop for Held {
     fn drop(&mut self) {
         self.release();
     }
@@ -436,16 +449,16 @@ fn on_text(
     shared: &Shared,
     ws: &mut WebSocket<Duplex<'_>>,
     outbox: &Arc<Outbox>,
-    me: &Me<'_>,
+    me: &mut Me<'_>,
     text: &str,
-    held: &mut Held<'_>,
+    held: &mut Held,
 ) -> Step {
     // Decoded first, so that a refusal can name the message it refuses
     // (its `id`).
     let decoded = protocol::decode(text, shared.config.max_message_bytes);
     let id = match &decoded {
         Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
-        Ok(Incoming::Reauth(_)) => None,
+        Ok(Incoming::Reauth(_) | Incoming::Subscribe(_) | Incoming::Unsubscribe(_)) => None,
     };
     // Every text frame counts against the rate, whatever it holds: a flood
     // of bad messages or reauths is a flood too.
@@ -472,16 +485,20 @@ fn on_text(
         }
     }
     match decoded {
-        Ok(Incoming::Chat { text, id }) => {
+        Ok(Incoming::Chat { text, id, room }) => {
             let id = id.as_deref();
+            let Some(room) = room_to_speak_in(shared, outbox, me, &room, id, held) else {
+                return Step::Next;
+            };
             let fanout = if ws.get_ref().holds_whole_message() {
                 Fanout::Held
             } else {
                 Fanout::Now
             };
-            let sent = shared.room.broadcast(me.id, me.username, &text, id, fanout);
+            let sent = room.broadcast(me.member.id, me.username, &text, id, fanout);
             match sent {
-                Ok(_) => held.any |= fanout == Fanout::Held,
+                Ok(_) if fanout == Fanout::Held => held.hold(&room),
+                Ok(_) => {}
                 Err(_) => held.release(),
             }
             match sent {
@@ -506,6 +523,21 @@ fn on_text(
                 ),
             }
         }
+        Ok(Incoming::Subscribe(room)) => {
+            if let Err(refused) = shared.rooms.subscribe(&me.member, &room) {
+                notify_about(
+                    outbox,
+                    refused.code(),
+                    &refused.to_string(),
+                    None,
+                    Some(&room),
+                );
+            }
+        }
+        Ok(Incoming::Unsubscribe(room)) => {
+            shared.rooms.unsubscribe(&me.member, room.as_str());
+            unsubscribed(outbox, room.as_str(), None);
+        }
         Ok(Incoming::Reauth(token)) => {
             reauth(shared, outbox, me, &token);
             // Checking a token (its HMAC, its JSON) is the deepest work a
@@ -515,12 +547,48 @@ fn on_text(
         }
         Err(rejected) => notify(
             outbox,
-            ErrorCode::BadMessage,
+            rejected.error.code(),
             &rejected.to_string(),
             rejected.id.as_deref(),
         ),
     }
     Step::Next
+}
+
+/// The room a chat message goes to: one this connection is in, or a DM
+/// room it may join, which its first message joins it to (answered with
+/// `subscribed` before the message). Anything else is answered with an
+/// error, and `None`.
+fn room_to_speak_in(
+    shared: &Shared,
+    outbox: &Arc<Outbox>,
+    me: &Me<'_>,
+    room: &RoomName,
+    id: Option<&str>,
+    held: &mut Held,
+) -> Option<Arc<Room>> {
+    if let Some(joined) = me.member.client.room(room.as_str()) {
+        return Some(joined);
+    }
+    // The answer (`subscribed` or an error) must not overtake the messages
+    // before it.
+    held.release();
+    let refused = if room.is_dm() {
+        match shared.rooms.subscribe(&me.member, room) {
+            Ok(joined) => return Some(joined),
+            Err(refused) => refused,
+        }
+    } else {
+        RoomError::NotSubscribed
+    };
+    notify_about(outbox, refused.code(), &refused.to_string(), id, Some(room));
+    None
+}
+
+/// Tells this client it has left `room` (`reason`: why, when it did not
+/// ask).
+fn unsubscribed(outbox: &Arc<Outbox>, room: &str, reason: Option<&str>) {
+    let _ = outbox.push(Outgoing::Unsubscribed { room, reason }.frame());
 }
 
 /// Echo mode (a test aid for conformance suites): reads until the
@@ -555,7 +623,7 @@ fn echo(outbox: &Arc<Outbox>, message: Message) -> Option<End> {
 /// `{"type":"reauth","token":..}`: a fresh token for the same user, still
 /// current in the users file (the same rule as `/auth/refresh`), moves this
 /// connection's expiry; anything else leaves it as it was.
-fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
+fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &mut Me<'_>, token: &str) {
     let accounts = &shared.accounts;
     let claims = match accounts.tokens.verify_current(token, &accounts.users) {
         Ok(claims) if claims.sub == me.sub => claims,
@@ -577,22 +645,67 @@ fn reauth(shared: &Shared, outbox: &Arc<Outbox>, me: &Me<'_>, token: &str) {
             );
         }
     };
-    if shared.room.reauth(me.id, claims.exp) {
-        crate::info!("client {} renewed its token until {}", me.id, claims.exp);
-        let _ = outbox.push(
-            Outgoing::Reauthed {
-                expires_at: claims.exp,
-            }
-            .frame(),
-        );
+    me.member.client.renew(claims.exp);
+    crate::info!(
+        "client {} renewed its token until {}",
+        me.member.id,
+        claims.exp
+    );
+    let _ = outbox.push(
+        Outgoing::Reauthed {
+            expires_at: claims.exp,
+        }
+        .frame(),
+    );
+    narrow_access(shared, outbox, me, &claims.rooms);
+}
+
+/// A renewed token's `rooms` claim replaces the old one: the connection
+/// leaves each room the new one no longer allows (`unsubscribed` with
+/// `"reason":"forbidden"`).
+fn narrow_access(shared: &Shared, outbox: &Arc<Outbox>, me: &mut Me<'_>, claim: &[String]) {
+    let access = me.member.access.with_claim(claim);
+    let names: Vec<Arc<str>> = me
+        .member
+        .client
+        .rooms()
+        .iter()
+        .map(|room| room.name().clone())
+        .collect();
+    for name in names {
+        let allowed = RoomName::parse(&name).is_ok_and(|room| access.may_join(&room));
+        if !allowed && shared.rooms.unsubscribe(&me.member, &name) {
+            unsubscribed(outbox, &name, Some("forbidden"));
+        }
     }
+    me.member.access = access;
 }
 
 /// Tells this client (only) what was wrong, keeping the connection; `id`
 /// names the client message it is about, if it had one.
 fn notify(outbox: &Arc<Outbox>, code: ErrorCode, message: &str, id: Option<&str>) {
+    notify_about(outbox, code, message, id, None);
+}
+
+/// [`notify`], about `room`.
+fn notify_about(
+    outbox: &Arc<Outbox>,
+    code: ErrorCode,
+    message: &str,
+    id: Option<&str>,
+    room: Option<&RoomName>,
+) {
+    let room = room.map(RoomName::as_str);
     // A full queue here means the room is evicting this client anyway.
-    let _ = outbox.push(Outgoing::Error { code, message, id }.frame());
+    let _ = outbox.push(
+        Outgoing::Error {
+            code,
+            message,
+            id,
+            room,
+        }
+        .frame(),
+    );
 }
 
 /// Maps a read error to how the session ends: a protocol fault gets the

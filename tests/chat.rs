@@ -26,7 +26,10 @@ fn welcome_lists_who_is_online_and_others_see_the_join() {
 
     let (_b, welcome_b) = server.connect("userB");
     assert_eq!(welcome_b["online"], json!(["userA", "userB"]));
-    assert_eq!(a.recv(), json!({ "type": "join", "user": "userB" }));
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "join", "room": "general", "user": "userB" })
+    );
 }
 
 #[test]
@@ -40,10 +43,16 @@ fn leaving_is_announced_clean_or_not() {
 
     // A clean close...
     b.ws.close(None).expect("close");
-    assert_eq!(a.recv(), json!({ "type": "leave", "user": "userB" }));
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "leave", "room": "general", "user": "userB" })
+    );
     // ...and a dropped socket both end in a `leave`.
     drop(c);
-    assert_eq!(a.recv(), json!({ "type": "leave", "user": "userC" }));
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "leave", "room": "general", "user": "userC" })
+    );
 }
 
 #[test]
@@ -63,7 +72,10 @@ fn a_second_tab_of_the_same_user_is_not_a_new_join() {
     assert_eq!(next["user"], "userC");
     assert_eq!(a.recv()["type"], "message");
     drop(b2);
-    assert_eq!(a.recv(), json!({ "type": "leave", "user": "userB" }));
+    assert_eq!(
+        a.recv(),
+        json!({ "type": "leave", "room": "general", "user": "userB" })
+    );
 }
 
 #[test]
@@ -81,7 +93,10 @@ fn messages_reach_everyone_including_the_sender() {
         assert_eq!(m["text"], "hello <b>world</b> \"quoted\" ✓");
         assert!(m["ts"].as_u64().is_some_and(|ts| ts > 1_700_000_000_000));
         let keys: HashSet<&str> = m.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, HashSet::from(["type", "seq", "from", "text", "ts"]));
+        assert_eq!(
+            keys,
+            HashSet::from(["type", "room", "seq", "from", "text", "ts"])
+        );
     }
     b.say("second");
     assert_eq!(a.recv_type("message")["seq"], 2);
@@ -232,7 +247,10 @@ fn a_frame_over_the_limit_is_closed_with_1009() {
     let (code, _) = a.until_close();
     assert_eq!(code, 1009);
     // Nobody else is affected.
-    assert_eq!(b.recv(), json!({ "type": "leave", "user": "userA" }));
+    assert_eq!(
+        b.recv(),
+        json!({ "type": "leave", "room": "general", "user": "userA" })
+    );
 }
 
 #[test]

@@ -63,7 +63,10 @@ fn a_broadcast_evicts_an_expired_client_instead_of_delivering() {
     // The sender gets its message and sees userA leave.
     let mut got = [sender.recv(), sender.recv()];
     got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
-    assert_eq!(got[0], json!({ "type": "leave", "user": "userA" }));
+    assert_eq!(
+        got[0],
+        json!({ "type": "leave", "room": "general", "user": "userA" })
+    );
     assert_eq!(got[1]["text"], "after expiry");
 }
 
@@ -78,7 +81,10 @@ fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
     clock.advance(Duration::from_secs(600));
     // userA expires and leaves; userB stays and can still chat.
     assert_eq!(a.until_close().0, 4001);
-    assert_eq!(b.recv(), json!({ "type": "leave", "user": "userA" }));
+    assert_eq!(
+        b.recv(),
+        json!({ "type": "leave", "room": "general", "user": "userA" })
+    );
     b.say("still here");
     assert_eq!(b.recv()["text"], "still here");
 }
@@ -109,7 +115,7 @@ fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
     clock.advance(Duration::from_secs(600));
     assert_eq!(
         b.recv(),
-        json!({ "type": "leave", "user": "userA" }),
+        json!({ "type": "leave", "room": "general", "user": "userA" }),
         "userA expires"
     );
 

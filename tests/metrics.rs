@@ -24,13 +24,19 @@ fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
     for line in response.text().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             typed.push(name.to_string());
         } else if line.starts_with("# HELP ") {
             continue;
         } else {
             let (series, value) = line.rsplit_once(' ').expect("name value");
-            let family = series.split('{').next().unwrap();
+            let name = series.split('{').next().unwrap();
+            // A histogram's samples are its family's name and a suffix.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|family| typed.iter().any(|t| t == family))
+                .unwrap_or(name);
             assert!(typed.iter().any(|t| t == family), "untyped sample {line}");
             samples.insert(series.to_string(), value.parse().expect("a number"));
         }

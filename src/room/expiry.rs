@@ -1,8 +1,11 @@
 //! Tokens running out while their clients are connected: the sweep that
 //! warns a client a minute ahead (`expiring`) and closes it at `exp` (4001,
-//! RFC 7519 §4.1.4: the current time "MUST be before" `exp`), and `reauth`,
-//! which moves a connection's expiry. A broadcast checks the same expiry
-//! for every recipient on its way (see `Room::fan_out_to`).
+//! RFC 7519 §4.1.4: the current time "MUST be before" `exp`). A `reauth`
+//! moves a connection's expiry ([`super::Client::renew`]). A broadcast
+//! checks the same expiry for every recipient on its way (see
+//! `Room::fan_out_to`). A connection in several rooms is warned once (the
+//! flag is its own, not the room's) and closed once, by whichever room
+//! finds it expired first; the others then let it go.
 
 use std::sync::atomic::Ordering;
 
@@ -14,55 +17,33 @@ use crate::protocol::Outgoing;
 /// expires, once per token.
 pub const EXPIRY_WARNING_SECS: u64 = 60;
 
-impl Room {
-    /// Warns clients whose token expires within a minute, closes every
-    /// client whose token has expired, and drops connections whose close
-    /// handshake has run past its grace. Run by the server's sweeper at
-    /// least once a second, so an idle client goes within about a second of
-    /// its `exp`. Returns how many clients went.
-    pub fn sweep(&self) -> usize {
-        self.reaper.reap();
-        let now = self.clock.unix_secs();
-        let expired = |c: &Client| is_expired(c.exp(), now);
-        let mut any_expired = false;
-        for client in self.read().values() {
-            if expired(client) {
-                any_expired = true;
-            } else if now + EXPIRY_WARNING_SECS >= client.exp()
-                && !client.warned.swap(true, Ordering::Relaxed)
-            {
-                let warning = Outgoing::Expiring {
-                    expires_at: client.exp(),
-                };
-                // A full queue is the broadcast's business, not the sweep's.
-                let _ = client.outbox.push(warning.frame());
-            }
-        }
-        if !any_expired {
-            return 0;
-        }
-        let mut timeline = self.timeline();
-        let evictions: Vec<_> = self
-            .read()
-            .iter()
-            .filter(|(_, c)| expired(c))
-            .map(|(id, _)| (*id, Departure::TokenExpired))
-            .collect();
-        let count = evictions.len();
-        self.remove_departing(&mut timeline, evictions);
-        count
+impl Client {
+    /// Whether this connection's token has expired at `now` (Unix seconds).
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        is_expired(self.exp(), now)
     }
 
-    /// A client renewed its token: its expiry moves, and it will be warned
-    /// again before the new one. False if it is no longer in the room.
-    pub fn reauth(&self, id: ClientId, exp: u64) -> bool {
-        let pool = self.read();
-        let Some(client) = pool.get(&id) else {
-            return false;
-        };
-        client.exp.store(exp, Ordering::Relaxed);
-        client.warned.store(false, Ordering::Relaxed);
-        true
+    /// Sends `expiring` if the token expires within
+    /// [`EXPIRY_WARNING_SECS`] of `now` and has not been warned about yet.
+    pub fn warn_if_expiring(&self, now: u64) {
+        if now + EXPIRY_WARNING_SECS >= self.exp() && !self.warned.swap(true, Ordering::Relaxed) {
+            let warning = Outgoing::Expiring {
+                expires_at: self.exp(),
+            };
+            // A full queue is the broadcast's business, not the sweep's.
+            let _ = self.outbox.push(warning.frame());
+        }
+    }
+}
+
+impl Room {
+    /// Takes connection `id`, whose token has expired, out of the room:
+    /// `token_expired` and close 4001 (unless another of its rooms has
+    /// closed it already), and a `leave` if it was the user's last
+    /// connection here. Nothing if it is not in the room.
+    pub fn evict_expired(&self, id: ClientId) {
+        let mut timeline = self.timeline();
+        self.remove_departing(&mut timeline, vec![(id, Departure::TokenExpired)]);
     }
 }
 
@@ -73,43 +54,33 @@ mod tests {
     use super::super::tests::{client, clock_at_start};
 
     #[test]
-    fn the_sweep_warns_then_closes_at_exp() {
+    fn a_client_is_warned_once_then_evicted_with_4001() {
         let (room, clock) = clock_at_start();
         let start = room.clock.unix_secs();
         let (_, mut a) = client(&room, "a", start + 600);
         room.flush_presence();
-        let (_, mut old) = client(&room, "old", start + 90);
+        let (old_id, mut old) = client(&room, "old", start + 90);
         room.flush_presence();
-        assert_eq!(room.sweep(), 0);
+        let old_client = room.read()[&old_id].clone();
+        old_client.warn_if_expiring(room.clock.unix_secs());
         assert_eq!(old.types(), ["welcome"], "not warned yet");
         clock.advance(Duration::from_secs(30));
-        assert_eq!(room.sweep(), 0);
+        old_client.warn_if_expiring(room.clock.unix_secs());
         assert_eq!(old.types(), ["expiring"], "a minute before exp");
-        room.sweep();
+        old_client.warn_if_expiring(room.clock.unix_secs());
         assert!(old.types().is_empty(), "warned once");
+        assert!(!old_client.is_expired_at(room.clock.unix_secs()));
         clock.advance(Duration::from_secs(60));
-        assert_eq!(room.sweep(), 1, "at exp, not after");
+        assert!(old_client.is_expired_at(room.clock.unix_secs()), "at exp");
+        room.evict_expired(old_id);
+        room.evict_expired(old_id); // idempotent
         room.flush_presence();
         assert_eq!(old.types(), ["error"], "token_expired, then the close");
-        assert!(old.outbox.is_closing());
+        assert_eq!(old.outbox.close_code(), Some(4001));
         assert_eq!(a.types(), ["welcome", "join", "leave"]);
-        assert_eq!(room.sweep(), 0);
-    }
-
-    #[test]
-    fn reauth_moves_the_expiry_and_rearms_the_warning() {
-        let (room, clock) = clock_at_start();
-        let start = room.clock.unix_secs();
-        let (id, mut a) = client(&room, "a", start + 30);
-        room.sweep();
-        assert_eq!(a.types(), ["welcome", "expiring"]);
-        assert!(room.reauth(id, start + 600));
-        clock.advance(Duration::from_secs(31));
-        assert_eq!(room.sweep(), 0, "the new expiry holds");
-        clock.advance(Duration::from_secs(540));
-        room.sweep();
-        assert_eq!(a.types(), ["expiring"], "warned again for the new token");
-        room.leave(id);
-        assert!(!room.reauth(id, start + 900), "gone");
+        // Renewed, the warning is armed again.
+        old_client.renew(room.clock.unix_secs() + 30);
+        old_client.warn_if_expiring(room.clock.unix_secs());
+        assert!(old_client.warned.load(std::sync::atomic::Ordering::Relaxed));
     }
 }

@@ -1,4 +1,5 @@
-//! The room: who is connected, and every broadcast to them.
+//! One room: who is in it, and every broadcast to them. The rooms
+//! themselves (which exist, who may join, the limits) are `crate::rooms`'s.
 //!
 //! | file | what it owns |
 //! |---|---|
@@ -8,7 +9,9 @@
 //! | [`presence`] | presence windows: gathering joins and leaves, one frame per window |
 //! | [`relay`] | the [`Relay`] trait and what a relay feeds back in |
 //!
-//! The pool is a `RwLock<HashMap<ClientId, Client>>`. Everything that must
+//! The pool is a `RwLock<HashMap<ClientId, Arc<Client>>>`: a connection in
+//! several rooms is one [`Client`], shared by their pools, so that its
+//! token's expiry is one value wherever it is checked. Everything that must
 //! reach clients *in one order* (messages with their `seq`, joins, leaves,
 //! evictions) runs under one more lock, the timeline mutex, taken before
 //! the pool lock and never after it. That is what makes `seq` order the same
@@ -33,13 +36,11 @@ mod timeline;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 // `Delivery` is what the cluster (`--features redis`) hands back in.
-pub use self::presence::PRESENCE_LIST_MAX;
 use self::presence::who_is_online;
+pub use self::presence::{OpenWindows, PRESENCE_LIST_MAX};
 #[allow(unused_imports)]
 pub use self::relay::{Delivery, Relay, Unavailable};
 pub use self::timeline::MAX_PENDING_BYTES;
@@ -49,10 +50,10 @@ use crate::clock::Clock;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::metrics::{self, Metrics};
-use crate::outbox::{Outbox, Reaper};
+use crate::outbox::Outbox;
 use crate::presence::Presence;
 pub use crate::presence::RemotePresence;
-use crate::protocol::{Limits, Outgoing};
+use crate::protocol::{Greeting, Limits, Outgoing};
 
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
@@ -78,7 +79,7 @@ pub enum Refused {
     Unavailable(Unavailable),
 }
 
-/// One connected client, as the room sees it.
+/// One connection, as the rooms see it (the same in each of its rooms).
 pub struct Client {
     pub username: Arc<str>,
     /// Token expiry, Unix seconds; a `reauth` moves it.
@@ -86,6 +87,10 @@ pub struct Client {
     /// Whether this token's `expiring` warning has gone out.
     warned: AtomicBool,
     pub outbox: Arc<Outbox>,
+    /// The rooms this connection is in, in the order it joined them.
+    /// Changed only by its own session (through `crate::rooms`); read by
+    /// the expiry sweep, which must take it out of every one.
+    rooms: Mutex<Vec<Arc<Room>>>,
 }
 
 impl Client {
@@ -95,12 +100,58 @@ impl Client {
             exp: AtomicU64::new(exp),
             warned: AtomicBool::new(false),
             outbox,
+            rooms: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The rooms this connection is in (a lock held briefly: by its own
+    /// session, or the sweep taking a copy).
+    pub fn rooms(&self) -> MutexGuard<'_, Vec<Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The room `name`, if this connection is in it.
+    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.rooms().iter().find(|r| &*r.name == name).cloned()
     }
 
     fn exp(&self) -> u64 {
         self.exp.load(Ordering::Relaxed)
     }
+
+    /// A `reauth` was accepted: the connection lasts until `exp` now, in
+    /// every room, and will be warned again before it.
+    pub fn renew(&self, exp: u64) {
+        self.exp.store(exp, Ordering::Relaxed);
+        self.warned.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What a client joining a room is sent first.
+#[derive(Clone, Copy)]
+pub enum Greet<'a> {
+    /// `welcome`: the connection's first frame, about `general`, with the
+    /// rooms the user may join.
+    Welcome { rooms: &'a [String] },
+    /// `subscribed`.
+    Subscribed,
+}
+
+/// How every room of a server is set up (the registry makes rooms with it).
+#[derive(Clone, Default)]
+pub struct Settings {
+    /// Messages kept for newcomers (`--history`).
+    pub history: usize,
+    /// The pending batch's cap (see [`Room::with_max_pending`]).
+    pub max_pending: usize,
+    /// Told to every client in its `welcome`.
+    pub limits: Limits,
+    pub clock: Clock,
+    /// `--presence-list-max`.
+    pub presence_list_max: usize,
+    pub metrics: Arc<Metrics>,
+    /// Shared by every room, so that one thread closes all their windows.
+    pub windows: Arc<OpenWindows>,
 }
 
 /// Why a client left the room.
@@ -136,7 +187,12 @@ impl std::fmt::Display for Departure {
 }
 
 pub struct Room {
-    clients: RwLock<HashMap<ClientId, Client>>,
+    /// As clients write it: `general`, `ops`, `dm:a:b`.
+    name: Arc<str>,
+    clients: RwLock<HashMap<ClientId, Arc<Client>>>,
+    /// Unix seconds when somebody last joined or left: a room nobody has
+    /// been in for `--room-idle-ttl` is freed, history and all.
+    last_active: AtomicU64,
     /// The other instances, with `--redis`.
     relay: Option<Arc<dyn Relay>>,
     /// A thread is fanning out chat messages, and will take `pending` too.
@@ -145,15 +201,12 @@ pub struct Room {
     flushing: AtomicBool,
     metrics: Arc<Metrics>,
     timeline: Mutex<Timeline>,
-    next_id: AtomicU64,
     /// Told to every client in its `welcome`.
     limits: Limits,
     /// Token expiry and message timestamps.
     clock: Clock,
-    /// Closed connections waiting for their client's close reply.
-    reaper: Arc<Reaper>,
-    /// Signalled when a presence window opens (with the timeline lock).
-    window_opened: Condvar,
+    /// Where this room's presence window is queued when it opens.
+    windows: Arc<OpenWindows>,
     /// Names a `welcome` lists at most.
     presence_list_max: usize,
 }
@@ -165,33 +218,53 @@ impl Default for Room {
 }
 
 impl Room {
-    /// A room that keeps the last `history` messages for newcomers.
+    /// `general`, keeping the last `history` messages for newcomers.
     pub fn new(history: usize) -> Room {
         Room::with_relay(history, None, Arc::default())
     }
 
-    /// A room that is one instance of several, joined by `relay`, and
-    /// counts into `metrics`.
+    /// `general` as one instance of several, joined by `relay`, counting
+    /// into `metrics`.
     pub fn with_relay(
         history: usize,
         relay: Option<Arc<dyn Relay>>,
         metrics: Arc<Metrics>,
     ) -> Room {
+        let settings = Settings {
+            history,
+            max_pending: MAX_PENDING_BYTES,
+            presence_list_max: PRESENCE_LIST_MAX,
+            metrics,
+            ..Settings::default()
+        };
+        Room::configured(crate::access::GENERAL.into(), &settings, relay)
+    }
+
+    /// The room `name`, set up as `settings` say.
+    pub fn configured(name: Arc<str>, settings: &Settings, relay: Option<Arc<dyn Relay>>) -> Room {
+        let mut timeline = Timeline::new(name.clone(), settings.history);
+        timeline.max_pending = settings.max_pending;
         Room {
+            last_active: AtomicU64::new(settings.clock.unix_secs()),
+            name,
             clients: RwLock::new(HashMap::new()),
             relay,
-            metrics,
+            metrics: settings.metrics.clone(),
             flushing: AtomicBool::new(false),
-            timeline: Mutex::new(Timeline::new(history)),
-            next_id: AtomicU64::new(1),
-            limits: Limits::default(),
-            clock: Clock::system(),
-            reaper: Arc::default(),
-            window_opened: Condvar::new(),
-            presence_list_max: PRESENCE_LIST_MAX,
+            timeline: Mutex::new(timeline),
+            limits: settings.limits,
+            clock: settings.clock.clone(),
+            windows: settings.windows.clone(),
+            presence_list_max: settings.presence_list_max,
         }
     }
 
+    /// The room's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    #[cfg(test)]
     /// Lists at most `names` online users in a `welcome` (the default is
     /// [`PRESENCE_LIST_MAX`]).
     pub fn with_presence_list_max(mut self, names: usize) -> Room {
@@ -199,6 +272,7 @@ impl Room {
         self
     }
 
+    #[cfg(test)]
     /// Caps the pending batch at `bytes` (the default is
     /// [`MAX_PENDING_BYTES`]); past it, senders are refused with
     /// [`Refused::Busy`] until a fan-out takes the batch.
@@ -207,13 +281,7 @@ impl Room {
         self
     }
 
-    /// The limits every `welcome` announces (the server's
-    /// `--max-message-bytes` and `--message-rate`).
-    pub fn with_limits(mut self, limits: Limits) -> Room {
-        self.limits = limits;
-        self
-    }
-
+    #[cfg(test)]
     /// Takes the time (token expiry, message timestamps) from `clock`.
     pub fn with_clock(mut self, clock: Clock) -> Room {
         self.clock = clock;
@@ -226,35 +294,49 @@ impl Room {
     fn timeline(&self) -> MutexGuard<'_, Timeline> {
         self.timeline.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Client>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Arc<Client>>> {
         self.clients.read().unwrap_or_else(PoisonError::into_inner)
     }
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Client>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Arc<Client>>> {
         self.clients.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The counters the room keeps (and the server shares).
+    #[cfg(test)]
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Where a client's outbox leaves its socket after a close, for the
-    /// client's answer; [`Room::sweep`] reaps it.
-    pub fn reaper(&self) -> &Arc<Reaper> {
-        &self.reaper
-    }
-
-    /// Number of connections.
+    /// Number of connections in the room.
     pub fn len(&self) -> usize {
         self.read().len()
     }
 
-    /// Adds a client: it gets `welcome` (with everyone online, itself
-    /// included) as its first frame, and everyone else gets `join` if this
-    /// is the user's first connection.
-    pub fn join(&self, client: Client) -> ClientId {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Whether the room may be freed at `now`: nobody is in it, and it
+    /// keeps no history, or nobody has been in it for `idle_ttl` seconds.
+    pub fn is_freeable(&self, now: u64, idle_ttl: u64) -> bool {
+        let timeline = self.timeline();
+        self.read().is_empty()
+            && (!timeline.has_history()
+                || now
+                    >= self
+                        .last_active
+                        .load(Ordering::Relaxed)
+                        .saturating_add(idle_ttl))
+    }
+
+    fn touch(&self) {
+        self.last_active
+            .store(self.clock.unix_secs(), Ordering::Relaxed);
+    }
+
+    /// Adds connection `id`: it gets `welcome` or `subscribed` (with
+    /// everyone online in the room, itself included) as its first frame
+    /// about the room, and everyone else in the room gets `join` if this is
+    /// the user's first connection here.
+    pub fn join(&self, id: ClientId, client: Arc<Client>, greet: Greet<'_>) {
         let mut timeline = self.timeline();
+        self.touch();
         let username = client.username.clone();
         let change = timeline.presence.connect(&username);
         if change.here {
@@ -264,33 +346,63 @@ impl Room {
             self.presence_changed(&mut timeline, &username);
             timeline.window.newcomer(id, &username);
         }
+        // Under the timeline lock, so that nothing numbered after this
+        // greeting's history can reach the client before it.
+        let _ = client.outbox.push(self.greeting(&timeline, &client, greet));
+        self.write().insert(id, client);
+    }
+
+    /// `subscribed` again, for a connection already in the room.
+    pub fn greet_again(&self, client: &Client) {
+        let timeline = self.timeline();
+        let _ = client
+            .outbox
+            .push(self.greeting(&timeline, client, Greet::Subscribed));
+    }
+
+    /// The `welcome` or `subscribed` frame for `client`: who is online as
+    /// the last presence frame told the others (so the next frame's diff
+    /// applies to it too), itself included, and the history.
+    fn greeting(&self, timeline: &Timeline, client: &Client, greet: Greet<'_>) -> Frame {
         let (online, online_count) = who_is_online(
             &timeline.window.published,
-            &username,
+            &client.username,
             self.presence_list_max,
         );
-        let welcome = Outgoing::Welcome {
-            user: &username,
-            expires_at: client.exp(),
+        let greeting = Greeting {
             online_truncated: online.len() < online_count,
             online,
             online_count,
             // Messages still pending will reach this client live; the
             // history stops where they begin, so nothing arrives twice.
             history: timeline.recent_history(),
-            limits: self.limits,
+        };
+        match greet {
+            Greet::Welcome { rooms } => Outgoing::Welcome {
+                user: &client.username,
+                expires_at: client.exp(),
+                room: &self.name,
+                rooms,
+                greeting,
+                limits: self.limits,
+            }
+            .frame(),
+            Greet::Subscribed => Outgoing::Subscribed {
+                room: &self.name,
+                greeting,
+                // What this client will not see live: the history ends here.
+                last_seq: timeline.fanned_out,
+            }
+            .frame(),
         }
-        .frame();
-        // A fresh queue has room for its first frame.
-        let _ = client.outbox.push(welcome);
-        self.write().insert(id, client);
-        id
     }
 
-    /// Removes a client whose connection ended. Idempotent: whoever removes
-    /// it first (the reader, an eviction) sends the `leave`.
+    /// Removes a connection that left the room (unsubscribed, or its
+    /// connection ended). Idempotent: whoever removes it first (the reader,
+    /// an eviction) sends the `leave`.
     pub fn leave(&self, id: ClientId) {
         let mut timeline = self.timeline();
+        self.touch();
         self.remove_departing(&mut timeline, vec![(id, Departure::Disconnected)]);
     }
 
@@ -326,7 +438,7 @@ impl Room {
         fanout: Fanout,
     ) -> Result<u64, Refused> {
         let mut timeline = self.timeline();
-        let sender_exp = self.read().get(&sender).map(Client::exp);
+        let sender_exp = self.read().get(&sender).map(|c| c.exp());
         match sender_exp {
             None => return Err(Refused::Gone),
             Some(exp) if is_expired(exp, self.clock.unix_secs()) => {
@@ -417,11 +529,11 @@ impl Room {
     pub fn close_all(&self, reason: &CloseReason) -> Vec<Arc<Outbox>> {
         let mut timeline = self.timeline();
         timeline.presence = Presence::default();
-        let clients: Vec<Client> = self.write().drain().map(|(_, c)| c).collect();
+        let clients: Vec<Arc<Client>> = self.write().drain().map(|(_, c)| c).collect();
         for client in &clients {
             client.outbox.close(reason);
         }
-        clients.into_iter().map(|c| c.outbox).collect()
+        clients.iter().map(|c| c.outbox.clone()).collect()
     }
 
     fn fan_out(&self, frame: &Frame, except: &[ClientId]) -> Vec<(ClientId, Departure)> {
@@ -433,7 +545,7 @@ impl Room {
     /// frame) and ones whose queue is full.
     fn fan_out_to(
         &self,
-        pool: &HashMap<ClientId, Client>,
+        pool: &HashMap<ClientId, Arc<Client>>,
         frame: &Frame,
         except: &[ClientId],
     ) -> Vec<(ClientId, Departure)> {
@@ -464,7 +576,7 @@ impl Room {
     /// connection this was.
     fn remove_departing(&self, timeline: &mut Timeline, mut departing: Vec<(ClientId, Departure)>) {
         while !departing.is_empty() {
-            let removed: Vec<(ClientId, Client, Departure)> = {
+            let removed: Vec<(ClientId, Arc<Client>, Departure)> = {
                 let mut pool = self.write();
                 departing
                     .drain(..)
@@ -472,14 +584,16 @@ impl Room {
                     .collect()
             };
             for (id, client, why) in removed {
-                if let Some(reason) = why.close_reason() {
+                // Closed once, by the first of its rooms to evict it; the
+                // others only let it go.
+                let reason = why.close_reason();
+                if reason.is_some_and(|reason| client.outbox.close(&reason)) {
                     crate::info!("client {id} ({:?}) evicted: {why}", client.username);
                     let counter = match why {
                         Departure::TokenExpired => &self.metrics.expiry_disconnects,
                         _ => &self.metrics.slow_consumer_disconnects,
                     };
                     metrics::inc(counter);
-                    client.outbox.close(&reason);
                 }
                 let change = timeline.presence.disconnect(&client.username);
                 if change.here {
@@ -559,8 +673,11 @@ pub(super) mod tests {
             frames: 8,
             bytes: 1 << 20,
         };
-        let outbox = Outbox::new(limit, Arc::new(server_side), room.reaper().clone());
-        let id = room.join(Client::new(name.into(), exp, outbox.clone()));
+        let outbox = Outbox::new(limit, Arc::new(server_side), Arc::default());
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::new(Client::new(name.into(), exp, outbox.clone()));
+        room.join(id, client, Greet::Welcome { rooms: &[] });
         let peer = Peer {
             outbox,
             socket,

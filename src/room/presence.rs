@@ -5,8 +5,9 @@
 //! `presence` with the lists. What the window holds, and what the others
 //! were last told, is in `timeline::PresenceWindow`; this file sends it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::Room;
@@ -20,12 +21,61 @@ pub const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
 /// (`--presence-list-max`); `online_count` says how many there are.
 pub const PRESENCE_LIST_MAX: usize = 1000;
 
+/// The rooms whose presence window is open, in the order they opened:
+/// one thread ([`OpenWindows::run`]) closes every room's window on time,
+/// however many rooms there are.
+#[derive(Default)]
+pub struct OpenWindows {
+    queue: Mutex<VecDeque<(Instant, Arc<str>)>>,
+    opened: Condvar,
+}
+
+impl OpenWindows {
+    /// The window of `room` opened at `at`. (Taken under the room's
+    /// timeline lock: this lock is only ever taken last.)
+    fn opened(&self, room: &Arc<str>, at: Instant) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.push_back((at, room.clone()));
+        self.opened.notify_all();
+    }
+
+    /// Calls `close(room)` [`PRESENCE_WINDOW`] after each room's window
+    /// opened, until `stop` is set (checked at least once a second).
+    pub fn run(&self, stop: &AtomicBool, close: impl Fn(&str)) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while !stop.load(Ordering::Acquire) {
+            let wait = match queue.front() {
+                None => Duration::from_secs(1),
+                Some((opened, _)) => {
+                    (*opened + PRESENCE_WINDOW).saturating_duration_since(Instant::now())
+                }
+            };
+            if !wait.is_zero() {
+                queue = self
+                    .opened
+                    .wait_timeout(queue, wait.min(Duration::from_secs(1)))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            let Some((_, room)) = queue.pop_front() else {
+                continue;
+            };
+            // Not under this lock: closing takes the room's.
+            drop(queue);
+            close(&room);
+            queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 impl Room {
     /// `user` came online or went offline everywhere: into the presence
-    /// window, which the presence thread is woken to close in good time.
+    /// window, which is queued to be closed in good time if this opens it.
     pub(super) fn presence_changed(&self, timeline: &mut Timeline, user: &Arc<str>) {
-        if timeline.window.touch(user, Instant::now()) {
-            self.window_opened.notify_all();
+        let now = Instant::now();
+        if timeline.window.touch(user, now) {
+            self.windows.opened(&self.name, now);
         }
     }
 
@@ -46,11 +96,19 @@ impl Room {
             ([], []) => return,
             ([user], []) => {
                 newcomers = diff.newcomers_named(user);
-                Outgoing::Join { user }.frame()
+                Outgoing::Join {
+                    room: &self.name,
+                    user,
+                }
+                .frame()
             }
-            ([], [user]) => Outgoing::Leave { user }.frame(),
+            ([], [user]) => Outgoing::Leave {
+                room: &self.name,
+                user,
+            }
+            .frame(),
             (joined, left) => Outgoing::Presence {
-                room: "general",
+                room: &self.name,
                 joined: names(joined),
                 left: names(left),
             }
@@ -58,32 +116,6 @@ impl Room {
         };
         let evictions = self.fan_out(&frame, &newcomers);
         self.remove_departing(timeline, evictions);
-    }
-
-    /// Closes each presence window [`PRESENCE_WINDOW`] after it opened,
-    /// until `stop` is set (checked at least once a second). The server
-    /// runs this on a thread of its own.
-    pub fn run_presence_windows(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Acquire) {
-            let opened = {
-                let mut timeline = self.timeline();
-                if timeline.window.opened.is_none() {
-                    let (woken, _) = self
-                        .window_opened
-                        .wait_timeout(timeline, Duration::from_secs(1))
-                        .unwrap_or_else(PoisonError::into_inner);
-                    timeline = woken;
-                }
-                timeline.window.opened
-            };
-            let Some(opened) = opened else {
-                continue;
-            };
-            std::thread::sleep(
-                (opened + PRESENCE_WINDOW).saturating_duration_since(Instant::now()),
-            );
-            self.flush_presence();
-        }
     }
 }
 

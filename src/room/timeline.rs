@@ -21,6 +21,8 @@ const WELCOME_HISTORY_BYTES: usize = 64 * 1024;
 
 /// State that changes in broadcast order.
 pub(super) struct Timeline {
+    /// The room's name, in every message frame.
+    room: Arc<str>,
     /// The `seq` of the last chat message (numbered here, or delivered by
     /// the relay).
     pub(super) seq: u64,
@@ -136,8 +138,9 @@ struct Stored {
 }
 
 impl Stored {
-    fn message(&self) -> Outgoing<'_> {
+    fn message<'a>(&'a self, room: &'a str) -> Outgoing<'a> {
         Outgoing::Message {
+            room,
             seq: self.seq,
             from: &self.from,
             text: &self.text,
@@ -161,15 +164,18 @@ pub(super) struct Numbered<'a> {
 }
 
 impl Timeline {
-    /// An empty timeline that keeps the last `history` messages.
-    pub(super) fn new(history: usize) -> Timeline {
+    /// An empty timeline of `room` that keeps the last `history` messages.
+    pub(super) fn new(room: Arc<str>, history: usize) -> Timeline {
         Timeline {
+            room,
             seq: 0,
             presence: Presence::default(),
             pending: Vec::new(),
             max_pending: MAX_PENDING_BYTES,
             fanned_out: 0,
-            history: VecDeque::with_capacity(history.min(1024)),
+            // Grown as messages come: most of ten thousand rooms never
+            // hold a full history.
+            history: VecDeque::new(),
             history_limit: history,
             window: PresenceWindow::default(),
         }
@@ -185,6 +191,7 @@ impl Timeline {
     pub(super) fn push(&mut self, message: Numbered<'_>) {
         self.seq = message.seq;
         let frame = Outgoing::Message {
+            room: &self.room,
             seq: message.seq,
             from: message.from,
             text: message.text,
@@ -206,6 +213,11 @@ impl Timeline {
     pub(super) fn take_batch(&mut self) -> Vec<u8> {
         self.fanned_out = self.seq;
         std::mem::take(&mut self.pending)
+    }
+
+    /// Whether any message is kept for newcomers.
+    pub(super) fn has_history(&self) -> bool {
+        !self.history.is_empty()
     }
 
     /// Keeps a message for the welcome of those who join later.
@@ -239,7 +251,7 @@ impl Timeline {
                 budget = budget.saturating_sub(m.text.len());
                 fits
             })
-            .map(Stored::message)
+            .map(|m| m.message(&self.room))
             .collect();
         newest_first.reverse();
         newest_first
@@ -272,7 +284,7 @@ mod tests {
 
     #[test]
     fn history_holds_only_what_was_fanned_out() {
-        let mut timeline = Timeline::new(10);
+        let mut timeline = Timeline::new("general".into(), 10);
         timeline.push(message(1, "one"));
         timeline.push(message(2, "two"));
         assert!(timeline.recent_history().is_empty(), "still pending");
@@ -284,14 +296,14 @@ mod tests {
 
     #[test]
     fn history_keeps_the_newest_within_its_count_and_bytes() {
-        let mut timeline = Timeline::new(3);
+        let mut timeline = Timeline::new("general".into(), 3);
         for seq in 1..=5 {
             timeline.push(message(seq, "x"));
         }
         timeline.take_batch();
         assert_eq!(seqs(&timeline.recent_history()), [3, 4, 5]);
 
-        let mut timeline = Timeline::new(100);
+        let mut timeline = Timeline::new("general".into(), 100);
         let big = "y".repeat(WELCOME_HISTORY_BYTES / 2 + 1);
         for seq in 1..=3 {
             timeline.push(message(seq, &big));
@@ -323,14 +335,14 @@ mod tests {
 
     #[test]
     fn the_batch_fills_to_its_cap() {
-        let mut timeline = Timeline::new(0);
+        let mut timeline = Timeline::new("general".into(), 0);
         timeline.max_pending = 100;
         let mut taken = 0;
         while !timeline.is_full() {
             taken += 1;
             timeline.push(message(taken, "0123456789"));
         }
-        assert!(taken > 1 && timeline.pending.len() < 100 + 64);
+        assert!(taken > 1 && timeline.pending.len() < 100 + 96);
         timeline.take_batch();
         assert!(!timeline.is_full());
     }

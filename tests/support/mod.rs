@@ -333,7 +333,8 @@ impl Client {
         for (list, kind) in [("joined", "join"), ("left", "leave")] {
             for user in presence[list].as_array().into_iter().flatten() {
                 if user.as_str() != self.me.as_deref() {
-                    let news = serde_json::json!({ "type": kind, "user": user });
+                    let room = &presence["room"];
+                    let news = serde_json::json!({ "type": kind, "room": room, "user": user });
                     self.pending.push_back(news);
                 }
             }

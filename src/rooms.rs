@@ -1,0 +1,587 @@
+//! The rooms: which exist, who is in which, the limits on both, and the
+//! sweeps that run over all of them (token expiry, presence windows, idle
+//! rooms). One room's own business (its pool, `seq`, history, presence,
+//! fan-out) is `crate::room`'s.
+//!
+//! ```text
+//!   Rooms ── RwLock<HashMap<name, Arc<Room>>> ── general, ops, dm:a:b, ...
+//!     │                                              │ pool: id → Arc<Client>
+//!     └─ connections: RwLock<HashMap<id, Arc<Client>>>   │
+//!                                   └── Client.rooms ────┘ (its own list)
+//! ```
+//!
+//! **Lock order.** The registry's map, then a room's locks (timeline, then
+//! pool), then a client's room list or outbox. A join happens under the
+//! map's read lock, and a room is freed under its write lock after checking
+//! it is still empty, so a room cannot be freed between being found and
+//! being joined. A broadcast takes only its room's locks.
+//!
+//! **Rooms come and go.** `general` always exists. Any other room is
+//! created by the first subscribe that may create it (within
+//! `--max-rooms`), and freed when nobody is in it and it holds no history,
+//! or, with history, when nobody has been in it for `--room-idle-ttl`.
+//!
+//! **Expiry.** The sweep checks every connection once, whichever rooms it
+//! is in (none included: leaving `general` is allowed): it warns a minute
+//! ahead, and takes an expired connection out of all its rooms, closing it
+//! with 4001 once. A broadcast that finds an expired recipient evicts it
+//! from that room at once; the sweep takes it out of the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::access::{Access, GENERAL, RoomName};
+use crate::close::CloseReason;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Reaper};
+use crate::protocol::ErrorCode;
+use crate::room::{Client, ClientId, Greet, Relay, Room, Settings};
+
+/// Why a connection cannot join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomError {
+    /// Not for this user: the same answer whether the room exists or not.
+    Forbidden,
+    /// This connection is in `--max-rooms-per-connection` rooms already.
+    TooManyForConnection(usize),
+    /// Creating it would pass `--max-rooms`.
+    TooManyRooms(usize),
+    /// A message to a room this connection is not in.
+    NotSubscribed,
+}
+
+impl RoomError {
+    /// The `code` of the `error` that answers it.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            RoomError::Forbidden => ErrorCode::Forbidden,
+            RoomError::TooManyForConnection(_) | RoomError::TooManyRooms(_) => {
+                ErrorCode::TooManyRooms
+            }
+            RoomError::NotSubscribed => ErrorCode::NotSubscribed,
+        }
+    }
+}
+
+impl std::fmt::Display for RoomError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoomError::Forbidden => f.write_str("you may not join this room"),
+            RoomError::TooManyForConnection(max) => write!(
+                f,
+                "this connection is in {max} rooms, the most it may be in; leave one first"
+            ),
+            RoomError::TooManyRooms(max) => write!(
+                f,
+                "the server has {max} rooms, the most it keeps; no new room can be made now"
+            ),
+            RoomError::NotSubscribed => {
+                f.write_str("you are not in this room: subscribe to it first")
+            }
+        }
+    }
+}
+
+/// The limits on rooms (`--max-rooms`, `--max-rooms-per-connection`,
+/// `--room-idle-ttl`) and the rooms open to everyone (`--room`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_rooms: usize,
+    pub max_per_connection: usize,
+    /// Seconds.
+    pub idle_ttl: u64,
+    pub open: Arc<[Box<str>]>,
+}
+
+/// One connection, as the registry knows it: what its session holds.
+pub struct Member {
+    pub id: ClientId,
+    pub client: Arc<Client>,
+    /// What it may join; a `reauth` replaces it.
+    pub access: Access,
+}
+
+/// Every room, and every connection.
+pub struct Rooms {
+    general: Arc<Room>,
+    rooms: RwLock<HashMap<Arc<str>, Arc<Room>>>,
+    /// Every WebSocket connection, in rooms or not: what the expiry sweep
+    /// checks.
+    connections: RwLock<HashMap<ClientId, Arc<Client>>>,
+    next_id: AtomicU64,
+    settings: Settings,
+    limits: Limits,
+    /// Closed connections waiting for their client's close reply.
+    reaper: Arc<Reaper>,
+}
+
+impl Rooms {
+    /// The registry, with `general` (joined to `relay`, with `--redis`).
+    pub fn new(settings: Settings, limits: Limits, relay: Option<Arc<dyn Relay>>) -> Rooms {
+        let general = Arc::new(Room::configured(GENERAL.into(), &settings, relay));
+        let rooms = HashMap::from([(general.name().clone(), general.clone())]);
+        Rooms {
+            general,
+            rooms: RwLock::new(rooms),
+            connections: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            settings,
+            limits,
+            reaper: Arc::default(),
+        }
+    }
+
+    // A panic elsewhere must not take the rooms down: each update of these
+    // maps is one insert or remove, so a poisoned lock still guards
+    // consistent data.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
+        self.rooms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
+        self.rooms.write().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn connections(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Arc<Client>>> {
+        self.connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+    fn connections_mut(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Arc<Client>>> {
+        self.connections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `general`: every connection starts in it; with `--redis`, the room
+    /// the relay serves.
+    pub fn general(&self) -> &Arc<Room> {
+        &self.general
+    }
+
+    /// The counters (kept by the rooms, shared with the server).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.settings.metrics
+    }
+
+    /// Where a client's outbox leaves its socket after a close, for the
+    /// client's answer; [`Rooms::sweep`] reaps it.
+    pub fn reaper(&self) -> &Arc<Reaper> {
+        &self.reaper
+    }
+
+    /// What a connection of `user` whose token grants `claim` may join.
+    pub fn access(&self, user: Arc<str>, claim: &[String]) -> Access {
+        Access::new(user, self.limits.open.clone(), claim)
+    }
+
+    /// Rooms that exist now.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// WebSocket connections now.
+    pub fn clients(&self) -> usize {
+        self.connections().len()
+    }
+
+    /// A new connection: it joins `general` and gets `welcome` (with the
+    /// rooms `access` lists) as its first frame.
+    pub fn connect(&self, client: Arc<Client>, access: Access) -> Member {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connections_mut().insert(id, client.clone());
+        // Counted before the welcome goes out, so that whoever has read it
+        // finds the connection in the metrics.
+        self.settings.metrics.subscriptions.moved(None, Some(1));
+        let listed = access.listed();
+        self.general
+            .join(id, client.clone(), Greet::Welcome { rooms: &listed });
+        client.rooms().push(self.general.clone());
+        Member { id, client, access }
+    }
+
+    /// The connection has ended: out of every room (with a `leave` where it
+    /// was the user's last connection) and out of the registry.
+    pub fn disconnect(&self, member: &Member) {
+        let rooms = std::mem::take(&mut *member.client.rooms());
+        for room in &rooms {
+            room.leave(member.id);
+            self.free_if_unused(room);
+        }
+        self.connections_mut().remove(&member.id);
+        self.settings
+            .metrics
+            .subscriptions
+            .moved(Some(rooms.len()), None);
+    }
+
+    /// Joins `member` to `name` (creating the room if it may), which sends
+    /// it `subscribed`; if it is in the room already, `subscribed` again.
+    pub fn subscribe(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
+        if !member.access.may_join(name) {
+            return Err(RoomError::Forbidden);
+        }
+        if let Some(room) = member.client.room(name.as_str()) {
+            room.greet_again(&member.client);
+            return Ok(room);
+        }
+        let count = member.client.rooms().len();
+        if count >= self.limits.max_per_connection {
+            return Err(RoomError::TooManyForConnection(
+                self.limits.max_per_connection,
+            ));
+        }
+        // Counted before `subscribed` goes out (see `connect`).
+        let histogram = &self.settings.metrics.subscriptions;
+        histogram.moved(Some(count), Some(count + 1));
+        match self.join(member, name) {
+            Ok(room) => {
+                member.client.rooms().push(room.clone());
+                Ok(room)
+            }
+            Err(refused) => {
+                histogram.moved(Some(count + 1), Some(count));
+                Err(refused)
+            }
+        }
+    }
+
+    /// Finds or creates the room and joins it, under the map's lock (see
+    /// the module docs).
+    fn join(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
+        let join = |room: &Arc<Room>| {
+            room.join(member.id, member.client.clone(), Greet::Subscribed);
+            room.clone()
+        };
+        if let Some(room) = self.read().get(name.as_str()) {
+            return Ok(join(room));
+        }
+        let mut rooms = self.write();
+        // Another connection may have made it meanwhile.
+        if let Some(room) = rooms.get(name.as_str()) {
+            return Ok(join(room));
+        }
+        if rooms.len() >= self.limits.max_rooms {
+            return Err(RoomError::TooManyRooms(self.limits.max_rooms));
+        }
+        let room = Arc::new(Room::configured(
+            name.shared().clone(),
+            &self.settings,
+            None,
+        ));
+        rooms.insert(name.shared().clone(), room.clone());
+        Ok(join(&room))
+    }
+
+    /// Takes `member` out of `name`; false if it was not in it.
+    pub fn unsubscribe(&self, member: &Member, name: &str) -> bool {
+        let (room, count) = {
+            let mut rooms = member.client.rooms();
+            let Some(at) = rooms.iter().position(|r| &**r.name() == name) else {
+                return false;
+            };
+            let count = rooms.len();
+            (rooms.remove(at), count)
+        };
+        room.leave(member.id);
+        self.free_if_unused(&room);
+        self.settings
+            .metrics
+            .subscriptions
+            .moved(Some(count), Some(count - 1));
+        true
+    }
+
+    /// Frees `room` if nobody is in it and it keeps no history (a room
+    /// with history waits for `--room-idle-ttl`).
+    fn free_if_unused(&self, room: &Arc<Room>) {
+        if room.len() == 0 {
+            self.free_idle(std::slice::from_ref(room), self.limits.idle_ttl);
+        }
+    }
+
+    /// Frees each of `candidates` that is still freeable under the map's
+    /// write lock (nobody can join it meanwhile). `general` stays.
+    fn free_idle(&self, candidates: &[Arc<Room>], idle_ttl: u64) {
+        let now = self.settings.clock.unix_secs();
+        let mut rooms = self.write();
+        for room in candidates {
+            let name = room.name();
+            let same = rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, room));
+            if same && !Arc::ptr_eq(room, &self.general) && room.is_freeable(now, idle_ttl) {
+                rooms.remove(name);
+            }
+        }
+    }
+
+    /// The room `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Room>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Warns connections whose token expires within a minute, takes every
+    /// expired one out of all its rooms (close 4001, once), frees rooms
+    /// idle for `--room-idle-ttl`, and drops connections whose close
+    /// handshake has run past its grace. Run at least once a second by the
+    /// server's sweeper. Returns how many connections were found expired.
+    pub fn sweep(&self) -> usize {
+        self.reaper.reap();
+        let now = self.settings.clock.unix_secs();
+        let expired: Vec<(ClientId, Arc<Client>)> = self
+            .connections()
+            .iter()
+            .filter(|(_, client)| {
+                let expired = client.is_expired_at(now);
+                if !expired {
+                    client.warn_if_expiring(now);
+                }
+                expired
+            })
+            .map(|(id, client)| (*id, client.clone()))
+            .collect();
+        for (id, client) in &expired {
+            self.evict_expired(*id, client);
+        }
+        let idle: Vec<Arc<Room>> = self
+            .read()
+            .values()
+            .filter(|room| room.len() == 0 && !Arc::ptr_eq(room, &self.general))
+            .cloned()
+            .collect();
+        if idle
+            .iter()
+            .any(|room| room.is_freeable(now, self.limits.idle_ttl))
+        {
+            self.free_idle(&idle, self.limits.idle_ttl);
+        }
+        expired.len()
+    }
+
+    /// Takes an expired connection out of every room it is in; one in no
+    /// room is closed here.
+    fn evict_expired(&self, id: ClientId, client: &Client) {
+        // A copy: evicting takes each room's locks, and the session may
+        // want its list meanwhile.
+        let rooms = client.rooms().clone();
+        for room in &rooms {
+            room.evict_expired(id);
+        }
+        if rooms.is_empty() && client.outbox.close(&CloseReason::token_expired()) {
+            crate::info!("client {id} ({:?}) evicted: token expired", client.username);
+            crate::metrics::inc(&self.settings.metrics.expiry_disconnects);
+        }
+    }
+
+    /// Closes every room's presence window
+    /// `room::presence::PRESENCE_WINDOW` (100 ms) after it opened, until `stop` is set. The server runs this on a
+    /// thread of its own.
+    pub fn run_presence_windows(&self, stop: &AtomicBool) {
+        self.settings.windows.run(stop, |name| {
+            if let Some(room) = self.get(name) {
+                room.flush_presence();
+            }
+        });
+    }
+
+    /// Sends every room's gathered joins and leaves now.
+    pub fn flush_presence(&self) {
+        let rooms: Vec<Arc<Room>> = self.read().values().cloned().collect();
+        for room in rooms {
+            room.flush_presence();
+        }
+    }
+
+    /// Closes every connection for `reason` (the server is going away);
+    /// returns their outboxes, so the caller can wait for them to drain.
+    pub fn close_all(&self, reason: &CloseReason) -> Vec<Arc<Outbox>> {
+        let rooms: Vec<Arc<Room>> = self.read().values().cloned().collect();
+        for room in &rooms {
+            room.close_all(reason);
+        }
+        let clients = self.connections();
+        for client in clients.values() {
+            client.outbox.close(reason);
+        }
+        clients.values().map(|c| c.outbox.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::outbox::QueueLimit;
+
+    struct Peer {
+        member: Member,
+        socket: TcpStream,
+    }
+
+    impl Peer {
+        /// The `type` of each frame sent so far (all small, unmasked).
+        fn types(&mut self) -> Vec<String> {
+            self.socket.set_nonblocking(true).unwrap();
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 65536];
+            while let Ok(n @ 1..) = self.socket.read(&mut chunk) {
+                bytes.extend_from_slice(&chunk[..n]);
+            }
+            let mut types = Vec::new();
+            let mut at = 0;
+            while at + 2 <= bytes.len() {
+                let (start, len) = match bytes[at + 1] & 0x7f {
+                    126 => (
+                        at + 4,
+                        usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                    ),
+                    len => (at + 2, usize::from(len)),
+                };
+                if bytes[at] == 0x81 {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&bytes[start..start + len]).unwrap();
+                    let room = v["room"]
+                        .as_str()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default();
+                    types.push(format!("{}{room}", v["type"].as_str().unwrap()));
+                }
+                at = start + len;
+            }
+            types
+        }
+    }
+
+    fn rooms(max_rooms: usize, per_connection: usize) -> (Rooms, ManualClock) {
+        let clock = ManualClock::new();
+        let settings = Settings {
+            history: 10,
+            max_pending: 1 << 16,
+            clock: clock.clock(),
+            presence_list_max: 100,
+            ..Settings::default()
+        };
+        let limits = Limits {
+            max_rooms,
+            max_per_connection: per_connection,
+            idle_ttl: 3600,
+            open: vec!["ops".into()].into(),
+        };
+        (Rooms::new(settings, limits, None), clock)
+    }
+
+    fn connect(rooms: &Rooms, name: &str, exp: u64, claim: &[&str]) -> Peer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let limit = QueueLimit {
+            frames: 64,
+            bytes: 1 << 20,
+        };
+        let outbox = Outbox::new(limit, Arc::new(server_side), rooms.reaper().clone());
+        let client = Arc::new(Client::new(name.into(), exp, outbox));
+        let claim: Vec<String> = claim.iter().map(|c| c.to_string()).collect();
+        let access = Access::new(name.into(), rooms.limits.open.clone(), &claim);
+        Peer {
+            member: rooms.connect(client, access),
+            socket,
+        }
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn rooms_are_made_by_joining_and_freed_when_unused() {
+        let (rooms, clock) = rooms(3, 64);
+        let later = clock.clock().unix_secs() + 600;
+        let mut a = connect(&rooms, "a", later, &["team-*"]);
+        assert_eq!(a.types(), ["welcome general"]);
+        assert_eq!(
+            rooms.subscribe(&a.member, &room("random")).err(),
+            Some(RoomError::Forbidden)
+        );
+        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        rooms.subscribe(&a.member, &room("team-1")).unwrap();
+        assert_eq!(rooms.len(), 3);
+        assert_eq!(
+            rooms.subscribe(&a.member, &room("team-2")).err(),
+            Some(RoomError::TooManyRooms(3))
+        );
+        // Subscribing again answers again, and creates nothing.
+        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        assert_eq!(
+            a.types(),
+            ["subscribed ops", "subscribed team-1", "subscribed ops"]
+        );
+        // team-1 has no history: freed as its last member leaves.
+        assert!(rooms.unsubscribe(&a.member, "team-1"));
+        assert!(!rooms.unsubscribe(&a.member, "team-1"));
+        assert_eq!(rooms.len(), 2);
+        // ops has history: kept until nobody has been in it for the TTL.
+        let ops = rooms.get("ops").unwrap();
+        ops.broadcast(a.member.id, "a", "hi", None, crate::room::Fanout::Now)
+            .unwrap();
+        rooms.unsubscribe(&a.member, "ops");
+        rooms.sweep();
+        assert!(rooms.get("ops").is_some(), "its history is kept");
+        clock.advance(Duration::from_secs(3600));
+        rooms.sweep();
+        assert!(rooms.get("ops").is_none(), "idle past the TTL");
+        // general stays, even empty.
+        rooms.unsubscribe(&a.member, "general");
+        clock.advance(Duration::from_secs(7200));
+        rooms.sweep();
+        assert!(rooms.get("general").is_some());
+        rooms.disconnect(&a.member);
+        assert_eq!(rooms.clients(), 0);
+    }
+
+    #[test]
+    fn a_connection_has_at_most_its_share_of_rooms() {
+        let (rooms, clock) = rooms(100, 2);
+        let later = clock.clock().unix_secs() + 600;
+        let a = connect(&rooms, "a", later, &["*"]);
+        rooms.subscribe(&a.member, &room("one")).unwrap();
+        assert_eq!(
+            rooms.subscribe(&a.member, &room("two")).err(),
+            Some(RoomError::TooManyForConnection(2))
+        );
+        // Already in it: no new room, so no limit.
+        assert!(rooms.subscribe(&a.member, &room("one")).is_ok());
+    }
+
+    #[test]
+    fn the_sweep_evicts_from_every_room_once_even_from_none() {
+        let (rooms, clock) = rooms(100, 64);
+        let now = clock.clock().unix_secs();
+        let mut a = connect(&rooms, "a", now + 600, &[]);
+        let mut old = connect(&rooms, "old", now + 30, &[]);
+        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        rooms.subscribe(&old.member, &room("ops")).unwrap();
+        let mut gone = connect(&rooms, "gone", now + 30, &[]);
+        rooms.unsubscribe(&gone.member, "general");
+        rooms.flush_presence();
+        a.types();
+        assert_eq!(old.types()[..2], ["welcome general", "subscribed ops"]);
+        assert_eq!(rooms.sweep(), 0);
+        assert_eq!(old.types(), ["expiring"]);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(rooms.sweep(), 2);
+        rooms.flush_presence();
+        assert_eq!(old.types(), ["error"], "one notice, then the close");
+        assert_eq!(gone.types(), ["welcome general", "expiring", "error"]);
+        assert_eq!(old.member.client.outbox.close_code(), Some(4001));
+        assert_eq!(gone.member.client.outbox.close_code(), Some(4001));
+        let mut left = a.types();
+        left.sort();
+        assert_eq!(left, ["leave general", "leave ops"]);
+        assert_eq!(
+            rooms.metrics().expiry_disconnects.load(Ordering::Relaxed),
+            2
+        );
+    }
+}
