@@ -22,6 +22,7 @@ const CLOSE_TOKEN_EXPIRED = 4001;
 const GENERAL = 'general';       // the room every connection is in
 const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;  // the server's rule for room names
 const BADGE_MAX = 99;            // an unread badge shows "99+" past this
+const DM_WATCH_MAX = 8;          // DMs watched while general is this small (see watchDms)
 
 const encoder = new TextEncoder();
 const $ = (id) => document.getElementById(id);
@@ -451,6 +452,7 @@ function onWelcome(frame) {
   if (Array.isArray(frame.history)) addMessages(general, frame.history);
   setState('connected');
   setAllowedRooms(frame.rooms);
+  watchDms();
   // An older server has general only: a room from the URL cannot be had.
   const wanted = session.roomsSupported ? parseRoomHash(location.hash) : GENERAL;
   selectRoom(wanted ?? session.current);
@@ -478,7 +480,6 @@ function onSubscribed(frame) {
   const room = knownRoom(name, true);
   if (!room) return;
   room.state = 'joined';
-  room.open = true;
   setPresence(room, frame);
   addMessages(room, Array.isArray(frame.history) ? frame.history : [], isNew);
   renderRoomState(room);
@@ -502,7 +503,9 @@ function onUnsubscribed(frame) {
 
 function onMessage(frame) {
   const room = knownRoom(frameRoomName(frame), true);
-  if (room) addMessages(room, [frame], true);
+  if (!room) return;
+  markOpen(room);                  // a watched DM's first message lists it
+  addMessages(room, [frame], true);
 }
 
 /** A frame's room: `general` when it names none (an older server). */
@@ -532,11 +535,14 @@ function onPresence(frame, joined, left) {
   }
   room.onlineCount = Math.max(room.onlineCount, room.online.size, 1);
   if (room.name === session.current) renderOnline();
+  if (room.name === GENERAL) watchDms();
   // A frame may name you if you joined within its window: your own
-  // welcome already said so, and the log need not.
+  // welcome already said so, and the log need not. In a DM, the other's
+  // comings and goings are mostly the pages' watching (see watchDms): the
+  // online list shows them, the log need not.
   const others = (names) => names.filter((name) => name !== session.me);
   const text = presenceText(others(joined), others(left));
-  if (text) addSystemLine(room, text);
+  if (text && !room.peer) addSystemLine(room, text);
 }
 
 /** "userB joined" for one change; "3 people joined, 1 left" for several
@@ -803,7 +809,7 @@ function newRoom(name) {
     name,
     peer: dmPeer(name),            // a DM room's other user, else null
     open: false,                   // to be in: opened here, or put in by the server
-    state: 'idle',                 // idle → joining (subscribe sent) → joined
+    state: 'idle',                 // idle → joining (subscribe sent) → joined → leaving
     log: document.createDocumentFragment(),  // its lines while off screen
     count: 0,                      // its messages, for "No messages yet"
     seenSeqs: new Set(),           // `seq` is per room; a replayed history must not duplicate
@@ -877,6 +883,9 @@ function isListed(room) {
   return room.name === GENERAL || session.allowed.includes(room.name);
 }
 
+/** In the list: listed by welcome, or open (a watched DM is not, yet). */
+const isShown = (room) => room.open || isListed(room);
+
 /** The open rooms, which a reload opens again. */
 function remembered() {
   return [...session.rooms.values()]
@@ -892,25 +901,16 @@ function resetRooms(names) {
   session.roomsSupported = false;
   session.allowed = [];
   el.messages.replaceChildren();
-  for (const name of names.filter(isRoomName)) {
-    session.rooms.set(name, newRoom(name));
-    session.rooms.get(name).open = true;
-  }
+  for (const name of names.filter(isRoomName)) ensureRoom(name).open = true;
   renderRoomList();
   renderJoinBox();
   showRoom(currentRoom());
 }
 
-/** The room called `name`, listed (and remembered) if it is new here. */
+/** The room called `name`, made if it is new here (see markOpen). */
 function ensureRoom(name) {
-  let room = session.rooms.get(name);
-  if (!room) {
-    room = newRoom(name);
-    session.rooms.set(name, room);
-    renderRoomList();
-    saveSession();
-  }
-  return room;
+  if (!session.rooms.has(name)) session.rooms.set(name, newRoom(name));
+  return session.rooms.get(name);
 }
 
 /** The room a server frame names, or null. With `create`, one new to the
@@ -921,10 +921,18 @@ function knownRoom(name, create) {
   if (room || !create || !isRoomName(name)) return room ?? null;
   const added = ensureRoom(name);
   added.state = 'joined';
-  added.open = true;
-  saveSession();
+  markOpen(added);
   renderRoomState(added);
   return added;
+}
+
+/** The page means to stay in `room`: it is listed, and joined again after
+ *  a reconnect or a reload. */
+function markOpen(room) {
+  if (room.open || room.name === GENERAL) return;
+  room.open = true;
+  renderRoomList();
+  saveSession();
 }
 
 /** Takes a room off the list; off screen first, back to general. */
@@ -944,9 +952,7 @@ function dropRoom(room) {
 function setAllowedRooms(list) {
   session.roomsSupported = Array.isArray(list);
   session.allowed = names(list);
-  for (const name of session.allowed) {
-    if (ROOM_NAME.test(name) && !session.rooms.has(name)) session.rooms.set(name, newRoom(name));
-  }
+  for (const name of session.allowed.filter((entry) => ROOM_NAME.test(entry))) ensureRoom(name);
   for (const room of session.rooms.values()) {
     if (room.name === GENERAL) continue;
     room.state = 'idle';
@@ -962,13 +968,37 @@ function subscribe(room) {
   renderRoomState(room);
 }
 
+/** Leaves a room; `unsubscribed` then takes it off the page. */
+function unsubscribe(room) {
+  if (send({ type: 'unsubscribe', room: room.name })) room.state = 'leaving';
+}
+
+/** A stopgap until the server tells people of a first DM to them: a DM
+ *  reaches only those in its room. While general is small, the page stays
+ *  in the DM room of each other person online there, unlisted until a
+ *  message comes, which then shows up with its badge. With at most
+ *  DM_WATCH_MAX others that is cheap for the server (a room a pair, at most
+ *  36 in all); in a bigger crowd, or a cut list, the page watches none. */
+function watchDms() {
+  if (!session.roomsSupported) return;
+  const general = session.rooms.get(GENERAL);
+  const others = [...general.online].filter((name) => name !== session.me);
+  const small = !general.onlineTruncated && others.length <= DM_WATCH_MAX;
+  const watched = new Set(small ? others.map((name) => dmRoom(session.me, name)) : []);
+  for (const name of watched) {
+    const room = ensureRoom(name);
+    if (room.state === 'idle') subscribe(room);
+  }
+  for (const room of session.rooms.values()) {
+    const joined = room.state === 'joined' || room.state === 'joining';
+    if (room.peer && !room.open && joined && !watched.has(room.name)) unsubscribe(room);
+  }
+}
+
 /** Shows room `name`, opening it first if need be, and puts it in the URL. */
 function selectRoom(name) {
   const room = ensureRoom(name);
-  if (!room.open && name !== GENERAL) {
-    room.open = true;
-    saveSession();
-  }
+  markOpen(room);
   if (room.state === 'idle') subscribe(room);
   showRoom(room);
   writeHash(room.name);
@@ -1075,7 +1105,7 @@ function onRoomKeydown(event) {
 /** The list's order: general, the other rooms by name, then the DMs by
  *  the other user's name. */
 function roomOrder() {
-  const all = [...session.rooms.values()];
+  const all = [...session.rooms.values()].filter(isShown);
   const byName = (a, b) => (b.name === GENERAL) - (a.name === GENERAL) || a.name.localeCompare(b.name);
   return [
     ...all.filter((room) => !room.peer).sort(byName),
