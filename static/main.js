@@ -869,11 +869,11 @@ function isRoomName(name) {
   return ROOM_NAME.test(name) || dmPeer(name) !== null;
 }
 
-/** Whether welcome's list lets this user join `name`: listed, or fitted by
- *  a prefix pattern such as "team-*" (with at least one more character). */
+/** Whether welcome's list lets this user join `name`: listed, or starting
+ *  with the prefix of a pattern such as "team-*" (as the server checks). */
 function mayJoin(name) {
   return ROOM_NAME.test(name) && session.allowed.some((entry) => (entry.endsWith('*')
-    ? name.length >= entry.length && name.startsWith(entry.slice(0, -1))
+    ? name.startsWith(entry.slice(0, -1))
     : name === entry));
 }
 
@@ -1185,13 +1185,13 @@ function joinProblem(name) {
   if (!ROOM_NAME.test(name)) {
     return 'Use a–z, 0–9, - and _ (at most 32), starting with a letter or digit.';
   }
-  return mayJoin(name) ? '' : `Not one of yours: ${joinHint()}`;
+  return mayJoin(name) ? '' : `You may join only ${joinHint()}.`;
 }
 
+/** What the patterns allow: "names starting with team-". */
 function joinHint() {
   const prefixes = joinPrefixes();
-  if (prefixes.includes('')) return 'any name.';
-  return `names starting with ${prefixes.join(', ')}`;
+  return prefixes.includes('') ? 'any name' : `names starting with ${prefixes.join(' or ')}`;
 }
 
 /** Checks the name as it is typed: the hint turns into the problem. */

@@ -776,15 +776,24 @@ fn rooms_unread_counts_and_direct_messages_in_a_real_browser() {
         json!(false)
     );
     cdp.eval(&b, "document.querySelector('#join-room').open = true; true");
-    for bad in ["Team-Red", "ops-red", "team-"] {
+    let rule = "Use a–z, 0–9, - and _ (at most 32), starting with a letter or digit.";
+    let not_yours = "You may join only names starting with team-.";
+    for (bad, why) in [
+        ("Team-Red", rule),
+        ("team-red!", rule),
+        ("ops-red", not_yours),
+    ] {
         cdp.eval(&b, "document.querySelector('#join-input').value = ''; true");
         cdp.type_into(&b, "#join-input", bad);
         assert_eq!(
             cdp.eval(
                 &b,
-                &format!("[{join}.disabled, document.querySelector('#join-input').ariaInvalid]")
+                &format!(
+                    "[{join}.disabled, document.querySelector('#join-input').ariaInvalid, \
+                      document.querySelector('#join-hint').textContent]"
+                )
             ),
-            json!([true, "true"]),
+            json!([true, "true", why]),
             "{bad}"
         );
     }
