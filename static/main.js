@@ -22,7 +22,6 @@ const CLOSE_TOKEN_EXPIRED = 4001;
 const GENERAL = 'general';       // the room every connection is in
 const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;  // the server's rule for room names
 const BADGE_MAX = 99;            // an unread badge shows "99+" past this
-const DM_WATCH_MAX = 8;          // DMs watched while general is this small (see watchDms)
 
 const encoder = new TextEncoder();
 const $ = (id) => document.getElementById(id);
@@ -452,7 +451,6 @@ function onWelcome(frame) {
   if (Array.isArray(frame.history)) addMessages(general, frame.history);
   setState('connected');
   setAllowedRooms(frame.rooms);
-  watchDms();
   // An older server has general only: a room from the URL cannot be had.
   const wanted = session.roomsSupported ? parseRoomHash(location.hash) : GENERAL;
   selectRoom(wanted ?? session.current);
@@ -504,7 +502,7 @@ function onUnsubscribed(frame) {
 function onMessage(frame) {
   const room = knownRoom(frameRoomName(frame), true);
   if (!room) return;
-  markOpen(room);                  // a watched DM's first message lists it
+  markOpen(room);                  // a DM the server brought us into is listed now
   addMessages(room, [frame], true);
 }
 
@@ -535,11 +533,9 @@ function onPresence(frame, joined, left) {
   }
   room.onlineCount = Math.max(room.onlineCount, room.online.size, 1);
   if (room.name === session.current) renderOnline();
-  if (room.name === GENERAL) watchDms();
   // A frame may name you if you joined within its window: your own
   // welcome already said so, and the log need not. In a DM, the other's
-  // comings and goings are mostly the pages' watching (see watchDms): the
-  // online list shows them, the log need not.
+  // comings and goings say nothing the online list does not.
   const others = (names) => names.filter((name) => name !== session.me);
   const text = presenceText(others(joined), others(left));
   if (text && !room.peer) addSystemLine(room, text);
@@ -883,7 +879,7 @@ function isListed(room) {
   return room.name === GENERAL || session.allowed.includes(room.name);
 }
 
-/** In the list: listed by welcome, or open (a watched DM is not, yet). */
+/** In the list: listed by welcome, or open (a DM is, once it has a message or you opened it). */
 const isShown = (room) => room.open || isListed(room);
 
 /** The open rooms, which a reload opens again. */
@@ -971,28 +967,6 @@ function subscribe(room) {
 /** Leaves a room; `unsubscribed` then takes it off the page. */
 function unsubscribe(room) {
   if (send({ type: 'unsubscribe', room: room.name })) room.state = 'leaving';
-}
-
-/** A stopgap until the server tells people of a first DM to them: a DM
- *  reaches only those in its room. While general is small, the page stays
- *  in the DM room of each other person online there, unlisted until a
- *  message comes, which then shows up with its badge. With at most
- *  DM_WATCH_MAX others that is cheap for the server (a room a pair, at most
- *  36 in all); in a bigger crowd, or a cut list, the page watches none. */
-function watchDms() {
-  if (!session.roomsSupported) return;
-  const general = session.rooms.get(GENERAL);
-  const others = [...general.online].filter((name) => name !== session.me);
-  const small = !general.onlineTruncated && others.length <= DM_WATCH_MAX;
-  const watched = new Set(small ? others.map((name) => dmRoom(session.me, name)) : []);
-  for (const name of watched) {
-    const room = ensureRoom(name);
-    if (room.state === 'idle') subscribe(room);
-  }
-  for (const room of session.rooms.values()) {
-    const joined = room.state === 'joined' || room.state === 'joining';
-    if (room.peer && !room.open && joined && !watched.has(room.name)) unsubscribe(room);
-  }
 }
 
 /** Shows room `name`, opening it first if need be, and puts it in the URL. */
