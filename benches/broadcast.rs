@@ -29,7 +29,7 @@ mod redis_server;
 use std::io;
 use std::net::SocketAddr;
 
-use jwtchat::{Config, Server};
+use jwtchat::{Config, Server, ServerHandle};
 use loadgen::{Plan, Report, ReportJson};
 use serde::Serialize;
 
@@ -75,6 +75,17 @@ fn main() {
     let report = measure(sustained(quick));
     println!("\nsustained, 4 senders flat out\n{}", report.human());
     json.push(Run::of(&report));
+    let rooms = measure_in_rooms(room_among_others(quick)).expect("run");
+    println!(
+        "\nping-pong, one sender, in a room of {ROOM_SIZE} while {} clients idle in {QUIET_ROOMS} \
+         other rooms\n{}",
+        ROOM_SIZE * QUIET_ROOMS,
+        rooms.human()
+    );
+    json.push(Run {
+        setup: Some(format!("room of {ROOM_SIZE} among {QUIET_ROOMS} others")),
+        ..Run::of(&rooms)
+    });
     #[cfg(feature = "redis")]
     cluster::section(quick, &pingpongs, &report, &mut json);
     println!(
@@ -98,6 +109,7 @@ fn pingpong(quick: bool, clients: usize) -> Plan {
         window: 1,
         payload: 64,
         readers: 1,
+        room: None,
     }
 }
 
@@ -111,7 +123,47 @@ fn sustained(quick: bool) -> Plan {
         window: 32,
         payload: 64,
         readers: 1,
+        room: None,
     }
+}
+
+/// Rooms in the idle-rooms run: one of 100 that speaks, and 9 of 100 that
+/// stay quiet.
+const ROOM_SIZE: usize = 100;
+const QUIET_ROOMS: usize = 9;
+
+/// Ping-pong in a room of 100 while 900 other clients sit in 9 other
+/// rooms: what it costs should be what a room of 100 costs, not 1000.
+fn room_among_others(quick: bool) -> Plan {
+    Plan {
+        room: Some("team-bench"),
+        ..pingpong(quick, ROOM_SIZE)
+    }
+}
+
+/// `plan.clients` clients in `plan.room`, and `QUIET_ROOMS` more rooms of
+/// as many clients that say nothing; nobody stays in `general`.
+fn measure_in_rooms(plan: Plan) -> io::Result<Report> {
+    let room = plan.room.expect("a room");
+    let handle = start(None)?;
+    let tokens = demo_tokens(&[handle.local_addr()])?;
+    let open = |room: &str, count: usize| {
+        (0..count)
+            .map(|i| {
+                let mut conn = loadgen::connect(handle.local_addr(), &tokens[i % 3], None)?;
+                conn.send_text(r#"{"type":"unsubscribe","room":"general"}"#)?;
+                conn.send_text(&format!(r#"{{"type":"subscribe","room":"{room}"}}"#))?;
+                Ok(conn)
+            })
+            .collect::<io::Result<Vec<_>>>()
+    };
+    let members = open(room, plan.clients)?;
+    let quiet = (0..QUIET_ROOMS)
+        .map(|r| open(&format!("team-quiet-{r}"), plan.clients))
+        .collect::<io::Result<Vec<_>>>()?;
+    let report = loadgen::run(&plan, members);
+    drop(quiet);
+    report
 }
 
 /// A fresh server for each measurement, so one run's backlog cannot slow
@@ -125,28 +177,10 @@ fn measure(plan: Plan) -> Report {
 /// the senders are on the first.
 fn measure_on(plan: Plan, instances: usize, redis: Option<(&str, &str)>) -> io::Result<Report> {
     let handles = (0..instances.max(1))
-        .map(|_| {
-            let config = Config {
-                bind: "127.0.0.1:0".into(),
-                // One secret: a token from one instance works on all.
-                secret: Some(b"broadcast-bench: 0123456789 abcdefghijklmnop".to_vec()),
-                // Measure the server, not its abuse limits: every client
-                // comes from 127.0.0.1 and the senders go flat out.
-                message_rate: 0,
-                max_connections_per_ip: 10_000_000,
-                redis: redis.map(|(url, _)| url.to_string()),
-                redis_prefix: redis.map_or(Config::default().redis_prefix, |(_, p)| p.into()),
-                ..Config::default()
-            };
-            let server = Server::bind(config).map_err(|e| io::Error::other(e.to_string()))?;
-            server.spawn()
-        })
+        .map(|_| start(redis))
         .collect::<io::Result<Vec<_>>>()?;
     let addrs: Vec<SocketAddr> = handles.iter().map(|h| h.local_addr()).collect();
-    let tokens = ["A", "B", "C"]
-        .iter()
-        .map(|l| loadgen::login(addrs[0], &format!("user{l}"), &format!("password{l}")))
-        .collect::<io::Result<Vec<String>>>()?;
+    let tokens = demo_tokens(&addrs)?;
     let conns = (0..plan.clients)
         .map(|i| {
             let instance = i % addrs.len();
@@ -156,6 +190,33 @@ fn measure_on(plan: Plan, instances: usize, redis: Option<(&str, &str)>) -> io::
         .collect::<io::Result<Vec<_>>>()?;
     loadgen::run(&plan, conns)
     // The handles stop the servers here.
+}
+
+/// A fresh server, sharing one room through `redis` (URL, key prefix) if
+/// given.
+fn start(redis: Option<(&str, &str)>) -> io::Result<ServerHandle> {
+    let config = Config {
+        bind: "127.0.0.1:0".into(),
+        // One secret: a token from one instance works on all.
+        secret: Some(b"broadcast-bench: 0123456789 abcdefghijklmnop".to_vec()),
+        // Measure the server, not its abuse limits: every client comes
+        // from 127.0.0.1 and the senders go flat out.
+        message_rate: 0,
+        max_connections_per_ip: 10_000_000,
+        redis: redis.map(|(url, _)| url.to_string()),
+        redis_prefix: redis.map_or(Config::default().redis_prefix, |(_, p)| p.into()),
+        ..Config::default()
+    };
+    let server = Server::bind(config).map_err(|e| io::Error::other(e.to_string()))?;
+    server.spawn()
+}
+
+/// Tokens of the three demo users (whose grants include `team-*`).
+fn demo_tokens(addrs: &[SocketAddr]) -> io::Result<Vec<String>> {
+    ["A", "B", "C"]
+        .iter()
+        .map(|l| loadgen::login(addrs[0], &format!("user{l}"), &format!("password{l}")))
+        .collect()
 }
 
 #[cfg(feature = "redis")]

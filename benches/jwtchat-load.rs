@@ -247,6 +247,7 @@ fn parse(list: Vec<String>) -> Result<Args, String> {
         window: 0,
         payload: 64,
         readers: 1,
+        room: None,
     };
     let (mut user, mut password) = (None, None);
     let (mut secret, mut users, mut connectors) = (None, 1, 1);

@@ -10,11 +10,13 @@
 //!                                   └── Client.rooms ────┘ (its own list)
 //! ```
 //!
-//! **Lock order.** The registry's map, then a room's locks (timeline, then
-//! pool), then a client's room list or outbox. A join happens under the
-//! map's read lock, and a room is freed under its write lock after checking
-//! it is still empty, so a room cannot be freed between being found and
-//! being joined. A broadcast takes only its room's locks.
+//! **Lock order.** A client's room list, then the registry's map, then a
+//! room's locks (timeline, then pool), then outboxes. A connection's list
+//! is held while it joins or leaves a room, so that its own session and a
+//! DM bringing it in cannot both add it. A join happens under the map's
+//! read lock, and a room is freed under its write lock after checking it
+//! is still empty, so a room cannot be freed between being found and being
+//! joined. A broadcast takes only its room's locks.
 //!
 //! **Rooms come and go.** `general` always exists. Any other room is
 //! created by the first subscribe that may create it (within
@@ -25,9 +27,19 @@
 //! here may have history elsewhere, which only Redis can tell, and Redis is
 //! never asked under the map's lock or a room's: the room is registered
 //! *seeding* (deliveries reach it, nobody joins it, it is not freed), the
-//! relay seeds it with no lock held, and then its first member joins under
+//! relay seeds it with neither held, and then its first member joins under
 //! the map's read lock as usual. Others subscribing meanwhile wait for the
-//! seeding to end (see `room::relay`).
+//! seeding to end (see `room::relay`). The joining connection's own room
+//! list is held throughout (as for any join), so the seeding's round trip
+//! (bounded by the relay's timeouts) may hold up only what waits on that
+//! list: that connection's own session, a DM bringing it in, its expiry.
+//!
+//! **Direct messages.** A message to `dm:a:b` first brings every
+//! connection of the other user that is not in the room into it
+//! ([`Rooms::bring_in`]), so that a DM reaches its recipient live whether or
+//! not they had opened the conversation. With a relay, the instance that
+//! delivers a DM does the same for the connections there, before the
+//! message.
 //!
 //! **Expiry.** The sweep checks every connection once, whichever rooms it
 //! is in (none included: leaving `general` is allowed): it warns a minute
@@ -110,13 +122,48 @@ pub struct Member {
     pub access: Access,
 }
 
+/// Every connection, by id and by user.
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ClientId, Arc<Client>>,
+    by_user: HashMap<Arc<str>, Vec<ClientId>>,
+}
+
+impl Connections {
+    fn add(&mut self, id: ClientId, client: &Arc<Client>) {
+        self.by_id.insert(id, client.clone());
+        self.by_user
+            .entry(client.username.clone())
+            .or_default()
+            .push(id);
+    }
+
+    fn remove(&mut self, id: ClientId, client: &Client) {
+        self.by_id.remove(&id);
+        if let Some(ids) = self.by_user.get_mut(&client.username) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_user.remove(&client.username);
+            }
+        }
+    }
+
+    /// The connections of `user`.
+    fn of(&self, user: &str) -> Vec<(ClientId, Arc<Client>)> {
+        let ids = self.by_user.get(user).map_or(&[][..], Vec::as_slice);
+        ids.iter()
+            .filter_map(|id| Some((*id, self.by_id.get(id)?.clone())))
+            .collect()
+    }
+}
+
 /// Every room, and every connection.
 pub struct Rooms {
     general: Arc<Room>,
     rooms: RwLock<HashMap<Arc<str>, Arc<Room>>>,
     /// Every WebSocket connection, in rooms or not: what the expiry sweep
-    /// checks.
-    connections: RwLock<HashMap<ClientId, Arc<Client>>>,
+    /// checks, and where a DM finds its recipient.
+    connections: RwLock<Connections>,
     next_id: AtomicU64,
     settings: Settings,
     limits: Limits,
@@ -135,7 +182,7 @@ impl Rooms {
         Rooms {
             general,
             rooms: RwLock::new(rooms),
-            connections: RwLock::new(HashMap::new()),
+            connections: RwLock::new(Connections::default()),
             next_id: AtomicU64::new(1),
             settings,
             limits,
@@ -153,12 +200,12 @@ impl Rooms {
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
         self.rooms.write().unwrap_or_else(PoisonError::into_inner)
     }
-    fn connections(&self) -> RwLockReadGuard<'_, HashMap<ClientId, Arc<Client>>> {
+    fn connections(&self) -> RwLockReadGuard<'_, Connections> {
         self.connections
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
-    fn connections_mut(&self) -> RwLockWriteGuard<'_, HashMap<ClientId, Arc<Client>>> {
+    fn connections_mut(&self) -> RwLockWriteGuard<'_, Connections> {
         self.connections
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -211,33 +258,38 @@ impl Rooms {
 
     /// WebSocket connections now.
     pub fn clients(&self) -> usize {
-        self.connections().len()
+        self.connections().by_id.len()
     }
 
     /// A new connection: it joins `general` and gets `welcome` (with the
     /// rooms `access` lists) as its first frame.
     pub fn connect(&self, client: Arc<Client>, access: Access) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.connections_mut().insert(id, client.clone());
+        self.connections_mut().add(id, &client);
         // Counted before the welcome goes out, so that whoever has read it
         // finds the connection in the metrics.
         self.settings.metrics.subscriptions.moved(None, Some(1));
         let listed = access.listed();
+        let mut joined = client.rooms();
         self.general
             .join(id, client.clone(), Greet::Welcome { rooms: &listed });
-        client.rooms().push(self.general.clone());
+        joined.rooms.push(self.general.clone());
+        drop(joined);
         Member { id, client, access }
     }
 
     /// The connection has ended: out of every room (with a `leave` where it
     /// was the user's last connection) and out of the registry.
     pub fn disconnect(&self, member: &Member) {
-        let rooms = std::mem::take(&mut *member.client.rooms());
+        self.connections_mut().remove(member.id, &member.client);
+        let mut joined = member.client.rooms();
+        // From now on nothing (a DM) can bring it into a room again.
+        joined.ended = true;
+        let rooms = std::mem::take(&mut joined.rooms);
         for room in &rooms {
             room.leave(member.id);
             self.free_if_unused(room);
         }
-        self.connections_mut().remove(&member.id);
         self.settings
             .metrics
             .subscriptions
@@ -250,12 +302,29 @@ impl Rooms {
         if !member.access.may_join(name) {
             return Err(RoomError::Forbidden);
         }
-        if let Some(room) = member.client.room(name.as_str()) {
-            room.greet_again(&member.client);
-            return Ok(room);
+        self.enter(member.id, &member.client, name, true)
+    }
+
+    /// Puts connection `id` in room `name` (creating the room within
+    /// `--max-rooms`) and greets it with `subscribed`. If it is in the room
+    /// already, `subscribed` again when `greet_again`, else nothing.
+    fn enter(
+        &self,
+        id: ClientId,
+        client: &Arc<Client>,
+        name: &RoomName,
+        greet_again: bool,
+    ) -> Result<Arc<Room>, RoomError> {
+        // Held throughout, so that its session and a DM cannot both add it.
+        let mut joined = client.rooms();
+        if let Some(room) = joined.find(name.as_str()) {
+            if greet_again {
+                room.greet_again(client);
+            }
+            return Ok(room.clone());
         }
-        let count = member.client.rooms().len();
-        if count >= self.limits.max_per_connection {
+        let count = joined.rooms.len();
+        if joined.ended || count >= self.limits.max_per_connection {
             return Err(RoomError::TooManyForConnection(
                 self.limits.max_per_connection,
             ));
@@ -263,9 +332,9 @@ impl Rooms {
         // Counted before `subscribed` goes out (see `connect`).
         let histogram = &self.settings.metrics.subscriptions;
         histogram.moved(Some(count), Some(count + 1));
-        match self.join(member, name) {
+        match self.join(id, client, name) {
             Ok(room) => {
-                member.client.rooms().push(room.clone());
+                joined.rooms.push(room.clone());
                 Ok(room)
             }
             Err(refused) => {
@@ -277,12 +346,17 @@ impl Rooms {
 
     /// Finds or creates the room and joins it, under the map's lock (see
     /// the module docs).
-    fn join(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
+    fn join(
+        &self,
+        id: ClientId,
+        client: &Arc<Client>,
+        name: &RoomName,
+    ) -> Result<Arc<Room>, RoomError> {
         loop {
-            if let Some(room) = self.join_existing(member, name) {
+            if let Some(room) = self.join_existing(id, client, name) {
                 return Ok(room);
             }
-            if let Some(room) = self.create(member, name)? {
+            if let Some(room) = self.create(id, client, name)? {
                 return Ok(room);
             }
             // Another connection made it meanwhile: join that one.
@@ -291,12 +365,17 @@ impl Rooms {
 
     /// Joins `name` if it exists, once it is seeded; `None` if it does not
     /// exist.
-    fn join_existing(&self, member: &Member, name: &RoomName) -> Option<Arc<Room>> {
+    fn join_existing(
+        &self,
+        id: ClientId,
+        client: &Arc<Client>,
+        name: &RoomName,
+    ) -> Option<Arc<Room>> {
         let mut patient = true;
         loop {
             let seeding = match self.read().get(name.as_str()) {
                 Some(room) if !patient || !room.is_seeding() => {
-                    room.join(member.id, member.client.clone(), Greet::Subscribed);
+                    room.join(id, client.clone(), Greet::Subscribed);
                     return Some(room.clone());
                 }
                 Some(room) => room.clone(),
@@ -310,9 +389,15 @@ impl Rooms {
         }
     }
 
-    /// Creates `name` and joins `member` to it; `None` if it exists after
-    /// all. With a relay, the room is seeded first, with no lock held.
-    fn create(&self, member: &Member, name: &RoomName) -> Result<Option<Arc<Room>>, RoomError> {
+    /// Creates `name` and joins connection `id` to it; `None` if it exists
+    /// after all. With a relay, the room is seeded first, with neither the
+    /// map's lock nor the room's held.
+    fn create(
+        &self,
+        id: ClientId,
+        client: &Arc<Client>,
+        name: &RoomName,
+    ) -> Result<Option<Arc<Room>>, RoomError> {
         let mut rooms = self.write();
         if rooms.contains_key(name.as_str()) {
             return Ok(None);
@@ -327,7 +412,7 @@ impl Rooms {
         ));
         rooms.insert(name.shared().clone(), room.clone());
         let join = |room: &Arc<Room>| {
-            room.join(member.id, member.client.clone(), Greet::Subscribed);
+            room.join(id, client.clone(), Greet::Subscribed);
             Some(room.clone())
         };
         let Some(relay) = &self.relay else {
@@ -349,18 +434,37 @@ impl Rooms {
         Ok(joined)
     }
 
+    /// A message is about to go to DM room `name` from `sender`: every
+    /// connection of the other user that is not in the room joins it
+    /// (`subscribed`, with the history so far), so that the message reaches
+    /// them live, and their page can show a conversation they did not
+    /// open. A connection in `--max-rooms-per-connection` rooms already is
+    /// left out: the message waits in the room's history for it.
+    pub fn bring_in(&self, name: &RoomName, sender: &str) {
+        let RoomName::Dm { users, .. } = name else {
+            return;
+        };
+        for user in users.iter().filter(|user| ***user != *sender) {
+            let theirs = self.connections().of(user);
+            for (id, client) in theirs {
+                // Refused only for its limit, or because it has just ended.
+                let _ = self.enter(id, &client, name, false);
+            }
+        }
+    }
+
     /// Takes `member` out of `name`; false if it was not in it.
     pub fn unsubscribe(&self, member: &Member, name: &str) -> bool {
-        let (room, count) = {
-            let mut rooms = member.client.rooms();
-            let Some(at) = rooms.iter().position(|r| &**r.name() == name) else {
-                return false;
-            };
-            let count = rooms.len();
-            (rooms.remove(at), count)
+        let mut joined = member.client.rooms();
+        let Some(at) = joined.rooms.iter().position(|r| &**r.name() == name) else {
+            return false;
         };
+        let count = joined.rooms.len();
+        let room = joined.rooms.remove(at);
+        // Under the list's lock, so that no DM brings it back in between.
         room.leave(member.id);
         self.free_if_unused(&room);
+        drop(joined);
         self.settings
             .metrics
             .subscriptions
@@ -405,6 +509,7 @@ impl Rooms {
         let now = self.settings.clock.unix_secs();
         let expired: Vec<(ClientId, Arc<Client>)> = self
             .connections()
+            .by_id
             .iter()
             .filter(|(_, client)| {
                 let expired = client.is_expired_at(now);
@@ -438,7 +543,7 @@ impl Rooms {
     fn evict_expired(&self, id: ClientId, client: &Client) {
         // A copy: evicting takes each room's locks, and the session may
         // want its list meanwhile.
-        let rooms = client.rooms().clone();
+        let rooms = client.rooms().rooms.clone();
         for room in &rooms {
             room.evict_expired(id);
         }
@@ -473,10 +578,10 @@ impl Rooms {
             room.close_all(reason);
         }
         let clients = self.connections();
-        for client in clients.values() {
+        for client in clients.by_id.values() {
             client.outbox.close(reason);
         }
-        clients.values().map(|c| c.outbox.clone()).collect()
+        clients.by_id.values().map(|c| c.outbox.clone()).collect()
     }
 }
 

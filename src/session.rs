@@ -487,9 +487,12 @@ fn on_text(
     match decoded {
         Ok(Incoming::Chat { text, id, room }) => {
             let id = id.as_deref();
-            let Some(room) = room_to_speak_in(shared, outbox, me, &room, id, held) else {
+            let Some(joined) = room_to_speak_in(shared, outbox, me, &room, id, held) else {
                 return Step::Next;
             };
+            // The other user sees a DM live, opened or not.
+            shared.rooms.bring_in(&room, me.username);
+            let room = joined;
             let fanout = if ws.get_ref().holds_whole_message() {
                 Fanout::Held
             } else {
@@ -669,6 +672,7 @@ fn narrow_access(shared: &Shared, outbox: &Arc<Outbox>, me: &mut Me<'_>, claim: 
         .member
         .client
         .rooms()
+        .rooms
         .iter()
         .map(|room| room.name().clone())
         .collect();

@@ -1,5 +1,7 @@
 /* jwtchat browser client.
  * Flow: login form → POST /auth → WebSocket /ws?token=… → chat view.
+ * Rooms: every connection is in `general`; others are joined with
+ * `subscribe`, and `dm:<a>:<b>` rooms are direct messages between two users.
  * Rule: user and server strings reach the DOM only via textContent. */
 'use strict';
 
@@ -17,6 +19,9 @@ const NOTICE_MS = 6000;          // lifetime of a transient notice
 const AVATAR_HUES = 8;           // .hue-0 … .hue-7 in style.css
 const CLOSE_NORMAL = 1000;
 const CLOSE_TOKEN_EXPIRED = 4001;
+const GENERAL = 'general';       // the room every connection is in
+const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;  // the server's rule for room names
+const BADGE_MAX = 99;            // an unread badge shows "99+" past this
 
 const encoder = new TextEncoder();
 const $ = (id) => document.getElementById(id);
@@ -28,6 +33,9 @@ const el = {
   messages: $('messages'), newMessages: $('new-messages'), notice: $('notice'),
   composer: $('composer'), input: $('message-input'), send: $('send-button'),
   counter: $('counter'), expiry: $('expiry'), empty: $('empty'),
+  roomNav: $('room-nav'), rooms: $('rooms'), dms: $('dms'), dmsHeading: $('dms-heading'),
+  roomTitle: $('room-title'), joinRoom: $('join-room'), joinForm: $('join-form'),
+  joinInput: $('join-input'), joinButton: $('join-button'), joinHint: $('join-hint'),
 };
 
 // Everything tied to one login, in one place, so logout/expiry can reset it.
@@ -38,14 +46,14 @@ const session = {
   expiresAt: 0,        // unix seconds
   sessionEndsAt: Infinity,  // unix seconds: --max-session stops renewals here
   limits: { maxBytes: DEFAULT_MAX_BYTES, rate: 0 },
-  pending: null,       // { id, text }: sent, not yet taken or refused
-  unread: 0,           // messages that arrived while the tab was hidden
+  pending: null,       // { id, text, room }: sent, not yet taken or refused
+  unread: 0,           // messages that arrived while the tab was hidden (the title)
   stuck: true,         // the view was at the bottom: keep it there on resize
   socket: null,        // events from any other (older) socket are ignored
-  online: new Set(),   // who is online: everyone, or only some if onlineTruncated
-  onlineCount: 0,      // how many are online, however many `online` lists
-  onlineTruncated: false,  // welcome's list was cut (--presence-list-max)
-  seenSeqs: new Set(), // a replayed history must not duplicate messages
+  rooms: new Map(),    // name → room (see newRoom): general, the list, open DMs
+  current: GENERAL,    // the room on screen
+  roomsSupported: false,  // welcome listed `rooms`: an older server has general only
+  allowed: [],         // welcome's `rooms`: names and prefix patterns ("team-*")
   retries: 0,          // failed attempts since the last welcome
   reconnectTimer: 0,
   countdownTimer: 0,
@@ -250,19 +258,14 @@ function startSession({ token, expiresIn, sessionEndsAt }, username) {
   resumeSession();
 }
 
-/** Opens the chat for the token in `session` (a login, or a reload). */
-function resumeSession() {
+/** Opens the chat for the token in `session` (a login, or a reload, which
+ *  brings back the DMs and joined rooms named in `rooms`). */
+function resumeSession(rooms = []) {
   session.retries = 0;
   session.pending = null;
-  session.online.clear();
-  session.onlineCount = 0;         // unknown until welcome
-  session.onlineTruncated = false;
-  session.seenSeqs.clear();
-  el.messages.replaceChildren();   // the new login may be someone else
+  resetRooms(rooms);               // the new login may be someone else
   el.me.textContent = session.me;
-  el.empty.hidden = false;
   saveSession();
-  renderOnline();
   showChat();
   startCountdown();
   scheduleRenewal();
@@ -278,6 +281,7 @@ function saveSession() {
   try {
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
       token, me, expiresAt, sessionEndsAt: Number.isFinite(sessionEndsAt) ? sessionEndsAt : null,
+      rooms: remembered(),
     }));
   } catch { /* storage disabled or full: the session just won't survive a reload */ }
 }
@@ -316,6 +320,7 @@ function endSession() {
 
 function logout() {
   endSession();
+  writeHash(GENERAL);              // the next user starts in general
   setState('login');
   showLogin('', false);
   el.username.focus();
@@ -409,10 +414,12 @@ function onFrame(data) {
   }
   switch (frame && frame.type) {
     case 'welcome': return onWelcome(frame);
-    case 'join': return onPresence([String(frame.user)], []);
-    case 'leave': return onPresence([], [String(frame.user)]);
-    case 'presence': return onPresence(names(frame.joined), names(frame.left));
-    case 'message': return addMessages([frame], true);
+    case 'subscribed': return onSubscribed(frame);
+    case 'unsubscribed': return onUnsubscribed(frame);
+    case 'join': return onPresence(frame, [String(frame.user)], []);
+    case 'leave': return onPresence(frame, [], [String(frame.user)]);
+    case 'presence': return onPresence(frame, names(frame.joined), names(frame.left));
+    case 'message': return onMessage(frame);
     case 'error': return onError(frame);
     case 'expiring': return onExpiring(frame);
     case 'reauthed': return onExpiry(frame.expires_at);
@@ -420,6 +427,9 @@ function onFrame(data) {
   }
 }
 
+/** Welcome describes `general`, and lists the other rooms this user may
+ *  join: the page joins again the rooms and DMs it had open, and shows the
+ *  room the URL names. */
 function onWelcome(frame) {
   const wasReconnect = session.retries > 0;
   session.retries = 0;
@@ -432,19 +442,73 @@ function onWelcome(frame) {
   }
   if (Number.isFinite(limits.message_rate)) session.limits.rate = limits.message_rate;
   saveSession();
-  session.online = new Set(names(frame.online));
-  session.online.add(session.me);
-  // online_count is the true number; an older server sends only the list.
-  session.onlineTruncated = frame.online_truncated === true;
-  session.onlineCount = Number.isInteger(frame.online_count)
-    ? Math.max(frame.online_count, session.online.size) : session.online.size;
+  const general = session.rooms.get(GENERAL);
+  general.state = 'joined';
+  setPresence(general, frame);
   el.me.textContent = session.me;
   renderTitle();
-  renderOnline();
   renderCountdown();
-  if (Array.isArray(frame.history)) addMessages(frame.history);
-  if (wasReconnect) addSystemLine('Reconnected.');
+  if (Array.isArray(frame.history)) addMessages(general, frame.history);
   setState('connected');
+  setAllowedRooms(frame.rooms);
+  // An older server has general only: a room from the URL cannot be had.
+  const wanted = session.roomsSupported ? parseRoomHash(location.hash) : GENERAL;
+  selectRoom(wanted ?? session.current);
+  if (wasReconnect) addSystemLine(currentRoom(), 'Reconnected.');
+}
+
+/** A room's `online`, `online_count` and `online_truncated`, from a
+ *  `welcome` (general) or a `subscribed`. */
+function setPresence(room, frame) {
+  room.online = new Set(names(frame.online));
+  room.online.add(session.me);
+  // online_count is the true number; an older server sends only the list.
+  room.onlineTruncated = frame.online_truncated === true;
+  room.onlineCount = Number.isInteger(frame.online_count)
+    ? Math.max(frame.online_count, room.online.size) : room.online.size;
+  if (room.name === session.current) renderOnline();
+}
+
+/** A room joined: its presence and history. Asked for by this page, or
+ *  opened by the server (a first DM from someone): then it is new here,
+ *  and its history is news. */
+function onSubscribed(frame) {
+  const name = String(frame.room);
+  const isNew = !session.rooms.has(name);
+  const room = knownRoom(name, true);
+  if (!room) return;
+  room.state = 'joined';
+  setPresence(room, frame);
+  addMessages(room, Array.isArray(frame.history) ? frame.history : [], isNew);
+  renderRoomState(room);
+}
+
+/** Out of a room: asked for, or the renewed token no longer allows it
+ *  (`reason: "forbidden"`), and then it leaves the list. */
+function onUnsubscribed(frame) {
+  const room = knownRoom(String(frame.room), false);
+  if (!room || room.name === GENERAL) return;
+  room.state = 'idle';
+  room.open = false;
+  saveSession();
+  if (frame.reason === 'forbidden') {
+    session.allowed = session.allowed.filter((name) => name !== room.name);
+    showNotice(`You no longer have access to ${roomLabel(room)}.`);
+  }
+  if (isListed(room)) renderRoomState(room);
+  else dropRoom(room);
+}
+
+function onMessage(frame) {
+  const room = knownRoom(frameRoomName(frame), true);
+  if (!room) return;
+  markOpen(room);                  // a DM the server brought us into is listed now
+  addMessages(room, [frame], true);
+}
+
+/** A frame's room: `general` when it names none (an older server). */
+function frameRoomName(frame) {
+  return frame.room === undefined ? GENERAL : String(frame.room);
 }
 
 /** A frame's list of names, as strings; anything else is no names. */
@@ -452,26 +516,29 @@ function names(list) {
   return Array.isArray(list) ? list.map(String) : [];
 }
 
-/** Users came online and went offline: `join` and `leave` carry one name,
+/** Users came into a room and went: `join` and `leave` carry one name,
  *  `presence` all the changes of one window, `left` applied after `joined`
  *  (a name in both came and went). The count follows the server's changes:
  *  while the list is truncated a name we don't know may still be online
  *  (and leave), so then every `left` name counts. */
-function onPresence(joined, left) {
+function onPresence(frame, joined, left) {
+  const room = knownRoom(frameRoomName(frame), false);
+  if (!room) return;
   for (const name of joined) {
-    if (!session.online.has(name)) session.onlineCount += 1;
-    session.online.add(name);
+    if (!room.online.has(name)) room.onlineCount += 1;
+    room.online.add(name);
   }
   for (const name of left) {
-    if (session.online.delete(name) || session.onlineTruncated) session.onlineCount -= 1;
+    if (room.online.delete(name) || room.onlineTruncated) room.onlineCount -= 1;
   }
-  session.onlineCount = Math.max(session.onlineCount, session.online.size, 1);
-  renderOnline();
+  room.onlineCount = Math.max(room.onlineCount, room.online.size, 1);
+  if (room.name === session.current) renderOnline();
   // A frame may name you if you joined within its window: your own
-  // welcome already said so, and the log need not.
+  // welcome already said so, and the log need not. In a DM, the other's
+  // comings and goings say nothing the online list does not.
   const others = (names) => names.filter((name) => name !== session.me);
   const text = presenceText(others(joined), others(left));
-  if (text) addSystemLine(text);
+  if (text && !room.peer) addSystemLine(room, text);
 }
 
 /** "userB joined" for one change; "3 people joined, 1 left" for several
@@ -538,9 +605,7 @@ async function renew() {
   session.renewTimer = 0;
   const result = await refreshToken();
   if (result === 'ok') {
-    if (session.socket && session.socket.readyState === WebSocket.OPEN) {
-      session.socket.send(JSON.stringify({ type: 'reauth', token: session.token }));
-    }
+    send({ type: 'reauth', token: session.token });
     scheduleRenewal();
   } else if (result === 'unsure' && session.token) {
     session.renewTimer = setTimeout(renew, 10000);
@@ -562,44 +627,69 @@ function onExpiry(expiresAt) {
 
 // ---- Rendering ----
 
+/** The current room's presence: who is in it, you included. */
 function renderOnline() {
-  const known = [...session.online].sort((a, b) => a.localeCompare(b));
+  const room = currentRoom();
+  const known = [...room.online].sort((a, b) => a.localeCompare(b));
   const items = known.map(onlineItem);
   // A truncated list says how many it leaves out.
-  const more = session.onlineCount - known.length;
+  const more = room.onlineCount - known.length;
   if (more > 0) items.push(make('li', 'more', `and ${more} more`));
   el.online.replaceChildren(...items);
-  el.onlineCount.textContent = String(session.onlineCount);
+  el.onlineCount.textContent = String(room.onlineCount);
 }
 
+/** One person; anyone but you is a button that opens your DM with them
+ *  (a server without rooms has no DMs). */
 function onlineItem(name) {
   const item = make('li');
   item.dataset.user = name;
-  item.append(avatar(name), make('span', 'name', name));
-  if (name === session.me) item.append(make('span', 'you', ' (you)'));
+  const parts = [avatar(name), make('span', 'name', name)];
+  if (name === session.me) {
+    item.append(...parts, make('span', 'you', ' (you)'));
+  } else if (session.roomsSupported) {
+    const button = make('button', 'person');
+    button.type = 'button';
+    button.title = `Message ${name}`;
+    button.append(...parts);
+    item.append(button);
+  } else {
+    item.append(...parts);
+  }
   return item;
 }
 
-/** Shows messages: `live` ones as they happen, or a welcome's history. */
-function addMessages(frames, live = false) {
-  const stick = isNearBottom();    // measure before the list grows
+/** Adds messages to a room: `news` ones as they happen (unread unless on
+ *  screen), or a history, which is not news. */
+function addMessages(room, frames, news = false) {
+  const shown = room.name === session.current;
+  const stick = shown && isNearBottom();  // measure before the list grows
   let mine = false;
   let added = 0;
+  let fromOthers = 0;
   for (const frame of frames) {
-    if (!frame || session.seenSeqs.has(frame.seq)) continue;
-    if (frame.seq !== undefined) session.seenSeqs.add(frame.seq);
-    el.messages.append(renderMessage(frame));
+    if (!frame || room.seenSeqs.has(frame.seq)) continue;
+    if (frame.seq !== undefined) room.seenSeqs.add(frame.seq);
+    roomLog(room).append(renderMessage(frame));
     added += 1;
     const own = String(frame.from) === session.me;
     if (own) onOwnMessage(frame);
+    else fromOthers += 1;
     mine = mine || own;
   }
-  if (added) el.empty.hidden = true;
-  // History is not news; live messages from others are, while hidden.
-  if (document.hidden && live && added && !mine) {
+  if (!added) return;
+  room.count += added;
+  if (news && fromOthers && !shown) {
+    room.unread += fromOthers;
+    renderRoomItem(room);
+  }
+  // Live messages from others are news in the title while the tab is hidden.
+  if (document.hidden && news && !mine) {
     session.unread += 1;
     renderTitle();
   }
+  if (!shown) return;
+  renderEmpty();
   // My own message coming back means I just sent it: always show it.
   if (stick || mine) scrollToBottom();
   else el.newMessages.hidden = false;
@@ -644,10 +734,17 @@ function onVisibilityChange() {
   }
 }
 
-function addSystemLine(text) {
-  const stick = isNearBottom();
-  el.messages.append(make('div', 'system', text));
+function addSystemLine(room, text) {
+  const shown = room.name === session.current;
+  const stick = shown && isNearBottom();
+  roomLog(room).append(make('div', 'system', text));
   if (stick) scrollToBottom();     // a mere notice never yanks the view
+}
+
+/** "No messages yet" in a joined room without any. */
+function renderEmpty() {
+  const room = currentRoom();
+  el.empty.hidden = !(room.state === 'joined' && room.count === 0);
 }
 
 /** After a resize (narrower window, on-screen keyboard), a view that was at
@@ -697,11 +794,408 @@ function renderCountdown() {
 }
 
 
+// ---- Rooms ----
+// Each room keeps its own messages, presence, unread count and draft; the
+// view shows the current one. Room names come from the server and the URL:
+// they reach the DOM only as text, and the URL's only once they pass as a
+// room name.
+
+function newRoom(name) {
+  return {
+    name,
+    peer: dmPeer(name),            // a DM room's other user, else null
+    open: false,                   // to be in: opened here, or put in by the server
+    state: 'idle',                 // idle → joining (subscribe sent) → joined → leaving
+    log: document.createDocumentFragment(),  // its lines while off screen
+    count: 0,                      // its messages, for "No messages yet"
+    seenSeqs: new Set(),           // `seq` is per room; a replayed history must not duplicate
+    unread: 0,                     // messages from others while off screen
+    online: new Set(),             // who is in it: everyone, or only some if onlineTruncated
+    onlineCount: 0,                // how many are in it, however many `online` lists
+    onlineTruncated: false,        // the server cut the list (--presence-list-max)
+    draft: '',                     // the composer's text while off screen
+    scrollTop: null,               // where its view was left; null: at the bottom
+    item: null, button: null, badge: null,  // its entry in the list, once made
+  };
+}
+
+const currentRoom = () => session.rooms.get(session.current);
+const roomLabel = (room) => room.peer ?? `#${room.name}`;
+
+/** Where a room's lines go: on screen, or aside until it is shown. */
+function roomLog(room) {
+  return room.name === session.current ? el.messages : room.log;
+}
+
+/** UTF-8 byte order, as the server sorts a DM's two names (JS's own `<`
+ *  compares UTF-16 units, which puts U+E000–U+FFFF after emoji). */
+function compareBytes(a, b) {
+  const x = encoder.encode(a);
+  const y = encoder.encode(b);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return x[i] - y[i];
+  }
+  return x.length - y.length;
+}
+
+/** A username inside a DM room's name: `%` as %25, then `:` as %3A, so
+ *  the one `:` between the names is unambiguous. */
+const escapeDmName = (name) => name.replaceAll('%', '%25').replaceAll(':', '%3A');
+const unescapeDmName = (part) => part.replace(/%(25|3A)/g, (_, hex) => (hex === '25' ? '%' : ':'));
+
+/** The DM room of two users: `dm:<a>:<b>`, the names in byte order. */
+function dmRoom(me, other) {
+  const [a, b] = compareBytes(me, other) <= 0 ? [me, other] : [other, me];
+  return `dm:${escapeDmName(a)}:${escapeDmName(b)}`;
+}
+
+/** The other user of DM room `name`, or null unless it is `me`'s and
+ *  spelled exactly as dmRoom spells it. */
+function dmPeer(name, me = session.me) {
+  const parts = name.startsWith('dm:') ? name.slice(3).split(':') : [];
+  if (parts.length !== 2) return null;
+  const [a, b] = parts.map(unescapeDmName);
+  if (!a || !b || dmRoom(a, b) !== name) return null;
+  if (a === me) return b;
+  return b === me ? a : null;
+}
+
+/** A room name (`ops`), or a DM room of this user's. */
+function isRoomName(name) {
+  return ROOM_NAME.test(name) || dmPeer(name) !== null;
+}
+
+/** Whether welcome's list lets this user join `name`: listed, or starting
+ *  with the prefix of a pattern such as "team-*" (as the server checks). */
+function mayJoin(name) {
+  return ROOM_NAME.test(name) && session.allowed.some((entry) => (entry.endsWith('*')
+    ? name.startsWith(entry.slice(0, -1))
+    : name === entry));
+}
+
+/** General and welcome's names stay listed even when refused (a click
+ *  tries again); other rooms leave the list then. */
+function isListed(room) {
+  return room.name === GENERAL || session.allowed.includes(room.name);
+}
+
+/** In the list: listed by welcome, or open (a DM is, once it has a message or you opened it). */
+const isShown = (room) => room.open || isListed(room);
+
+/** The open rooms, which a reload opens again. */
+function remembered() {
+  return [...session.rooms.values()]
+    .filter((room) => room.open && room.name !== GENERAL).map((room) => room.name);
+}
+
+/** Back to general alone, plus the open rooms of `names` (a reload), none
+ *  of them joined until welcome. */
+function resetRooms(names) {
+  for (const room of session.rooms.values()) room.item?.remove();
+  session.rooms = new Map([[GENERAL, newRoom(GENERAL)]]);
+  session.current = GENERAL;
+  session.roomsSupported = false;
+  session.allowed = [];
+  el.messages.replaceChildren();
+  for (const name of names.filter(isRoomName)) ensureRoom(name).open = true;
+  renderRoomList();
+  renderJoinBox();
+  showRoom(currentRoom());
+}
+
+/** The room called `name`, made if it is new here (see markOpen). */
+function ensureRoom(name) {
+  if (!session.rooms.has(name)) session.rooms.set(name, newRoom(name));
+  return session.rooms.get(name);
+}
+
+/** The room a server frame names, or null. With `create`, one new to the
+ *  page (a DM someone opened with you) is listed: the server sends its
+ *  frames, so this connection is in it. */
+function knownRoom(name, create) {
+  const room = session.rooms.get(name);
+  if (room || !create || !isRoomName(name)) return room ?? null;
+  const added = ensureRoom(name);
+  added.state = 'joined';
+  markOpen(added);
+  renderRoomState(added);
+  return added;
+}
+
+/** The page means to stay in `room`: it is listed, and joined again after
+ *  a reconnect or a reload. */
+function markOpen(room) {
+  if (room.open || room.name === GENERAL) return;
+  room.open = true;
+  renderRoomList();
+  saveSession();
+}
+
+/** Takes a room off the list; off screen first, back to general. */
+function dropRoom(room) {
+  if (room.name === GENERAL) return;
+  if (room.name === session.current) selectRoom(GENERAL);
+  session.rooms.delete(room.name);
+  room.item?.remove();
+  renderRoomList();
+  saveSession();
+}
+
+/** Welcome's `rooms`: the names are listed, to be joined when opened (a
+ *  room costs a subscription, and a subscribe counts against the message
+ *  rate); the open ones are joined again (a reconnect, a reload); patterns
+ *  show the join box. Without the list, the server has general only. */
+function setAllowedRooms(list) {
+  session.roomsSupported = Array.isArray(list);
+  session.allowed = names(list);
+  for (const name of session.allowed.filter((entry) => ROOM_NAME.test(entry))) ensureRoom(name);
+  for (const room of session.rooms.values()) {
+    if (room.name === GENERAL) continue;
+    room.state = 'idle';
+    if (room.open) subscribe(room);
+  }
+  renderRoomList();
+  renderJoinBox();
+}
+
+function subscribe(room) {
+  if (room.name === GENERAL || !session.roomsSupported) return;
+  if (send({ type: 'subscribe', room: room.name })) room.state = 'joining';
+  renderRoomState(room);
+}
+
+/** Leaves a room; `unsubscribed` then takes it off the page. */
+function unsubscribe(room) {
+  if (send({ type: 'unsubscribe', room: room.name })) room.state = 'leaving';
+}
+
+/** Shows room `name`, opening it first if need be, and puts it in the URL. */
+function selectRoom(name) {
+  const room = ensureRoom(name);
+  markOpen(room);
+  if (room.state === 'idle') subscribe(room);
+  showRoom(room);
+  writeHash(room.name);
+}
+
+/** Opens your DM with `user`: subscribing to a DM room of your own is
+ *  allowed, and shows its history before you write. */
+function openDm(user) {
+  if (!session.roomsSupported || user === session.me) return;
+  selectRoom(dmRoom(session.me, user));
+  el.input.focus();
+}
+
+/** Puts `room` on screen: its lines, presence and draft, where its view
+ *  was left; it has nothing unread any more. */
+function showRoom(room) {
+  const previous = currentRoom();
+  if (previous !== room) {
+    previous.scrollTop = session.stuck ? null : el.messages.scrollTop;
+    previous.draft = el.input.value;
+    previous.log.append(...el.messages.childNodes);
+    session.current = room.name;
+    renderRoomItem(previous);
+    el.messages.append(room.log);  // moves its lines out of the fragment
+    el.input.value = room.draft;
+    if (room.scrollTop === null) {
+      scrollToBottom();
+    } else {
+      el.messages.scrollTop = room.scrollTop;
+      el.newMessages.hidden = true;
+      session.stuck = isNearBottom();
+    }
+  }
+  room.unread = 0;
+  renderRoomItem(room);
+  // In the phone-width strip the room may be scrolled out of sight.
+  room.button?.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+  el.roomTitle.textContent = roomLabel(room);
+  renderOnline();
+  renderEmpty();
+  updateComposer();
+}
+
+/** An error about a room. Not subscribed where the page thought it was:
+ *  join again. Refused: the room is not joined (and leaves the list
+ *  unless welcome listed it); the notice says why. */
+function onRoomRefused(frame) {
+  const room = session.rooms.get(String(frame.room));
+  if (!room || room.name === GENERAL) return;
+  if (frame.code === 'not_subscribed') {
+    if (room.state === 'joined') {
+      room.state = 'idle';
+      subscribe(room);
+    }
+  } else if (['bad_room', 'forbidden', 'too_many_rooms'].includes(frame.code)) {
+    room.state = 'idle';
+    room.open = false;
+    saveSession();
+    if (isListed(room)) renderRoomState(room);
+    else dropRoom(room);
+  }
+}
+
+/** The room named by a URL hash (`#room=ops`, `#ops`, a DM room's name
+ *  percent-encoded): general for none, null for anything that is not a
+ *  room of yours. Anyone can write a link's hash: it is only ever used
+ *  after this check. */
+function parseRoomHash(hash) {
+  const value = hash.replace(/^#/, '').replace(/^room=/, '');
+  if (!value) return GENERAL;
+  try {
+    const name = decodeURIComponent(value);
+    return isRoomName(name) ? name : null;
+  } catch {
+    return null;                   // malformed percent-encoding
+  }
+}
+
+/** The current room in the URL, so a reload comes back to it. Replaced,
+ *  not pushed: Back leaves the chat rather than stepping through rooms. */
+function writeHash(name) {
+  const hash = name === GENERAL ? '' : `#room=${encodeURIComponent(name)}`;
+  if (location.hash === hash) return;
+  history.replaceState(history.state, '', `${location.pathname}${location.search}${hash}`);
+}
+
+/** The URL's hash was edited: go to its room, or put the current one back. */
+function onHashChange() {
+  if (session.state !== 'connected' || !session.roomsSupported) return;
+  selectRoom(parseRoomHash(location.hash) ?? session.current);
+}
+
+/** Alt+ArrowUp / Alt+ArrowDown: the previous / next room in the list. */
+function onRoomKeydown(event) {
+  const step = { ArrowUp: -1, ArrowDown: 1 }[event.key];
+  if (!step || !event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  if (el.chat.hidden || !session.roomsSupported) return;
+  event.preventDefault();
+  const order = roomOrder();
+  const next = order[order.indexOf(currentRoom()) + step];
+  if (next) selectRoom(next.name);
+}
+
+/** The list's order: general, the other rooms by name, then the DMs by
+ *  the other user's name. */
+function roomOrder() {
+  const all = [...session.rooms.values()].filter(isShown);
+  const byName = (a, b) => (b.name === GENERAL) - (a.name === GENERAL) || a.name.localeCompare(b.name);
+  return [
+    ...all.filter((room) => !room.peer).sort(byName),
+    ...all.filter((room) => room.peer).sort((a, b) => a.peer.localeCompare(b.peer)),
+  ];
+}
+
+/** Rebuilds the list when rooms come or go (unread counts and the current
+ *  room change in place: see renderRoomItem). */
+function renderRoomList() {
+  const order = roomOrder();
+  el.rooms.replaceChildren(...order.filter((room) => !room.peer).map(roomItem));
+  el.dms.replaceChildren(...order.filter((room) => room.peer).map(roomItem));
+  el.dmsHeading.hidden = el.dms.children.length === 0;
+  el.roomNav.hidden = !session.roomsSupported;
+  el.roomTitle.hidden = !session.roomsSupported;
+}
+
+function roomItem(room) {
+  if (!room.item) {
+    room.item = make('li');
+    room.item.dataset.room = room.name;
+    room.button = make('button', room.peer ? 'room dm' : 'room');
+    room.button.type = 'button';
+    if (room.peer) room.button.append(avatar(room.peer));
+    room.badge = make('span', 'badge');
+    room.button.append(make('span', 'name', room.peer ?? room.name), room.badge);
+    room.item.append(room.button);
+  }
+  renderRoomItem(room);
+  return room.item;
+}
+
+/** A room's entry: joined or not, on screen or not, its unread badge. */
+function renderRoomItem(room) {
+  if (!room.item) return;
+  room.item.dataset.state = room.state;
+  room.button.setAttribute('aria-current', String(room.name === session.current));
+  const n = room.unread;
+  room.badge.hidden = n === 0;
+  room.badge.textContent = n > BADGE_MAX ? `${BADGE_MAX}+` : String(n || '');
+  room.badge.title = `${n} unread`;
+}
+
+/** A room was joined or refused: its entry, and the view if it is shown. */
+function renderRoomState(room) {
+  renderRoomItem(room);
+  if (room.name !== session.current) return;
+  renderEmpty();
+  updateComposer();
+}
+
+function onRoomListClick(event) {
+  const item = event.target.closest('li[data-room]');
+  if (item) selectRoom(item.dataset.room);
+}
+
+function onOnlineClick(event) {
+  const button = event.target.closest('button.person');
+  if (button) openDm(button.parentElement.dataset.user);
+}
+
+// ---- Joining a room by name ----
+
+/** The name box, for welcome's patterns ("team-*"). */
+function renderJoinBox() {
+  el.joinRoom.hidden = !session.allowed.some((entry) => entry.endsWith('*'));
+  el.joinInput.placeholder = `${joinPrefixes()[0] ?? ''}…`;
+  onJoinInput();
+}
+
+const joinPrefixes = () => session.allowed
+  .filter((entry) => entry.endsWith('*')).map((entry) => entry.slice(0, -1));
+
+/** Why `name` cannot be joined, or '' when it can. */
+function joinProblem(name) {
+  if (!ROOM_NAME.test(name)) {
+    return 'Use a–z, 0–9, - and _ (at most 32), starting with a letter or digit.';
+  }
+  return mayJoin(name) ? '' : `You may join only ${joinHint()}.`;
+}
+
+/** What the patterns allow: "names starting with team-". */
+function joinHint() {
+  const prefixes = joinPrefixes();
+  return prefixes.includes('') ? 'any name' : `names starting with ${prefixes.join(' or ')}`;
+}
+
+/** Checks the name as it is typed: the hint turns into the problem. */
+function onJoinInput() {
+  const name = el.joinInput.value.trim();
+  const problem = name ? joinProblem(name) : '';
+  const hint = joinHint();
+  el.joinHint.textContent = problem || hint.charAt(0).toUpperCase() + hint.slice(1);
+  el.joinHint.classList.toggle('error', problem !== '');
+  el.joinInput.setAttribute('aria-invalid', String(problem !== ''));
+  el.joinButton.disabled = !name || problem !== '';
+}
+
+function onJoinSubmit(event) {
+  event.preventDefault();
+  const name = el.joinInput.value.trim();
+  if (!name || joinProblem(name)) return onJoinInput();
+  el.joinInput.value = '';
+  el.joinRoom.open = false;
+  onJoinInput();
+  selectRoom(name);
+  el.input.focus();
+}
+
 // ---- Composer ----
 
 function canSend(text) {
   return session.state === 'connected'
     && session.socket?.readyState === WebSocket.OPEN
+    && currentRoom().state === 'joined'
     && !session.pending            // one message in flight at a time
     && text.trim() !== ''
     && byteLength(text) <= session.limits.maxBytes;
@@ -730,25 +1224,34 @@ function sendMessage() {
   // until then: a refused message is not lost.
   sentCount += 1;
   const id = `${Date.now().toString(36)}-${sentCount}`;
-  session.pending = { id, text };
-  session.socket.send(JSON.stringify({ type: 'message', text, id }));
+  const room = session.current;
+  session.pending = { id, text, room };
+  // Without `room` a message goes to general, as with an older server.
+  send(room === GENERAL ? { type: 'message', text, id } : { type: 'message', room, text, id });
   updateComposer();
   el.input.focus();
 }
 
-/** My message came back: taken. Clear the composer unless it was edited. */
+/** My message came back: taken. Clear its text from the composer (or from
+ *  the draft of the room it was written in) unless it was edited. */
 function onOwnMessage(frame) {
   const pending = session.pending;
   // An older server does not echo ids: then the same text is the match.
   if (!pending || (frame.id ?? pending.id) !== pending.id) return;
   if (frame.id === undefined && frame.text !== pending.text) return;
   session.pending = null;
-  if (el.input.value === pending.text) el.input.value = '';
+  const room = session.rooms.get(pending.room);
+  if (pending.room === session.current) {
+    if (el.input.value === pending.text) el.input.value = '';
+  } else if (room && room.draft === pending.text) {
+    room.draft = '';
+  }
   updateComposer();
 }
 
 function onError(frame) {
   const message = String(frame.message || frame.code || 'Error');
+  if (frame.room !== undefined) onRoomRefused(frame);
   const pending = session.pending;
   if (pending && frame.id === pending.id) {
     // Refused: the text is still in the composer, ready to send again.
@@ -757,6 +1260,13 @@ function onError(frame) {
     return showNotice(`Not sent: ${message}`);
   }
   showNotice(message);
+}
+
+/** Sends a frame on the open socket; false when there is none. */
+function send(frame) {
+  if (session.socket?.readyState !== WebSocket.OPEN) return false;
+  session.socket.send(JSON.stringify(frame));
+  return true;
 }
 
 function onInputKeydown(event) {
@@ -770,6 +1280,7 @@ function onInputKeydown(event) {
 // ---- Wiring ----
 
 function init() {
+  resetRooms([]);
   el.loginForm.addEventListener('submit', onLoginSubmit);
   el.composer.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -783,6 +1294,12 @@ function init() {
   });
   el.newMessages.addEventListener('click', scrollToBottom);
   el.notice.addEventListener('click', hideNotice);
+  el.roomNav.addEventListener('click', onRoomListClick);
+  el.online.addEventListener('click', onOnlineClick);
+  el.joinForm.addEventListener('submit', onJoinSubmit);
+  el.joinInput.addEventListener('input', onJoinInput);
+  document.addEventListener('keydown', onRoomKeydown);
+  window.addEventListener('hashchange', onHashChange);
   el.messages.addEventListener('scroll', () => { session.stuck = isNearBottom(); });
   new ResizeObserver(onResize).observe(el.messages);
   window.visualViewport?.addEventListener('resize', onResize);
@@ -799,9 +1316,13 @@ function init() {
       get socketsOpened() { return socketsOpened; },
       get expiresAt() { return session.expiresAt; },
       get sessionEndsAt() { return session.sessionEndsAt; },
-      get onlineCount() { return session.onlineCount; },
+      get onlineCount() { return currentRoom().onlineCount; },
+      get room() { return session.current; },
       formatTime: (ms, nowMs) => formatTime(new Date(ms), new Date(nowMs)),
       initials,
+      dmRoom,
+      dmPeer,
+      parseRoomHash,
     }),
   });
   const stored = loadSession();
@@ -811,7 +1332,7 @@ function init() {
     session.me = stored.me;
     session.expiresAt = Number(stored.expiresAt);
     session.sessionEndsAt = Number(stored.sessionEndsAt) || Infinity;
-    return resumeSession();
+    return resumeSession(Array.isArray(stored.rooms) ? stored.rooms.map(String) : []);
   }
   forgetSession();
   setState('login');

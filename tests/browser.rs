@@ -647,6 +647,295 @@ fn a_truncated_online_list_shows_the_true_count() {
     cdp.assert_no_page_errors();
 }
 
+#[test]
+fn rooms_unread_counts_and_direct_messages_in_a_real_browser() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    // "ops" is open to everyone; the demo users' tokens also allow
+    // "random" and any "team-*" room.
+    let server = start_with(|c| c.open_rooms = vec!["ops".into()]);
+    let url = format!("http://{}/", server.addr);
+    let mut cdp = browser.connect();
+    let a = cdp.new_page(&url, (1100, 680));
+    let b = cdp.new_page(&url, (390, 760)); // phone width: the list is a strip
+    cdp.log_in(&a, "userA", "passwordA");
+    cdp.log_in(&b, "userB", "passwordB");
+
+    // Both start in general, with the rooms they may join listed, to be
+    // joined when opened.
+    for page in [&a, &b] {
+        assert_eq!(cdp.eval(page, "window.jwtchat.room"), json!("general"));
+        assert_eq!(
+            cdp.eval(page, ROOM_LIST),
+            json!(["general", "ops", "random"])
+        );
+        assert_eq!(cdp.eval(page, DM_LIST), json!([]));
+        assert_eq!(cdp.eval(page, &joined("ops")), json!(false));
+    }
+    cdp.wait_for(&a, "online('userA') && online('userB')");
+
+    // B opens ops, then goes back up to general with Alt+ArrowUp: ops stays
+    // open, counting what B does not see.
+    cdp.click(&b, &room_button("ops"));
+    cdp.wait_for(&b, &joined("ops"));
+    cdp.wait_for(&b, "location.hash === '#room=ops'");
+    cdp.press_alt_arrow(&b, "ArrowUp");
+    cdp.wait_for(
+        &b,
+        "window.jwtchat.room === 'general' && location.hash === ''",
+    );
+
+    // A writes in ops while B looks at general: a badge of 1 on ops.
+    cdp.click(&a, &room_button("ops"));
+    cdp.wait_for(
+        &a,
+        "window.jwtchat.room === 'ops' && location.hash === '#room=ops'",
+    );
+    let markup = "<img src=x onerror=alert(1)> <b>only</b> in ops";
+    cdp.send_chat(&a, markup);
+    cdp.wait_for(&a, "texts().length === 1");
+    cdp.wait_for(&b, &format!("{} === '1'", badge("ops")));
+    assert_eq!(cdp.eval(&b, &badge("general")), json!(""));
+    assert_eq!(
+        cdp.eval(&b, "texts()"),
+        json!([]),
+        "general shows none of it"
+    );
+
+    // B opens ops: the badge clears, and the message reads as text.
+    cdp.click(&b, &room_button("ops"));
+    cdp.wait_for(&b, "window.jwtchat.room === 'ops'");
+    assert_eq!(cdp.eval(&b, &badge("ops")), json!(""));
+    cdp.wait_for(&b, "texts().length === 1");
+    assert_eq!(cdp.eval(&b, "texts()"), json!([markup]));
+    assert_eq!(
+        cdp.eval(
+            &b,
+            "document.querySelectorAll('#messages img, #messages b').length"
+        ),
+        json!(0)
+    );
+    cdp.wait_for(&b, "online('userA') && online('userB')");
+
+    // A goes back to general, where A clicks userB in the online list:
+    // their DM opens, listed as userB.
+    cdp.press_alt_arrow(&a, "ArrowUp");
+    cdp.wait_for(&a, "window.jwtchat.room === 'general'");
+    assert_eq!(cdp.eval(&a, "texts()"), json!([]));
+    let dm = "dm:userA:userB";
+    cdp.click(&a, "#online li[data-user='userB'] button");
+    cdp.wait_for(
+        &a,
+        &format!("window.jwtchat.room === '{dm}' && location.hash === '#room=dm%3AuserA%3AuserB'"),
+    );
+    assert_eq!(cdp.eval(&a, DM_LIST), json!(["userB"]));
+    cdp.wait_for(&a, &joined(dm));
+    cdp.send_chat(&a, "psst, B");
+    cdp.wait_for(&a, "texts().length === 1");
+
+    // B, in ops, finds it under DMs with a badge, and reads it.
+    cdp.wait_for(&b, &format!("{} === '1'", badge(dm)));
+    assert_eq!(cdp.eval(&b, DM_LIST), json!(["userA"]));
+    assert_eq!(cdp.eval(&b, "texts()"), json!([markup]), "still in ops");
+    cdp.click(&b, &room_button(dm));
+    cdp.wait_for(&b, &format!("window.jwtchat.room === '{dm}'"));
+    cdp.wait_for(&b, "texts().length === 1");
+    assert_eq!(cdp.eval(&b, "texts()"), json!(["psst, B"]));
+    assert_eq!(cdp.eval(&b, &badge(dm)), json!(""));
+    cdp.send_chat(&b, "hi A");
+    cdp.wait_for(&a, "texts().length === 2");
+    assert_eq!(cdp.eval(&a, "texts()"), json!(["psst, B", "hi A"]));
+
+    // A reload in ops comes back to ops (the hash), with its history, and
+    // keeps the DM.
+    cdp.click(&b, &room_button("ops"));
+    cdp.wait_for(&b, "location.hash === '#room=ops'");
+    cdp.reload(&b);
+    cdp.wait_for(&b, "window.jwtchat.state === 'connected'");
+    cdp.wait_for(&b, "window.jwtchat.room === 'ops'");
+    cdp.wait_for(&b, "texts().length === 1");
+    assert_eq!(cdp.eval(&b, "texts()"), json!([markup]));
+    assert_eq!(cdp.eval(&b, "location.hash"), json!("#room=ops"));
+    cdp.wait_for(&b, &joined(dm));
+    assert_eq!(cdp.eval(&b, DM_LIST), json!(["userA"]));
+
+    // Alt+ArrowDown: the next room, where B is alone.
+    cdp.press_alt_arrow(&b, "ArrowDown");
+    cdp.wait_for(
+        &b,
+        "window.jwtchat.room === 'random' && location.hash === '#room=random'",
+    );
+    cdp.wait_for(&b, &joined("random"));
+    assert_eq!(online_names(&mut cdp, &b), json!(["userB"]));
+
+    // The claim's "team-*": the name box takes only names that fit it.
+    let join = "document.querySelector('#join-button')";
+    assert_eq!(
+        cdp.eval(&b, "document.querySelector('#join-room').hidden"),
+        json!(false)
+    );
+    cdp.eval(&b, "document.querySelector('#join-room').open = true; true");
+    let rule = "Use a–z, 0–9, - and _ (at most 32), starting with a letter or digit.";
+    let not_yours = "You may join only names starting with team-.";
+    for (bad, why) in [
+        ("Team-Red", rule),
+        ("team-red!", rule),
+        ("ops-red", not_yours),
+    ] {
+        cdp.eval(&b, "document.querySelector('#join-input').value = ''; true");
+        cdp.type_into(&b, "#join-input", bad);
+        assert_eq!(
+            cdp.eval(
+                &b,
+                &format!(
+                    "[{join}.disabled, document.querySelector('#join-input').ariaInvalid, \
+                      document.querySelector('#join-hint').textContent]"
+                )
+            ),
+            json!([true, "true", why]),
+            "{bad}"
+        );
+    }
+    cdp.eval(&b, "document.querySelector('#join-input').value = ''; true");
+    cdp.type_into(&b, "#join-input", "team-red");
+    assert_eq!(cdp.eval(&b, &format!("{join}.disabled")), json!(false));
+    cdp.press_enter(&b);
+    cdp.wait_for(
+        &b,
+        "window.jwtchat.room === 'team-red' && location.hash === '#room=team-red'",
+    );
+    cdp.wait_for(&b, &joined("team-red"));
+    assert_eq!(
+        cdp.eval(&b, ROOM_LIST),
+        json!(["general", "ops", "random", "team-red"])
+    );
+
+    // The hash is untrusted: markup there is no room, and changes nothing.
+    cdp.eval(
+        &b,
+        "location.hash = '#room=' + encodeURIComponent('<img src=x onerror=alert(1)>'); true",
+    );
+    cdp.wait_for(&b, "location.hash === '#room=team-red'");
+    assert_eq!(cdp.eval(&b, "window.jwtchat.room"), json!("team-red"));
+    for page in [&a, &b] {
+        assert_eq!(
+            cdp.eval(page, "document.querySelectorAll('img').length"),
+            json!(0)
+        );
+        assert_eq!(cdp.eval(page, "window.__alerted === true"), json!(false));
+    }
+    cdp.save_png(&a, "rooms-screenshot.png");
+    cdp.save_png(&b, "rooms-phone-screenshot.png");
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn dm_room_names_sort_by_utf8_bytes_and_hashes_are_checked() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    // JS compares UTF-16 units: U+FF5A sorts after an emoji there, before
+    // it in UTF-8 (EF.. < F0..), which is the server's order.
+    let cases = [
+        (("userB", "userA"), "dm:userA:userB"),
+        (("userA", "userB"), "dm:userA:userB"),
+        (("😀", "\u{FF5A}"), "dm:\u{FF5A}:😀"),
+        (("é", "z"), "dm:z:é"),
+        (("a:b", "a%"), "dm:a%25:a%3Ab"),
+        (("x%3A", "x"), "dm:x:x%253A"),
+    ];
+    for ((me, other), want) in cases {
+        assert_eq!(
+            cdp.eval(
+                &page,
+                &format!("window.jwtchat.dmRoom({}, {})", json!(me), json!(other))
+            ),
+            json!(want),
+            "{me} and {other}"
+        );
+        // And back: each sees the other.
+        assert_eq!(
+            cdp.eval(
+                &page,
+                &format!("window.jwtchat.dmPeer({}, {})", json!(want), json!(me))
+            ),
+            json!(other)
+        );
+    }
+    // Not one of mine, not spelled as the server spells it, not a DM.
+    for name in [
+        "dm:userB:userC",
+        "dm:userB:userA",
+        "dm:userA:",
+        "dm:a:b:c",
+        "general",
+    ] {
+        assert_eq!(
+            cdp.eval(
+                &page,
+                &format!("window.jwtchat.dmPeer({}, 'userA')", json!(name))
+            ),
+            json!(null),
+            "{name}"
+        );
+    }
+    // Before logging in there is no "me": a hash names rooms only.
+    let hashes = [
+        ("", json!("general")),
+        ("#room=ops", json!("ops")),
+        ("#team-red", json!("team-red")),
+        ("#room=Ops", json!(null)),
+        ("#room=%3Cimg%20src%3Dx%3E", json!(null)),
+        ("#room=%E0%A4%A", json!(null)),
+        ("#room=dm%3AuserA%3AuserB", json!(null)),
+        ("#room=a-very-long-room-name-of-33-chars", json!(null)),
+    ];
+    for (hash, want) in hashes {
+        assert_eq!(
+            cdp.eval(
+                &page,
+                &format!("window.jwtchat.parseRoomHash({})", json!(hash))
+            ),
+            want,
+            "{hash}"
+        );
+    }
+    cdp.assert_no_page_errors();
+}
+
+/// The room list's rooms and DMs, as shown.
+const ROOM_LIST: &str = "[...document.querySelectorAll('#rooms li .name')].map(e => e.textContent)";
+const DM_LIST: &str = "[...document.querySelectorAll('#dms li .name')].map(e => e.textContent)";
+
+/// The list entry of `room`.
+fn room_entry(room: &str) -> String {
+    format!("#room-nav li[data-room={room:?}]")
+}
+
+fn room_button(room: &str) -> String {
+    format!("{} button", room_entry(room))
+}
+
+/// True once the page has joined `room` (its `subscribed` came).
+fn joined(room: &str) -> String {
+    format!(
+        "document.querySelector({})?.dataset.state === 'joined'",
+        json!(room_entry(room))
+    )
+}
+
+/// The unread badge of `room` as shown: "" when hidden.
+fn badge(room: &str) -> String {
+    format!(
+        "(b => b.hidden ? '' : b.textContent)(document.querySelector({}))",
+        json!(format!("{} .badge", room_entry(room)))
+    )
+}
+
 /// Keeps every WebSocket the page opens in `window.__sockets`. Call before
 /// logging in.
 fn track_sockets(cdp: &mut Cdp, page: &Page) {
@@ -1011,6 +1300,28 @@ impl Cdp {
             "Input.insertText",
             json!({ "text": text }),
         );
+    }
+
+    /// Clicks the element `selector` finds, as a user would.
+    fn click(&mut self, page: &Page, selector: &str) {
+        self.eval(
+            page,
+            &format!("document.querySelector({}).click(); true", json!(selector)),
+        );
+    }
+
+    /// Alt+`key` (`ArrowUp`, `ArrowDown`) on the focused element.
+    fn press_alt_arrow(&mut self, page: &Page, key: &str) {
+        const ALT: u32 = 1;
+        let code = if key == "ArrowUp" { 38 } else { 40 };
+        for kind in ["rawKeyDown", "keyUp"] {
+            self.call(
+                Some(&page.session),
+                "Input.dispatchKeyEvent",
+                json!({ "type": kind, "key": key, "code": key, "modifiers": ALT,
+                        "windowsVirtualKeyCode": code }),
+            );
+        }
     }
 
     fn press_enter(&mut self, page: &Page) {

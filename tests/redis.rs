@@ -1030,6 +1030,21 @@ fn a_direct_message_crosses_instances() {
         !between.iter().any(|v| v["room"] == dm_c),
         "userB got userA and userC's messages: {between:#?}"
     );
+
+    // A first DM reaches the recipient live on every instance, opened or
+    // not: userC's connections on instance 1 (the other instance) and on
+    // instance 2 (userB's own) are brought into the room, then get it.
+    let (mut c_on_one, _) = one.connect("userC");
+    let dm_bc = "dm:userB:userC";
+    say_in(&mut b, dm_bc, "hey C");
+    for (client, who) in [(&mut c_on_one, "userC@1"), (&mut c, "userC@2")] {
+        let (_, subscribed) = wait_for(client, &format!("{who}: subscribed to {dm_bc}"), |v| {
+            v["type"] == "subscribed" && v["room"] == dm_bc
+        });
+        assert_eq!(subscribed["history"], json!([]), "{who}: {subscribed}");
+        let m = wait_message(client, "hey C", &mut Vec::new());
+        assert_eq!((&m["room"], &m["seq"]), (&json!(dm_bc), &json!(1)), "{who}");
+    }
 }
 
 #[test]

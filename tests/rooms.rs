@@ -257,6 +257,23 @@ fn a_dm_is_for_its_two_users_and_waits_for_the_one_offline() {
         next_message(&mut a),
         msg("dm:userA:userB", 2, "userB", "calling")
     );
+
+    // To someone online who has not opened the conversation: every one of
+    // their connections is brought into it, and sees the message live.
+    let (mut c2, _) = server.connect("userC");
+    say_in(&mut a, "dm:userA:userC", "psst");
+    for tab in [&mut c, &mut c2] {
+        let subscribed = tab.recv_type("subscribed");
+        assert_eq!(subscribed["room"], "dm:userA:userC");
+        assert_eq!(subscribed["history"], json!([]), "the message comes live");
+        assert_eq!(next_message(tab), msg("dm:userA:userC", 1, "userA", "psst"));
+    }
+    // Leaving it is allowed; the next DM brings the connection back.
+    c.send_json(&json!({ "type": "unsubscribe", "room": "dm:userA:userC" }));
+    c.recv_type("unsubscribed");
+    say_in(&mut a, "dm:userA:userC", "still there?");
+    assert_eq!(c.recv_type("subscribed")["history"][0]["text"], "psst");
+    assert_eq!(next_message(&mut c).3, "still there?");
 }
 
 /// The claims inside a token (its middle part).

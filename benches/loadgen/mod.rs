@@ -46,6 +46,9 @@ pub struct Plan {
     pub payload: usize,
     /// Threads that read the clients' sockets.
     pub readers: usize,
+    /// The room the senders speak in (`None`: `general`, naming none).
+    /// The clients must have subscribed to it (see [`Conn::send_text`]).
+    pub room: Option<&'static str>,
 }
 
 /// Latencies in nanoseconds.
@@ -403,6 +406,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Sends one JSON text frame (a `subscribe`, say). What it brings back
+    /// is read, and set aside, as the run settles.
+    pub fn send_text(&mut self, json: &str) -> io::Result<()> {
+        self.stream.write_all(&client_frame(json))
+    }
+
     /// Marks the client as connected to instance `instance` (an index into
     /// the caller's list of server addresses; the senders are on 0).
     pub fn on_instance(mut self, instance: usize) -> Conn {
@@ -945,8 +954,11 @@ fn send_loop(shared: &Shared, plan: &Plan, index: usize, stream: &TcpStream) -> 
         while text.len() < plan.payload {
             text.push(if text.len() == 19 { ' ' } else { 'x' });
         }
-        // Digits, `x` and a space: nothing to escape.
-        let json = format!(r#"{{"type":"message","text":"{text}"}}"#);
+        // Digits, `x` and a space: nothing to escape; room names need none.
+        let json = match plan.room {
+            Some(room) => format!(r#"{{"type":"message","room":"{room}","text":"{text}"}}"#),
+            None => format!(r#"{{"type":"message","text":"{text}"}}"#),
+        };
         write_all_spin(stream, &client_frame(&json))?;
     }
     Ok(())

@@ -17,6 +17,7 @@ use redis::{Connection, RedisResult, Value};
 use super::presence::split_entry;
 use super::{BACKOFF_MAX, BACKOFF_MIN, Cluster, HEARTBEAT, INSTANCE_TTL, IO_TIMEOUT, SETTLE};
 use super::{lock, millis};
+use crate::access::RoomName;
 use crate::metrics;
 use crate::room::{Delivery, RemotePresence, Seed};
 use crate::rooms::Rooms;
@@ -234,6 +235,7 @@ impl Cluster {
         let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
             return;
         };
+        bring_in(rooms, &by_room);
         // Rooms are looked up and `delivered` moves on as one step for
         // [`Cluster::upto`].
         let _handing = lock(&self.handing);
@@ -353,6 +355,27 @@ impl Cluster {
             room.remote_snapshot(elsewhere, false);
         }
         Ok(cursor)
+    }
+}
+
+/// A DM reaches its recipient live on every instance, as on the sender's
+/// ([`Rooms::bring_in`]): the recipient's connections here join the room
+/// before its messages are handed to it. Outside the handing lock: a room
+/// made for them is seeded, which takes it (see [`Cluster::upto`]).
+fn bring_in(rooms: &Rooms, by_room: &[(String, Vec<Delivery>)]) {
+    for (name, messages) in by_room {
+        let Ok(room) = RoomName::parse(name) else {
+            continue;
+        };
+        if !room.is_dm() {
+            continue;
+        }
+        let mut senders: Vec<&str> = messages.iter().map(|m| m.from.as_str()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        for sender in senders {
+            rooms.bring_in(&room, sender);
+        }
     }
 }
 

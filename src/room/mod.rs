@@ -88,10 +88,26 @@ pub struct Client {
     /// Whether this token's `expiring` warning has gone out.
     warned: AtomicBool,
     pub outbox: Arc<Outbox>,
-    /// The rooms this connection is in, in the order it joined them.
-    /// Changed only by its own session (through `crate::rooms`); read by
+    /// The rooms this connection is in. Changed through `crate::rooms`,
+    /// under this lock for the whole change (its own session subscribing,
+    /// and a DM bringing it in, must not both add it to one room); read by
     /// the expiry sweep, which must take it out of every one.
-    rooms: Mutex<Vec<Arc<Room>>>,
+    rooms: Mutex<Joined>,
+}
+
+/// The rooms a connection is in, in the order it joined them.
+#[derive(Default)]
+pub struct Joined {
+    pub rooms: Vec<Arc<Room>>,
+    /// The connection has ended: it joins nothing more.
+    pub ended: bool,
+}
+
+impl Joined {
+    /// The room `name`, if the connection is in it.
+    pub fn find(&self, name: &str) -> Option<&Arc<Room>> {
+        self.rooms.iter().find(|r| &*r.name == name)
+    }
 }
 
 impl Client {
@@ -101,19 +117,19 @@ impl Client {
             exp: AtomicU64::new(exp),
             warned: AtomicBool::new(false),
             outbox,
-            rooms: Mutex::new(Vec::new()),
+            rooms: Mutex::new(Joined::default()),
         }
     }
 
-    /// The rooms this connection is in (a lock held briefly: by its own
-    /// session, or the sweep taking a copy).
-    pub fn rooms(&self) -> MutexGuard<'_, Vec<Arc<Room>>> {
+    /// The rooms this connection is in. Taken before the registry's and
+    /// any room's locks, never after them.
+    pub fn rooms(&self) -> MutexGuard<'_, Joined> {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The room `name`, if this connection is in it.
     pub fn room(&self, name: &str) -> Option<Arc<Room>> {
-        self.rooms().iter().find(|r| &*r.name == name).cloned()
+        self.rooms().find(name).cloned()
     }
 
     fn exp(&self) -> u64 {
