@@ -672,10 +672,10 @@ const FLAGS: &[Flag] = &[
         kind: Kind::Text(|c, v| c.redis = Some(v)),
         show: |c| c.redis.clone(),
         unset: (None, ""),
-        help: "share one room with every instance using this Redis, e.g. \
+        help: "share every room with every instance using this Redis, e.g. \
                redis://127.0.0.1:6379/0 (builds with --features redis only)",
         #[cfg(test)]
-        doc: "share one room with every instance using this Redis, e.g. \
+        doc: "share every room with every instance using this Redis, e.g. \
               `redis://127.0.0.1:6379/0` (a build with `--features redis`; see [Scaling \
               out](#scaling-out))",
     },
@@ -689,7 +689,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, ""),
         help: "prefix of jwtchat's Redis keys",
         #[cfg(test)]
-        doc: "prefix of every Redis key, so several rooms can share one Redis",
+        doc: "prefix of every Redis key, so several separate chats can share one Redis",
     },
     // OTHER
     Flag {

@@ -203,10 +203,10 @@ pub struct Config {
     pub trace_handshake: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
-    /// `redis://HOST:PORT/DB`: share one room with every instance using
+    /// `redis://HOST:PORT/DB`: share every room with every instance using
     /// this Redis (needs a build with `--features redis`).
     pub redis: Option<String>,
-    /// Prefix of every Redis key, so several rooms can share one Redis.
+    /// Prefix of every Redis key, so several separate chats can share one Redis.
     pub redis_prefix: String,
     /// Rooms every authenticated user may join, beyond `general`
     /// (`--room`, repeatable).
