@@ -6,7 +6,7 @@
 //! ```text
 //!   Rooms ── RwLock<HashMap<name, Arc<Room>>> ── general, ops, dm:a:b, ...
 //!     │                                              │ pool: id → Arc<Client>
-//!     └─ connections: RwLock<HashMap<id, Arc<Client>>>   │
+//!     └─ connections: RwLock<Connections> (by id, by user)  │
 //!                                   └── Client.rooms ────┘ (its own list)
 //! ```
 //!
