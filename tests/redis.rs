@@ -130,6 +130,34 @@ fn wait_message(client: &mut Client, text: &str, log: &mut Vec<Value>) -> Value 
     found
 }
 
+/// What each client saw (senders first, then watchers) and the clients:
+/// each sender runs `send` on a thread of its own, then reads, while the
+/// watchers read, until each has seen `total` messages.
+fn talk_and_watch(
+    senders: [(Client, &'static str); 2],
+    watchers: [(Client, &'static str); 2],
+    total: usize,
+    send: fn(&mut Client, &str),
+) -> (Vec<(&'static str, Vec<Value>)>, Vec<Client>) {
+    let senders = senders.map(|(mut client, who)| {
+        std::thread::spawn(move || {
+            send(&mut client, who);
+            (who, collect_messages(&mut client, total, who), client)
+        })
+    });
+    let watchers = watchers.map(|(mut client, who)| {
+        std::thread::spawn(move || (who, collect_messages(&mut client, total, who), client))
+    });
+    let mut seen = Vec::new();
+    let mut clients = Vec::new();
+    for handle in senders.into_iter().chain(watchers) {
+        let (who, messages, client) = handle.join().expect("client thread");
+        seen.push((who, messages));
+        clients.push(client);
+    }
+    (seen, clients)
+}
+
 fn seqs(messages: &[Value]) -> Vec<u64> {
     messages
         .iter()
@@ -241,24 +269,16 @@ fn two_instances_agree_on_order_and_history() {
     // the senders included, must see all of it in one order.
     const PER_SENDER: usize = 30;
     const TOTAL: usize = 2 * PER_SENDER;
-    let senders = [(a, "userA@1"), (b, "userB@2")].map(|(mut client, who)| {
-        std::thread::spawn(move || {
+    let (seen, clients) = talk_and_watch(
+        [(a, "userA@1"), (b, "userB@2")],
+        [(c1, "userC@1"), (c2, "userC@2")],
+        TOTAL,
+        |client, who| {
             for i in 0..PER_SENDER {
                 client.say(&format!("{who} says {i}"));
             }
-            (who, collect_messages(&mut client, TOTAL, who), client)
-        })
-    });
-    let watchers = [(c1, "userC@1"), (c2, "userC@2")].map(|(mut client, who)| {
-        std::thread::spawn(move || (who, collect_messages(&mut client, TOTAL, who), client))
-    });
-    let mut seen = Vec::new();
-    let mut clients = Vec::new();
-    for handle in senders.into_iter().chain(watchers) {
-        let (who, messages, client) = handle.join().expect("client thread");
-        seen.push((who, messages));
-        clients.push(client);
-    }
+        },
+    );
 
     let (_, reference) = &seen[0];
     for (who, messages) in &seen {
@@ -919,25 +939,17 @@ fn each_room_has_one_order_across_instances() {
     // at once, interleaved; every member sees both rooms.
     const PER_ROOM: usize = 20;
     const TOTAL: usize = 2 * 2 * PER_ROOM;
-    let senders = [(a, "userA@1"), (b, "userB@2")].map(|(mut client, who)| {
-        std::thread::spawn(move || {
+    let (seen, clients) = talk_and_watch(
+        [(a, "userA@1"), (b, "userB@2")],
+        [(c1, "userC@1"), (c2, "userC@2")],
+        TOTAL,
+        |client, who| {
             for i in 0..PER_ROOM {
-                say_in(&mut client, "ops", &format!("{who} in ops {i}"));
+                say_in(client, "ops", &format!("{who} in ops {i}"));
                 client.say(&format!("{who} in general {i}"));
             }
-            (who, collect_messages(&mut client, TOTAL, who), client)
-        })
-    });
-    let watchers = [(c1, "userC@1"), (c2, "userC@2")].map(|(mut client, who)| {
-        std::thread::spawn(move || (who, collect_messages(&mut client, TOTAL, who), client))
-    });
-    let mut seen = Vec::new();
-    let mut clients = Vec::new();
-    for handle in senders.into_iter().chain(watchers) {
-        let (who, messages, client) = handle.join().expect("client thread");
-        seen.push((who, messages));
-        clients.push(client);
-    }
+        },
+    );
 
     for room in ["ops", "general"] {
         let reference = in_room(&seen[0].1, room);
