@@ -2,6 +2,8 @@
  * Flow: login form → POST /auth → WebSocket /ws?token=… → chat view.
  * Rooms: every connection is in `general`; others are joined with
  * `subscribe`, and `dm:<a>:<b>` rooms are direct messages between two users.
+ * Resuming: a reconnect or a reload joins each room again after the last
+ * message shown, so nothing is missed or shown twice (or a marker says so).
  * Rule: user and server strings reach the DOM only via textContent. */
 'use strict';
 
@@ -22,6 +24,9 @@ const CLOSE_TOKEN_EXPIRED = 4001;
 const GENERAL = 'general';       // the room every connection is in
 const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;  // the server's rule for room names
 const BADGE_MAX = 99;            // an unread badge shows "99+" past this
+const MISSING_TEXT = 'Some messages may be missing';  // a room's view was rebuilt
+const RELOAD_REPLAY = 100;       // a reload asks a room back for this many of its messages
+const MAX_EPOCH_BYTES = 64;      // the longest epoch the server takes back in `since`
 
 const encoder = new TextEncoder();
 const $ = (id) => document.getElementById(id);
@@ -47,6 +52,8 @@ const session = {
   sessionEndsAt: Infinity,  // unix seconds: --max-session stops renewals here
   limits: { maxBytes: DEFAULT_MAX_BYTES, rate: 0 },
   pending: null,       // { id, text, room }: sent, not yet taken or refused
+  unconfirmed: null,   // the pending message when its socket closed: a resumed
+                       // room's `missed` may still show it was taken
   unread: 0,           // messages that arrived while the tab was hidden (the title)
   stuck: true,         // the view was at the bottom: keep it there on resize
   socket: null,        // events from any other (older) socket are ignored
@@ -259,11 +266,13 @@ function startSession({ token, expiresIn, sessionEndsAt }, username) {
 }
 
 /** Opens the chat for the token in `session` (a login, or a reload, which
- *  brings back the DMs and joined rooms named in `rooms`). */
-function resumeSession(rooms = []) {
+ *  brings back the DMs and joined rooms named in `rooms`, and where each
+ *  room's view ended, `positions`, to resume from). */
+function resumeSession(rooms = [], positions = {}) {
   session.retries = 0;
   session.pending = null;
-  resetRooms(rooms);               // the new login may be someone else
+  session.unconfirmed = null;
+  resetRooms(rooms, positions);    // the new login may be someone else
   el.me.textContent = session.me;
   saveSession();
   showChat();
@@ -282,6 +291,7 @@ function saveSession() {
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
       token, me, expiresAt, sessionEndsAt: Number.isFinite(sessionEndsAt) ? sessionEndsAt : null,
       rooms: remembered(),
+      positions: positions(),
     }));
   } catch { /* storage disabled or full: the session just won't survive a reload */ }
 }
@@ -316,6 +326,7 @@ function endSession() {
   if (socket) socket.close(CLOSE_NORMAL);
   session.token = null;
   session.pending = null;
+  session.unconfirmed = null;
 }
 
 function logout() {
@@ -344,8 +355,12 @@ function expireSession() {
 function connect() {
   clearTimeout(session.reconnectTimer);
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const socket = new WebSocket(
-    `${scheme}//${location.host}/ws?token=${encodeURIComponent(session.token)}`);
+  let url = `${scheme}//${location.host}/ws?token=${encodeURIComponent(session.token)}`;
+  // A reconnect (or a reload) resumes general inside the welcome itself:
+  // a browser cannot set the Jwtchat-Since header on a WebSocket.
+  const since = resumeFrom(session.rooms.get(GENERAL));
+  if (since) url += `&since=${encodeURIComponent(`${GENERAL}:${since.epoch}:${since.seq}`)}`;
+  const socket = new WebSocket(url);
   socketsOpened += 1;
   session.socket = socket;
   session.welcomed = false;
@@ -360,7 +375,9 @@ function connect() {
 
 function onSocketClose(event) {
   session.socket = null;
-  // Its fate is unknown: the text stays in the composer to send again.
+  // Its fate is unknown: the text stays in the composer to send again,
+  // unless resuming its room finds it was taken after all.
+  if (session.pending) session.unconfirmed = session.pending;
   session.pending = null;
   // A refused upgrade (e.g. 401 for a stale token) only shows up as 1006,
   // so checking the expiry locally covers that case too.
@@ -448,7 +465,7 @@ function onWelcome(frame) {
   el.me.textContent = session.me;
   renderTitle();
   renderCountdown();
-  if (Array.isArray(frame.history)) addMessages(general, frame.history);
+  onGreeting(general, frame, false);
   setState('connected');
   setAllowedRooms(frame.rooms);
   // An older server has general only: a room from the URL cannot be had.
@@ -479,8 +496,111 @@ function onSubscribed(frame) {
   if (!room) return;
   room.state = 'joined';
   setPresence(room, frame);
-  addMessages(room, Array.isArray(frame.history) ? frame.history : [], isNew);
+  onGreeting(room, frame, isNew);
   renderRoomState(room);
+}
+
+// ---- Resuming ----
+// Each room remembers where its view ends: the `epoch` of its history and
+// the last `seq` shown. A reconnect (or a reload) joins every room again
+// with `since` (general in the /ws URL, the others in `subscribe`).
+// `recovered: true` brings exactly the messages missed meanwhile; any other
+// answer rebuilds the view from `history`, under a "missing" marker, unless
+// that history itself shows that nothing after the last seq was lost.
+
+/** The `since` to join `room` with, { epoch, seq }, or null when the page
+ *  has no view of it yet (the first join after logging in). Notes what the
+ *  page has seen, to tell news from what a reload shows again. */
+function resumeFrom(room) {
+  if (!room || !isEpoch(room.epoch)) {
+    if (room) room.resume = null;
+    return null;
+  }
+  room.resume = { seen: room.lastSeq };
+  return { epoch: room.epoch, seq: room.replayAfter ?? room.lastSeq };
+}
+
+/** An epoch `since` can carry: `general:EPOCH:SEQ` splits at its colons. */
+const isEpoch = (epoch) => typeof epoch === 'string' && epoch !== ''
+  && !epoch.includes(':') && byteLength(epoch) <= MAX_EPOCH_BYTES;
+
+/** A room's `welcome` (general) or `subscribed`: its epoch, and the
+ *  messages it missed or its history (`news` when the server opened the
+ *  room: a first DM from someone). */
+function onGreeting(room, frame, news) {
+  const resumed = room.resume;
+  const seen = resumed ? resumed.seen : room.lastSeq;
+  room.resume = null;
+  room.replayAfter = null;
+  const epoch = typeof frame.epoch === 'string' && frame.epoch ? frame.epoch : null;
+  const history = Array.isArray(frame.history) ? frame.history : [];
+  // A seq after `seen` is news; up to it, a reload's replay of its view.
+  const split = (frames) => {
+    addMessages(room, frames.filter((m) => !(m?.seq > seen)), false);
+    addMessages(room, frames.filter((m) => m?.seq > seen), true);
+  };
+  if (epoch !== null && room.epoch === epoch && frame.recovered === true
+      && Array.isArray(frame.missed)) {
+    split(frame.missed);
+  } else if (epoch !== null && room.epoch !== null
+      && !(epoch === room.epoch && covers(history, seen, frame.last_seq))) {
+    rebuildRoom(room, epoch, history);
+  } else if (resumed && epoch !== null) {
+    split(history);
+  } else {
+    // A first join, or a server without epochs (which never resumes).
+    if (room.epoch === null) room.epoch = epoch;
+    addMessages(room, history, news);
+  }
+  if (epoch !== null && room.epoch === epoch && Number.isSafeInteger(frame.last_seq)) {
+    room.lastSeq = Math.max(room.lastSeq, frame.last_seq);
+  }
+  // The message in flight when the socket closed was not among the missed:
+  // its text stays in the composer, to send again.
+  if (session.unconfirmed?.room === room.name) session.unconfirmed = null;
+  saveSession();
+}
+
+/** Whether `history`, of the epoch the page has seen up to seq `seen`,
+ *  holds every message after it. */
+function covers(history, seen, lastSeq) {
+  const first = history.find((m) => Number.isSafeInteger(m?.seq));
+  if (first) return first.seq <= seen + 1;
+  return Number.isSafeInteger(lastSeq) ? lastSeq <= seen : seen === 0;
+}
+
+/** The room's view could not be brought up to date: its lines are
+ *  replaced by `history`, under a marker saying messages may be missing. */
+function rebuildRoom(room, epoch, history) {
+  room.epoch = epoch;
+  room.seenSeqs = new Set();
+  room.lastSeq = 0;
+  room.firstSeq = null;
+  room.count = 0;
+  roomLog(room).replaceChildren(missingMarker());
+  addMessages(room, history, false);
+  if (room.name !== session.current) return;
+  renderEmpty();
+  scrollToBottom();
+}
+
+/** A message of another epoch than the room's: the history its seqs
+ *  belonged to was lost while the page was in the room (a server restarted
+ *  without its data, Redis lost its data). Seqs start again; what was sent
+ *  in between may be gone, and the view says so where it happened. */
+function onNewEpoch(room, epoch) {
+  const known = room.epoch !== null;
+  room.epoch = epoch;
+  room.seenSeqs = new Set();
+  room.lastSeq = 0;
+  room.firstSeq = null;
+  if (known) roomLog(room).append(missingMarker());
+}
+
+function missingMarker() {
+  const marker = make('div', 'system missing', MISSING_TEXT);
+  marker.setAttribute('role', 'note');
+  return marker;
 }
 
 /** Out of a room: asked for, or the renewed token no longer allows it
@@ -668,8 +788,14 @@ function addMessages(room, frames, news = false) {
   let added = 0;
   let fromOthers = 0;
   for (const frame of frames) {
-    if (!frame || room.seenSeqs.has(frame.seq)) continue;
+    if (!frame) continue;
+    if (typeof frame.epoch === 'string' && frame.epoch !== room.epoch) onNewEpoch(room, frame.epoch);
+    if (room.seenSeqs.has(frame.seq)) continue;
     if (frame.seq !== undefined) room.seenSeqs.add(frame.seq);
+    if (Number.isSafeInteger(frame.seq)) {
+      room.lastSeq = Math.max(room.lastSeq, frame.seq);
+      room.firstSeq = Math.min(room.firstSeq ?? frame.seq, frame.seq);
+    }
     roomLog(room).append(renderMessage(frame));
     added += 1;
     const own = String(frame.from) === session.me;
@@ -679,13 +805,15 @@ function addMessages(room, frames, news = false) {
   }
   if (!added) return;
   room.count += added;
+  saveSession();                   // where the view ends, for a reload to resume
   if (news && fromOthers && !shown) {
     room.unread += fromOthers;
     renderRoomItem(room);
   }
-  // Live messages from others are news in the title while the tab is hidden.
-  if (document.hidden && news && !mine) {
-    session.unread += 1;
+  // Live messages from others (and those missed while away) are news in
+  // the title while the tab is hidden.
+  if (document.hidden && news && fromOthers) {
+    session.unread += fromOthers;
     renderTitle();
   }
   if (!shown) return;
@@ -809,6 +937,11 @@ function newRoom(name) {
     log: document.createDocumentFragment(),  // its lines while off screen
     count: 0,                      // its messages, for "No messages yet"
     seenSeqs: new Set(),           // `seq` is per room; a replayed history must not duplicate
+    epoch: null,                   // the history its seqs belong to; null: no view of it yet
+    lastSeq: 0,                    // the last seq shown (of `epoch`): a reconnect resumes after it
+    firstSeq: null,                // the first seq shown (of `epoch`), for a reload's replay
+    replayAfter: null,             // after a reload: resume from here, to show the last messages again
+    resume: null,                  // { seen }: the join under way resumes; seqs up to `seen` are not news
     unread: 0,                     // messages from others while off screen
     online: new Set(),             // who is in it: everyone, or only some if onlineTruncated
     onlineCount: 0,                // how many are in it, however many `online` lists
@@ -888,9 +1021,35 @@ function remembered() {
     .filter((room) => room.open && room.name !== GENERAL).map((room) => room.name);
 }
 
+/** Where the views of general and of the open rooms end, for a reload:
+ *  { room: { epoch, seq, after } }. A reloaded page has lost its lines, so
+ *  it resumes from `after`, up to RELOAD_REPLAY messages before `seq`,
+ *  and shows those again. */
+function positions() {
+  const out = {};
+  for (const room of session.rooms.values()) {
+    if (room.epoch === null || !(room.open || room.name === GENERAL)) continue;
+    const after = room.replayAfter ?? (room.firstSeq === null
+      ? room.lastSeq : Math.max(room.firstSeq - 1, room.lastSeq - RELOAD_REPLAY, 0));
+    out[room.name] = { epoch: room.epoch, seq: room.lastSeq, after };
+  }
+  return out;
+}
+
+/** A stored position (see positions), if it is well formed. */
+function restorePosition(room, stored) {
+  const p = stored && Object.hasOwn(stored, room.name) ? stored[room.name] : null;
+  if (!p || !isEpoch(p.epoch)) return;
+  if (!Number.isSafeInteger(p.seq) || !Number.isSafeInteger(p.after)) return;
+  if (p.after < 0 || p.after > p.seq) return;
+  room.epoch = p.epoch;
+  room.lastSeq = p.seq;
+  room.replayAfter = p.after;
+}
+
 /** Back to general alone, plus the open rooms of `names` (a reload), none
- *  of them joined until welcome. */
-function resetRooms(names) {
+ *  of them joined until welcome, each to resume where `stored` says. */
+function resetRooms(names, stored = {}) {
   for (const room of session.rooms.values()) room.item?.remove();
   session.rooms = new Map([[GENERAL, newRoom(GENERAL)]]);
   session.current = GENERAL;
@@ -898,6 +1057,7 @@ function resetRooms(names) {
   session.allowed = [];
   el.messages.replaceChildren();
   for (const name of names.filter(isRoomName)) ensureRoom(name).open = true;
+  for (const room of session.rooms.values()) restorePosition(room, stored);
   renderRoomList();
   renderJoinBox();
   showRoom(currentRoom());
@@ -960,7 +1120,10 @@ function setAllowedRooms(list) {
 
 function subscribe(room) {
   if (room.name === GENERAL || !session.roomsSupported) return;
-  if (send({ type: 'subscribe', room: room.name })) room.state = 'joining';
+  const since = resumeFrom(room);
+  const frame = { type: 'subscribe', room: room.name };
+  if (since) frame.since = since;
+  if (send(frame)) room.state = 'joining';
   renderRoomState(room);
 }
 
@@ -1233,13 +1396,25 @@ function sendMessage() {
 }
 
 /** My message came back: taken. Clear its text from the composer (or from
- *  the draft of the room it was written in) unless it was edited. */
+ *  the draft of the room it was written in) unless it was edited. It may
+ *  also be the one in flight when the socket closed, found among a resumed
+ *  room's `missed`: that one matches by its id only. */
 function onOwnMessage(frame) {
+  const unconfirmed = session.unconfirmed;
+  if (unconfirmed && frame.id !== undefined && frame.id === unconfirmed.id) {
+    session.unconfirmed = null;
+    return taken(unconfirmed);
+  }
   const pending = session.pending;
   // An older server does not echo ids: then the same text is the match.
   if (!pending || (frame.id ?? pending.id) !== pending.id) return;
   if (frame.id === undefined && frame.text !== pending.text) return;
   session.pending = null;
+  taken(pending);
+}
+
+/** Clears a taken message's text from where it was written. */
+function taken(pending) {
   const room = session.rooms.get(pending.room);
   if (pending.room === session.current) {
     if (el.input.value === pending.text) el.input.value = '';
@@ -1332,7 +1507,10 @@ function init() {
     session.me = stored.me;
     session.expiresAt = Number(stored.expiresAt);
     session.sessionEndsAt = Number(stored.sessionEndsAt) || Infinity;
-    return resumeSession(Array.isArray(stored.rooms) ? stored.rooms.map(String) : []);
+    const rooms = Array.isArray(stored.rooms) ? stored.rooms.map(String) : [];
+    const where = typeof stored.positions === 'object' && stored.positions !== null
+      ? stored.positions : {};
+    return resumeSession(rooms, where);
   }
   forgetSession();
   setState('login');
