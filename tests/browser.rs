@@ -907,6 +907,311 @@ fn dm_room_names_sort_by_utf8_bytes_and_hashes_are_checked() {
     cdp.assert_no_page_errors();
 }
 
+#[test]
+fn a_page_misses_nothing_while_the_server_restarts_with_its_data() {
+    let Some(mut r) = restart_while_another_user_writes(true, (800, 600)) else {
+        return;
+    };
+    let (cdp, page) = (&mut r.cdp, &r.page);
+    // General, on screen: the 20 follow the page's own message, once each,
+    // in order, and nothing says anything is missing.
+    let general: Vec<String> = std::iter::once("before the stop".to_string())
+        .chain((1..=20).map(|i| format!("missed {i}")))
+        .collect();
+    cdp.wait_for(page, "texts().length >= 21");
+    assert_eq!(cdp.eval(page, "texts()"), json!(general));
+    assert_eq!(
+        cdp.eval(page, "seqs()"),
+        json!((1..=21).collect::<Vec<_>>())
+    );
+    assert_eq!(missing_markers(cdp, page), json!(0));
+    // Random, off screen: its 3 wait as unread, after its older line.
+    let random = [
+        "random, before the stop",
+        "random, missed 1",
+        "random, missed 2",
+        "random, missed 3",
+    ];
+    cdp.wait_for(page, &format!("{} === '3'", badge("random")));
+    cdp.click(page, &room_button("random"));
+    cdp.wait_for(page, "window.jwtchat.room === 'random'");
+    assert_eq!(cdp.eval(page, "texts()"), json!(random));
+    assert_eq!(cdp.eval(page, "seqs()"), json!([1, 2, 3, 4]));
+    assert_eq!(missing_markers(cdp, page), json!(0));
+
+    // A reload resumes too: each room shows its lines again, once.
+    cdp.reload(page);
+    cdp.wait_for(page, "window.jwtchat.state === 'connected'");
+    cdp.wait_for(page, "window.jwtchat.room === 'random'");
+    cdp.wait_for(page, &joined("random"));
+    cdp.wait_for(page, "texts().length >= 4");
+    assert_eq!(cdp.eval(page, "texts()"), json!(random));
+    assert_eq!(cdp.eval(page, "seqs()"), json!([1, 2, 3, 4]));
+    assert_eq!(missing_markers(cdp, page), json!(0));
+    assert_eq!(cdp.eval(page, &badge("random")), json!(""));
+    cdp.click(page, &room_button("general"));
+    cdp.wait_for(page, "window.jwtchat.room === 'general'");
+    assert_eq!(cdp.eval(page, "texts()"), json!(general));
+    assert_eq!(
+        cdp.eval(page, "seqs()"),
+        json!((1..=21).collect::<Vec<_>>())
+    );
+    assert_eq!(missing_markers(cdp, page), json!(0));
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_page_says_messages_may_be_missing_when_the_server_lost_its_history() {
+    let Some(mut r) = restart_while_another_user_writes(false, (390, 760)) else {
+        return;
+    };
+    let (cdp, page) = (&mut r.cdp, &r.page);
+    // A new epoch: the view of general is rebuilt from the new server's
+    // history, the marker at its top, and the page's own line is gone
+    // with the history that held it.
+    cdp.wait_for(page, "texts().length >= 20");
+    let general: Vec<String> = (1..=20).map(|i| format!("missed {i}")).collect();
+    assert_eq!(cdp.eval(page, "texts()"), json!(general));
+    assert_eq!(
+        cdp.eval(page, "seqs()"),
+        json!((1..=20).collect::<Vec<_>>())
+    );
+    assert_eq!(missing_markers(cdp, page), json!(1));
+    assert_eq!(first_line(cdp, page), json!(["system missing", MISSING]));
+    // On a phone: a thin rule across the view, nothing sticking out.
+    let marker = cdp.eval(
+        page,
+        "(m => [m.offsetHeight, Math.round(m.getBoundingClientRect().width / \
+           document.querySelector('#messages').clientWidth * 100)])(document.querySelector('#messages .missing'))",
+    );
+    let (height, width) = (marker[0].as_u64().unwrap(), marker[1].as_u64().unwrap());
+    assert!(
+        height < 30 && width >= 80,
+        "marker {height} px high, {width} % wide"
+    );
+    assert_eq!(
+        cdp.eval(page, "document.documentElement.scrollWidth"),
+        json!(390)
+    );
+    cdp.eval(page, "document.querySelector('#messages').scrollTop = 0; true");
+    cdp.save_png(page, "missing-marker-phone.png");
+    // Random too, off screen when it was rebuilt.
+    cdp.click(page, &room_button("random"));
+    cdp.wait_for(page, "window.jwtchat.room === 'random'");
+    cdp.wait_for(page, "texts().length >= 3");
+    assert_eq!(
+        cdp.eval(page, "texts()"),
+        json!(["random, missed 1", "random, missed 2", "random, missed 3"])
+    );
+    assert_eq!(missing_markers(cdp, page), json!(1));
+    assert_eq!(first_line(cdp, page), json!(["system missing", MISSING]));
+    cdp.assert_no_page_errors();
+}
+
+#[test]
+fn a_message_taken_while_the_page_was_cut_off_clears_the_composer() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = start();
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{}/", server.addr), (800, 600));
+    track_sockets(&mut cdp, &page);
+    cdp.log_in(&page, "userA", "passwordA");
+    // The page's message leaves it but the connection dies before the
+    // echo: here the socket keeps the frame, the page goes offline, and
+    // the frame reaches the server through another connection of userA's.
+    cdp.eval(
+        &page,
+        "window.__held = []; window.__sockets.at(-1).send = (d) => window.__held.push(d); true",
+    );
+    cdp.type_into(&page, "#message-input", "sent just before the tunnel");
+    cdp.wait_for(&page, "!document.querySelector('#send-button').disabled");
+    cdp.press_enter(&page);
+    cdp.wait_for(&page, "window.__held.length === 1");
+    set_offline(&mut cdp, &page, true);
+    cdp.eval(&page, "window.__sockets.at(-1).close(); true");
+    cdp.wait_for(&page, "window.jwtchat.state !== 'connected'");
+    let held = cdp.eval(&page, "window.__held[0]");
+    let (mut other, _) = server.connect("userA");
+    other.send_json(&serde_json::from_str(held.as_str().unwrap()).unwrap());
+    assert_eq!(
+        other.recv_type("message")["text"],
+        "sent just before the tunnel"
+    );
+    assert_eq!(
+        cdp.eval(&page, "document.querySelector('#message-input').value"),
+        json!("sent just before the tunnel"),
+        "its fate unknown, the text stays meanwhile"
+    );
+
+    // Back online: the resumed general brings it among `missed`, with its
+    // id: shown once, and taken out of the composer as an echo would.
+    set_offline(&mut cdp, &page, false);
+    cdp.wait_for(&page, "window.jwtchat.state === 'connected'");
+    cdp.wait_for(&page, "texts().length >= 1");
+    assert_eq!(
+        cdp.eval(&page, "texts()"),
+        json!(["sent just before the tunnel"])
+    );
+    cdp.wait_for(
+        &page,
+        "document.querySelector('#message-input').value === ''",
+    );
+    assert_eq!(missing_markers(&mut cdp, &page), json!(0));
+    cdp.assert_no_page_errors();
+}
+
+/// The marker a rebuilt view starts with.
+const MISSING: &str = "Some messages may be missing";
+
+/// What the page lives through in the two restart tests. It writes in
+/// general and in `random`, goes back to general, and loses its network;
+/// the server is stopped with SIGTERM and started again 3 s later on the
+/// same port and with the same secret (its tokens still good), with the
+/// same `--data-dir` when `keep_data`, else with none (a new epoch); userB
+/// sends 20 messages to general and 3 to random; then the page's network
+/// comes back, and it reconnects.
+///
+/// Why offline: no one can send to a stopped server, so the 20 are sent
+/// once it is back, and the page must not be back before they are all in.
+/// Its backoff (0.5 s, 1 s, 2 s, …) would race the sender. DevTools'
+/// offline mode keeps it away for exactly as long as the test needs, the
+/// way a tunnel does (its WebSocket attempts fail, /auth/refresh cannot be
+/// reached), and coming back online fires the page's `online` event,
+/// which reconnects at once: the page's own reconnect path, not a hook.
+fn restart_while_another_user_writes(keep_data: bool, screen: (u32, u32)) -> Option<Restarted> {
+    let browser = Browser::launch()?;
+    let data = TempDir::new(if keep_data {
+        "resume-kept"
+    } else {
+        "resume-lost"
+    });
+    let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+    if keep_data {
+        args.extend(["--data-dir".as_ref(), data.0.as_os_str()]);
+    }
+    let (mut first, addr) = jwtchat_binary_with("127.0.0.1:0", &args, Some(SECRET));
+    let mut cdp = browser.connect();
+    let page = cdp.new_page(&format!("http://{addr}/"), screen);
+    cdp.log_in(&page, "userA", "passwordA");
+    cdp.click(&page, &room_button("random"));
+    cdp.wait_for(&page, &joined("random"));
+    cdp.send_chat(&page, "random, before the stop");
+    cdp.wait_for(&page, "texts().length === 1");
+    cdp.click(&page, &room_button("general"));
+    cdp.wait_for(&page, "window.jwtchat.room === 'general'");
+    cdp.send_chat(&page, "before the stop");
+    cdp.wait_for(&page, "texts().length === 1");
+
+    set_offline(&mut cdp, &page, true);
+    terminate(&mut first);
+    std::thread::sleep(Duration::from_secs(3));
+    let (server, _) = jwtchat_binary_with(&addr.to_string(), &args, Some(SECRET));
+    let (mut b, _) = TestServer::at(addr).connect("userB");
+    b.send_json(&json!({"type": "subscribe", "room": "random"}));
+    b.recv_type("subscribed");
+    for i in 1..=20 {
+        b.say(&format!("missed {i}"));
+    }
+    for i in 1..=3 {
+        b.send_json(
+            &json!({"type": "message", "room": "random", "text": format!("random, missed {i}")}),
+        );
+    }
+    // All 23 taken: each came back to B.
+    for _ in 0..23 {
+        b.recv_type("message");
+    }
+    assert_ne!(
+        cdp.eval(&page, "window.jwtchat.state"),
+        json!("connected"),
+        "the page was away while B wrote"
+    );
+    set_offline(&mut cdp, &page, false);
+    cdp.wait_for(&page, "window.jwtchat.state === 'connected'");
+    Some(Restarted {
+        cdp,
+        page,
+        _browser: browser,
+        _server: server,
+        _data: data,
+    })
+}
+
+/// Fields drop in order: the browser and the server before their files.
+struct Restarted {
+    cdp: Cdp,
+    page: Page,
+    _browser: Browser,
+    _server: Binary,
+    _data: TempDir,
+}
+
+/// A directory under the target's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create the data directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops the binary with SIGTERM (a graceful stop) and waits for it to exit.
+fn terminate(binary: &mut Binary) {
+    let pid = libc::pid_t::try_from(binary.child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill");
+    let deadline = Instant::now() + PATIENCE;
+    while binary.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Takes the page's network away (or gives it back), as DevTools'
+/// "Offline" does: no new connection, WebSocket or fetch, gets through.
+fn set_offline(cdp: &mut Cdp, page: &Page, offline: bool) {
+    let session = Some(page.session.as_str());
+    cdp.call(session, "Network.enable", json!({}));
+    cdp.call(
+        session,
+        "Network.emulateNetworkConditions",
+        json!({ "offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1 }),
+    );
+}
+
+/// How many "Some messages may be missing" markers the room on screen shows.
+fn missing_markers(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        &format!(
+            "[...document.querySelectorAll('#messages .system')].filter(e => e.textContent === {}).length",
+            json!(MISSING)
+        ),
+    )
+}
+
+/// The class and text of the first line of the room on screen.
+fn first_line(cdp: &mut Cdp, page: &Page) -> Value {
+    cdp.eval(
+        page,
+        "(e => e && [e.className, e.textContent])(document.querySelector('#messages').firstElementChild)",
+    )
+}
+
 /// The room list's rooms and DMs, as shown.
 const ROOM_LIST: &str = "[...document.querySelectorAll('#rooms li .name')].map(e => e.textContent)";
 const DM_LIST: &str = "[...document.querySelectorAll('#dms li .name')].map(e => e.textContent)";
@@ -1006,12 +1311,26 @@ fn set_hidden(cdp: &mut Cdp, page: &Page, hidden: bool) {
 /// The `jwtchat` binary listening on `bind`, with no `JWTCHAT_SECRET`.
 /// Retries while the port, just freed by another run, is unavailable.
 fn jwtchat_binary(bind: &str) -> (Binary, std::net::SocketAddr) {
+    jwtchat_binary_with(bind, &[], None)
+}
+
+/// The `jwtchat` binary listening on `bind` with `args`, and with
+/// `JWTCHAT_SECRET` set to `secret` (so its tokens outlive a restart) or
+/// unset. Retries while the port, just freed by another run, is
+/// unavailable.
+fn jwtchat_binary_with(
+    bind: &str,
+    args: &[&std::ffi::OsStr],
+    secret: Option<&[u8]>,
+) -> (Binary, std::net::SocketAddr) {
     for _ in 0..20 {
-        let mut binary = Binary::spawn(
-            Command::new(env!("CARGO_BIN_EXE_jwtchat"))
-                .args(["--bind", bind])
-                .env_remove("JWTCHAT_SECRET"),
-        );
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jwtchat"));
+        command.args(["--bind", bind]).args(args);
+        match secret {
+            Some(secret) => command.env("JWTCHAT_SECRET", std::str::from_utf8(secret).unwrap()),
+            None => command.env_remove("JWTCHAT_SECRET"),
+        };
+        let mut binary = Binary::spawn(&mut command);
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             match binary.lines.recv_timeout(Duration::from_millis(100)) {
