@@ -516,6 +516,46 @@ const FLAGS: &[Flag] = &[
         doc: "messages a newcomer's `welcome` carries; `0` = none",
     },
     Flag {
+        name: "--history-size",
+        short: None,
+        value: "N",
+        group: Group::History,
+        kind: Kind::Number(range::HISTORY_SIZE, |c, n| c.history_size = n as usize),
+        show: |c| some(c.history_size),
+        unset: (None, ""),
+        help: "messages each room keeps, for newcomers and for clients that resume",
+        #[cfg(test)]
+        doc: "messages each room keeps: what `history` is taken from and what a client \
+              resuming with `since` can recover (see [Resuming](#resuming-after-a-reconnect))",
+    },
+    Flag {
+        name: "--history-ttl",
+        short: None,
+        value: "SECS",
+        group: Group::History,
+        kind: Kind::Number(range::SECONDS, |c, n| c.history_ttl_secs = n),
+        show: |c| some(c.history_ttl_secs),
+        unset: (None, ""),
+        help: "a kept message older than this is dropped",
+        #[cfg(test)]
+        doc: "a kept message older than this is dropped",
+    },
+    Flag {
+        name: "--max-recovery-bytes",
+        short: None,
+        value: "BYTES",
+        group: Group::History,
+        kind: Kind::Number(range::RECOVERY_BYTES, |c, n| {
+            c.max_recovery_bytes = n as usize
+        }),
+        show: |c| some(c.max_recovery_bytes),
+        unset: (None, ""),
+        help: "a resume that would send more than this answers recovered:false",
+        #[cfg(test)]
+        doc: "a resume whose missed messages come to more than this answers \
+              `recovered:false` (with the usual `history`)",
+    },
+    Flag {
         name: "--presence-list-max",
         short: None,
         value: "N",
@@ -1082,6 +1122,8 @@ mod tests {
         let defaults = shown(&Config::default());
         for flag in FLAGS {
             let value = match &flag.kind {
+                // Within --history-size (1000 by default).
+                Kind::Number(..) if flag.name == "--history" => Some("1000".to_string()),
                 Kind::Number(range, _) => Some(range.end().to_string()),
                 Kind::Text(_) if flag.name == "--room" => Some("ops".to_string()),
                 Kind::Text(_) => Some("elsewhere.example:1".to_string()),

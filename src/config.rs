@@ -194,8 +194,17 @@ pub struct Config {
     /// How long after a password login `/auth/refresh` keeps renewing a
     /// session, in seconds.
     pub max_session_secs: u64,
-    /// Chat messages kept for the `welcome` of late joiners; 0 keeps none.
+    /// Chat messages a `welcome` or `subscribed` carries for newcomers (of
+    /// those kept, see `history_size`); 0 sends none.
     pub history: usize,
+    /// Chat messages each room keeps (`--history-size`): what newcomers'
+    /// history and a returning client's recovery are taken from.
+    pub history_size: usize,
+    /// A kept message older than this is dropped, in seconds.
+    pub history_ttl_secs: u64,
+    /// A recovery whose missed messages are bigger than this answers
+    /// `recovered: false` instead, in bytes.
+    pub max_recovery_bytes: usize,
     /// Online users a `welcome` lists at most (`online_count` says how
     /// many there are).
     pub presence_list_max: usize,
@@ -256,6 +265,9 @@ impl Default for Config {
             clock: Clock::system(),
             max_session_secs: 12 * 3600,
             history: 100,
+            history_size: 1000,
+            history_ttl_secs: 86_400,
+            max_recovery_bytes: 1 << 20,
             presence_list_max: 1000,
             trace_handshake: false,
             trusted_proxies: Vec::new(),
@@ -320,6 +332,10 @@ pub mod range {
     pub const PER_MINUTE: RangeInclusive<u64> = 0..=1_000_000;
     /// `history`: every welcome carries it, so it is kept small.
     pub const HISTORY: RangeInclusive<u64> = 0..=100_000;
+    /// `history_size`: per room, times `--max-rooms`.
+    pub const HISTORY_SIZE: RangeInclusive<u64> = 0..=1_000_000;
+    /// `max_recovery_bytes`: one frame to one client.
+    pub const RECOVERY_BYTES: RangeInclusive<u64> = 1024..=1 << 30;
     /// `presence_list_max`: each name costs every welcome its bytes.
     pub const PRESENCE_LIST: RangeInclusive<u64> = 1..=100_000;
     /// `max_rooms_per_connection`: each subscription costs a pool entry.
@@ -362,6 +378,14 @@ pub enum ConfigError {
     WeakSecret(WeakSecret),
     /// A `--room` that is not a plain room name (`a-z`, `0-9`, `_`, `-`).
     BadRoom(String),
+    /// `--history` asks greetings to carry more than `--history-size`
+    /// keeps.
+    HistoryOverSize {
+        /// `--history`.
+        history: usize,
+        /// `--history-size`.
+        size: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -384,6 +408,11 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Zero { setting } => write!(f, "{setting} must be more than zero"),
             ConfigError::WeakSecret(why) => write!(f, "the secret {why}"),
+            ConfigError::HistoryOverSize { history, size } => write!(
+                f,
+                "--history {history} is more than --history-size {size} keeps: \
+                 raise --history-size or lower --history"
+            ),
             ConfigError::BadRoom(room) => write!(
                 f,
                 "invalid value {room:?} for --room: a room name is 1 to 32 characters of \
@@ -491,6 +520,23 @@ impl Config {
             range::PER_MINUTE,
         )?;
         within("--history", wide(self.history), range::HISTORY)?;
+        within(
+            "--history-size",
+            wide(self.history_size),
+            range::HISTORY_SIZE,
+        )?;
+        within("--history-ttl", self.history_ttl_secs, range::SECONDS)?;
+        within(
+            "--max-recovery-bytes",
+            wide(self.max_recovery_bytes),
+            range::RECOVERY_BYTES,
+        )?;
+        if self.history > self.history_size {
+            return Err(ConfigError::HistoryOverSize {
+                history: self.history,
+                size: self.history_size,
+            });
+        }
         within(
             "--presence-list-max",
             wide(self.presence_list_max),

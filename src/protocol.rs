@@ -71,8 +71,12 @@ pub enum Incoming {
         id: Option<String>,
         room: RoomName,
     },
-    /// Join a room.
-    Subscribe(RoomName),
+    /// Join a room; with `since`, resume it from there (`recovered`,
+    /// `missed`).
+    Subscribe {
+        room: RoomName,
+        since: Option<Since>,
+    },
     /// Leave a room.
     Unsubscribe(RoomName),
     /// A renewed token for this connection.
@@ -90,6 +94,7 @@ enum Wire {
     },
     Subscribe {
         room: serde_json::Value,
+        since: Option<Since>,
     },
     Unsubscribe {
         room: serde_json::Value,
@@ -217,9 +222,57 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
             };
             Err(Rejected { error, id })
         }
-        Wire::Subscribe { room } => Ok(Incoming::Subscribe(parse_room(&room)?)),
+        Wire::Subscribe { room, since } => {
+            let room = parse_room(&room)?;
+            if let Some(since) = &since {
+                since.check().map_err(MessageError::Invalid)?;
+            }
+            Ok(Incoming::Subscribe { room, since })
+        }
         Wire::Unsubscribe { room } => Ok(Incoming::Unsubscribe(parse_room(&room)?)),
         Wire::Reauth { token } => Ok(Incoming::Reauth(token)),
+    }
+}
+
+/// Where a client's view of a room ends: the `epoch` of its history and
+/// the last `seq` it has. A `subscribe` (or the `/ws` upgrade, for
+/// `general`) with one resumes from there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// The longest `epoch` a client may send back (the server's are 12).
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+impl Since {
+    /// Nothing longer than an epoch can be.
+    fn check(&self) -> Result<(), String> {
+        if self.epoch.len() > MAX_EPOCH_BYTES {
+            return Err(format!(
+                "since.epoch is {} bytes; an epoch is at most {MAX_EPOCH_BYTES}",
+                self.epoch.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ROOM:EPOCH:SEQ`, as `/ws?since=` and `Jwtchat-Since` carry it (the
+    /// room first, so a room name with `:` in it, a DM's, still parses).
+    pub fn parse_with_room(value: &str) -> Result<(RoomName, Since), String> {
+        let shape = || format!("since {value:?} is not ROOM:EPOCH:SEQ");
+        let (rest, seq) = value.rsplit_once(':').ok_or_else(shape)?;
+        let (room, epoch) = rest.rsplit_once(':').ok_or_else(shape)?;
+        let seq = seq.parse().map_err(|_| shape())?;
+        let room = RoomName::parse(room).map_err(|why| format!("since: {why}"))?;
+        let since = Since {
+            epoch: epoch.to_string(),
+            seq,
+        };
+        since.check()?;
+        Ok((room, since))
     }
 }
 
@@ -328,6 +381,8 @@ pub enum Outgoing<'a> {
     /// A chat message, to everyone in `room`, the sender included.
     Message {
         room: &'a str,
+        /// The history this `seq` belongs to (see [`Greeting::epoch`]).
+        epoch: &'a str,
         /// Numbers this room's messages from 1, with no gaps.
         seq: u64,
         from: &'a str,
@@ -354,6 +409,20 @@ pub enum Outgoing<'a> {
 /// and `subscribed`.
 #[derive(Debug, Serialize)]
 pub struct Greeting<'a> {
+    /// Names one continuous history of the room: it changes when the
+    /// history the `seq` numbers refer to is lost (a restart without
+    /// `--data-dir`, Redis losing its data, the room freed). Within one
+    /// epoch, `seq` never repeats and never goes back.
+    pub epoch: &'a str,
+    /// Only when the client asked to resume (`since`): whether `missed`
+    /// holds everything after its `seq`. When false, its view is stale and
+    /// `history` is what to show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// With `recovered: true`: every message after the client's `seq`, in
+    /// order (and `history` is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<Vec<Outgoing<'a>>>,
     /// Who is online in the room, sorted; at most `--presence-list-max`
     /// names.
     pub online: Vec<&'a str>,
@@ -410,7 +479,10 @@ mod tests {
     fn room_messages_decode_and_bad_rooms_are_named() {
         assert_eq!(
             decode(r#"{"type":"subscribe","room":"ops"}"#, 10),
-            Ok(Incoming::Subscribe(RoomName::parse("ops").unwrap()))
+            Ok(Incoming::Subscribe {
+                room: RoomName::parse("ops").unwrap(),
+                since: None
+            })
         );
         assert_eq!(
             decode(r#"{"type":"unsubscribe","room":"dm:a:b"}"#, 10),
@@ -428,6 +500,40 @@ mod tests {
             bad.to_string(),
             "the two usernames go in byte order: the room is dm:a:b"
         );
+        // Resuming: `since` is checked, and so is ROOM:EPOCH:SEQ.
+        assert_eq!(
+            decode(
+                r#"{"type":"subscribe","room":"ops","since":{"epoch":"e","seq":4}}"#,
+                10
+            ),
+            Ok(Incoming::Subscribe {
+                room: RoomName::parse("ops").unwrap(),
+                since: Some(Since {
+                    epoch: "e".into(),
+                    seq: 4
+                })
+            })
+        );
+        let long = format!(
+            r#"{{"type":"subscribe","room":"ops","since":{{"epoch":"{}","seq":4}}}}"#,
+            "e".repeat(65)
+        );
+        assert!(decode(&long, 10).is_err());
+        assert!(decode(r#"{"type":"subscribe","room":"ops","since":{"seq":4}}"#, 10).is_err());
+        let (room, since) = Since::parse_with_room("dm:a:b:e1:41").unwrap();
+        assert_eq!(
+            (room.as_str(), since.epoch.as_str(), since.seq),
+            ("dm:a:b", "e1", 41)
+        );
+        for bad in [
+            "general",
+            "general:e1",
+            "general:e1:x",
+            "Bad:e1:1",
+            "general:e1:-1",
+        ] {
+            assert!(Since::parse_with_room(bad).is_err(), "{bad}");
+        }
         // A room field must be a string.
         let bad = decode(r#"{"type":"subscribe","room":5}"#, 10).unwrap_err();
         assert_eq!(bad.error.code(), ErrorCode::BadRoom);
@@ -518,24 +624,26 @@ mod tests {
         assert_eq!(
             json(Outgoing::Message {
                 room: "general",
+                epoch: "e1",
                 seq: 1,
                 from: "a",
                 text: "<b>",
                 ts: 5,
                 id: None
             }),
-            serde_json::json!({"type":"message","room":"general","seq":1,"from":"a","text":"<b>","ts":5})
+            serde_json::json!({"type":"message","room":"general","epoch":"e1","seq":1,"from":"a","text":"<b>","ts":5})
         );
         assert_eq!(
             json(Outgoing::Message {
                 room: "ops",
+                epoch: "e1",
                 seq: 1,
                 from: "a",
                 text: "<b>",
                 ts: 5,
                 id: Some("c1")
             }),
-            serde_json::json!({"type":"message","room":"ops","seq":1,"from":"a","text":"<b>","ts":5,"id":"c1"})
+            serde_json::json!({"type":"message","room":"ops","epoch":"e1","seq":1,"from":"a","text":"<b>","ts":5,"id":"c1"})
         );
         assert_eq!(
             json(Outgoing::Error {
@@ -571,6 +679,9 @@ mod tests {
                 room: "general",
                 rooms: &["general".to_string(), "team-*".to_string()],
                 greeting: Greeting {
+                    epoch: "e1",
+                    recovered: None,
+                    missed: None,
                     online: vec!["a"],
                     online_count: 1,
                     online_truncated: false,
@@ -581,7 +692,7 @@ mod tests {
                     message_rate: 3
                 }
             }),
-            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"online":["a"],
+            serde_json::json!({"type":"welcome","user":"a","expires_at":9,"epoch":"e1","online":["a"],
                 "online_count":1,"history":[],"room":"general","rooms":["general","team-*"],
                 "limits":{"max_message_bytes":10,"message_rate":3}})
         );
@@ -589,6 +700,9 @@ mod tests {
             json(Outgoing::Subscribed {
                 room: "ops",
                 greeting: Greeting {
+                    epoch: "e2",
+                    recovered: Some(false),
+                    missed: None,
                     online: vec!["a", "b"],
                     online_count: 3,
                     online_truncated: true,
@@ -596,7 +710,7 @@ mod tests {
                 },
                 last_seq: 7,
             }),
-            serde_json::json!({"type":"subscribed","room":"ops","online":["a","b"],
+            serde_json::json!({"type":"subscribed","room":"ops","epoch":"e2","recovered":false,"online":["a","b"],
                 "online_count":3,"online_truncated":true,"history":[],"last_seq":7})
         );
         assert_eq!(

@@ -55,7 +55,7 @@ use crate::access::{Access, GENERAL, RoomName};
 use crate::close::CloseReason;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Reaper};
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Since};
 use crate::room::{Client, ClientId, Greet, Relay, Room, Settings};
 
 /// Why a connection cannot join a room.
@@ -263,7 +263,7 @@ impl Rooms {
 
     /// A new connection: it joins `general` and gets `welcome` (with the
     /// rooms `access` lists) as its first frame.
-    pub fn connect(&self, client: Arc<Client>, access: Access) -> Member {
+    pub fn connect(&self, client: Arc<Client>, access: Access, since: Option<&Since>) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.connections_mut().add(id, &client);
         // Counted before the welcome goes out, so that whoever has read it
@@ -271,8 +271,11 @@ impl Rooms {
         self.settings.metrics.subscriptions.moved(None, Some(1));
         let listed = access.listed();
         let mut joined = client.rooms();
-        self.general
-            .join(id, client.clone(), Greet::Welcome { rooms: &listed });
+        let greet = Greet::Welcome {
+            rooms: &listed,
+            since,
+        };
+        self.general.join(id, client.clone(), greet);
         joined.rooms.push(self.general.clone());
         drop(joined);
         Member { id, client, access }
@@ -298,28 +301,37 @@ impl Rooms {
 
     /// Joins `member` to `name` (creating the room if it may), which sends
     /// it `subscribed`; if it is in the room already, `subscribed` again.
-    pub fn subscribe(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
+    /// Resuming from `since`, if given (see `room::Room::greet_again`).
+    pub fn subscribe(
+        &self,
+        member: &Member,
+        name: &RoomName,
+        since: Option<&Since>,
+    ) -> Result<Arc<Room>, RoomError> {
         if !member.access.may_join(name) {
             return Err(RoomError::Forbidden);
         }
-        self.enter(member.id, &member.client, name, true)
+        self.enter(member.id, &member.client, name, Some(since))
     }
 
     /// Puts connection `id` in room `name` (creating the room within
-    /// `--max-rooms`) and greets it with `subscribed`. If it is in the room
-    /// already, `subscribed` again when `greet_again`, else nothing.
+    /// `--max-rooms`) and greets it with `subscribed`, resuming from
+    /// `since` if given. If it is in the room already: `subscribed` again
+    /// when `asked` is `Some` (a `subscribe`), nothing when it is `None` (a
+    /// DM bringing it in).
     fn enter(
         &self,
         id: ClientId,
         client: &Arc<Client>,
         name: &RoomName,
-        greet_again: bool,
+        asked: Option<Option<&Since>>,
     ) -> Result<Arc<Room>, RoomError> {
+        let since = asked.flatten();
         // Held throughout, so that its session and a DM cannot both add it.
         let mut joined = client.rooms();
         if let Some(room) = joined.find(name.as_str()) {
-            if greet_again {
-                room.greet_again(client);
+            if asked.is_some() {
+                room.greet_again(client, since);
             }
             return Ok(room.clone());
         }
@@ -332,7 +344,7 @@ impl Rooms {
         // Counted before `subscribed` goes out (see `connect`).
         let histogram = &self.settings.metrics.subscriptions;
         histogram.moved(Some(count), Some(count + 1));
-        match self.join(id, client, name) {
+        match self.join(id, client, name, since) {
             Ok(room) => {
                 joined.rooms.push(room.clone());
                 Ok(room)
@@ -351,12 +363,13 @@ impl Rooms {
         id: ClientId,
         client: &Arc<Client>,
         name: &RoomName,
+        since: Option<&Since>,
     ) -> Result<Arc<Room>, RoomError> {
         loop {
-            if let Some(room) = self.join_existing(id, client, name) {
+            if let Some(room) = self.join_existing(id, client, name, since) {
                 return Ok(room);
             }
-            if let Some(room) = self.create(id, client, name)? {
+            if let Some(room) = self.create(id, client, name, since)? {
                 return Ok(room);
             }
             // Another connection made it meanwhile: join that one.
@@ -370,12 +383,13 @@ impl Rooms {
         id: ClientId,
         client: &Arc<Client>,
         name: &RoomName,
+        since: Option<&Since>,
     ) -> Option<Arc<Room>> {
         let mut patient = true;
         loop {
             let seeding = match self.read().get(name.as_str()) {
                 Some(room) if !patient || !room.is_seeding() => {
-                    room.join(id, client.clone(), Greet::Subscribed);
+                    room.join(id, client.clone(), Greet::Subscribed { since });
                     return Some(room.clone());
                 }
                 Some(room) => room.clone(),
@@ -397,6 +411,7 @@ impl Rooms {
         id: ClientId,
         client: &Arc<Client>,
         name: &RoomName,
+        since: Option<&Since>,
     ) -> Result<Option<Arc<Room>>, RoomError> {
         let mut rooms = self.write();
         if rooms.contains_key(name.as_str()) {
@@ -412,7 +427,7 @@ impl Rooms {
         ));
         rooms.insert(name.shared().clone(), room.clone());
         let join = |room: &Arc<Room>| {
-            room.join(id, client.clone(), Greet::Subscribed);
+            room.join(id, client.clone(), Greet::Subscribed { since });
             Some(room.clone())
         };
         let Some(relay) = &self.relay else {
@@ -448,7 +463,7 @@ impl Rooms {
             let theirs = self.connections().of(user);
             for (id, client) in theirs {
                 // Refused only for its limit, or because it has just ended.
-                let _ = self.enter(id, &client, name, false);
+                let _ = self.enter(id, &client, name, None);
             }
         }
     }
@@ -500,8 +515,8 @@ impl Rooms {
     }
 
     /// Warns connections whose token expires within a minute, takes every
-    /// expired one out of all its rooms (close 4001, once), frees rooms
-    /// idle for `--room-idle-ttl`, and drops connections whose close
+    /// expired one out of all its rooms (close 4001, once), drops history
+    /// older than `--history-ttl`, frees rooms idle for `--room-idle-ttl`, and drops connections whose close
     /// handshake has run past its grace. Run at least once a second by the
     /// server's sweeper. Returns how many connections were found expired.
     pub fn sweep(&self) -> usize {
@@ -523,11 +538,13 @@ impl Rooms {
         for (id, client) in &expired {
             self.evict_expired(*id, client);
         }
-        let idle: Vec<Arc<Room>> = self
-            .read()
-            .values()
+        let rooms: Vec<Arc<Room>> = self.read().values().cloned().collect();
+        for room in &rooms {
+            room.prune_history();
+        }
+        let idle: Vec<Arc<Room>> = rooms
+            .into_iter()
             .filter(|room| room.len() == 0 && !Arc::ptr_eq(room, &self.general))
-            .cloned()
             .collect();
         if idle
             .iter()
@@ -645,7 +662,11 @@ mod tests {
     fn rooms(max_rooms: usize, per_connection: usize) -> (Rooms, ManualClock) {
         let clock = ManualClock::new();
         let settings = Settings {
-            history: 10,
+            retention: crate::room::Retention {
+                messages: 10,
+                greeting: 10,
+                ..Default::default()
+            },
             max_pending: 1 << 16,
             clock: clock.clock(),
             presence_list_max: 100,
@@ -673,8 +694,14 @@ mod tests {
         let claim: Vec<String> = claim.iter().map(|c| c.to_string()).collect();
         let access = Access::new(name.into(), rooms.limits.open.clone(), &claim);
         Peer {
-            member: rooms.connect(client, access),
+            member: rooms.connect(client, access, None),
             socket,
+        }
+    }
+
+    impl Rooms {
+        fn subscribe_to(&self, member: &Member, name: &RoomName) -> Result<Arc<Room>, RoomError> {
+            self.subscribe(member, name, None)
         }
     }
 
@@ -689,18 +716,18 @@ mod tests {
         let mut a = connect(&rooms, "a", later, &["team-*"]);
         assert_eq!(a.types(), ["welcome general"]);
         assert_eq!(
-            rooms.subscribe(&a.member, &room("random")).err(),
+            rooms.subscribe_to(&a.member, &room("random")).err(),
             Some(RoomError::Forbidden)
         );
-        rooms.subscribe(&a.member, &room("ops")).unwrap();
-        rooms.subscribe(&a.member, &room("team-1")).unwrap();
+        rooms.subscribe_to(&a.member, &room("ops")).unwrap();
+        rooms.subscribe_to(&a.member, &room("team-1")).unwrap();
         assert_eq!(rooms.len(), 3);
         assert_eq!(
-            rooms.subscribe(&a.member, &room("team-2")).err(),
+            rooms.subscribe_to(&a.member, &room("team-2")).err(),
             Some(RoomError::TooManyRooms(3))
         );
         // Subscribing again answers again, and creates nothing.
-        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        rooms.subscribe_to(&a.member, &room("ops")).unwrap();
         assert_eq!(
             a.types(),
             ["subscribed ops", "subscribed team-1", "subscribed ops"]
@@ -733,13 +760,13 @@ mod tests {
         let (rooms, clock) = rooms(100, 2);
         let later = clock.clock().unix_secs() + 600;
         let a = connect(&rooms, "a", later, &["*"]);
-        rooms.subscribe(&a.member, &room("one")).unwrap();
+        rooms.subscribe_to(&a.member, &room("one")).unwrap();
         assert_eq!(
-            rooms.subscribe(&a.member, &room("two")).err(),
+            rooms.subscribe_to(&a.member, &room("two")).err(),
             Some(RoomError::TooManyForConnection(2))
         );
         // Already in it: no new room, so no limit.
-        assert!(rooms.subscribe(&a.member, &room("one")).is_ok());
+        assert!(rooms.subscribe_to(&a.member, &room("one")).is_ok());
     }
 
     #[test]
@@ -748,8 +775,8 @@ mod tests {
         let now = clock.clock().unix_secs();
         let mut a = connect(&rooms, "a", now + 600, &[]);
         let mut old = connect(&rooms, "old", now + 30, &[]);
-        rooms.subscribe(&a.member, &room("ops")).unwrap();
-        rooms.subscribe(&old.member, &room("ops")).unwrap();
+        rooms.subscribe_to(&a.member, &room("ops")).unwrap();
+        rooms.subscribe_to(&old.member, &room("ops")).unwrap();
         let mut gone = connect(&rooms, "gone", now + 30, &[]);
         rooms.unsubscribe(&gone.member, "general");
         rooms.flush_presence();
@@ -826,7 +853,7 @@ mod tests {
         );
         let later = clock.clock().unix_secs() + 600;
         let mut a = connect(&rooms, "a", later, &[]);
-        rooms.subscribe(&a.member, &room("ops")).unwrap();
+        rooms.subscribe_to(&a.member, &room("ops")).unwrap();
         let frames = a.frames();
         let subscribed = frames.iter().find(|f| f["type"] == "subscribed").unwrap();
         let seqs: Vec<u64> = subscribed["history"]

@@ -20,6 +20,7 @@ use crate::http::{Connection, Request, Response};
 use crate::limits::LoginRefusal;
 use crate::log::Level;
 use crate::metrics::Metrics;
+use crate::protocol::Since;
 use crate::room::Room;
 use crate::session::Upgraded;
 use crate::{Accounts, Shared, handshake, metrics};
@@ -396,6 +397,16 @@ pub fn upgrade(
             return None;
         }
     };
+    // Checked before the 101, so that a malformed one is a clear 400 rather
+    // than a resume silently not done.
+    let since = match resume_point(request) {
+        Ok(since) => since,
+        Err(why) => {
+            crate::info!("upgrade refused for {peer}: {why}");
+            let _ = conn.write_response(&Response::error(400, "bad_request", &why), false, false);
+            return None;
+        }
+    };
     crate::debug!(
         "{peer}: GET {:?} 101, upgraded to WebSocket",
         crate::log::redact_target(&request.target)
@@ -412,7 +423,30 @@ pub fn upgrade(
         leftover,
         claims: accepted.claims,
         peer,
+        since,
     })
+}
+
+/// Where the client's view of `general` ends, to resume it in the
+/// `welcome`: the `Jwtchat-Since` header, else the `since` query parameter
+/// (all a browser's WebSocket can send), as `general:EPOCH:SEQ`.
+fn resume_point(request: &Request) -> Result<Option<Since>, String> {
+    let value = match request.header("Jwtchat-Since") {
+        Some(value) => value.to_string(),
+        None => match request.query_param("since") {
+            Some(value) => value,
+            None => return Ok(None),
+        },
+    };
+    let (room, since) = Since::parse_with_room(value.trim())?;
+    if room.as_str() != crate::access::GENERAL {
+        return Err(format!(
+            "since names {:?}: only general is resumed in the welcome; \
+             resume other rooms with subscribe",
+            room.as_str()
+        ));
+    }
+    Ok(Some(since))
 }
 
 fn print_trace(trace: Trace) {

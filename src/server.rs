@@ -414,7 +414,12 @@ fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, S
 /// How every room is set up.
 fn room_settings(config: &Config, metrics: Arc<Metrics>) -> room::Settings {
     room::Settings {
-        history: config.history,
+        retention: room::Retention {
+            messages: config.history_size,
+            ttl_ms: config.history_ttl_secs.saturating_mul(1000),
+            greeting: config.history,
+            max_recovery_bytes: config.max_recovery_bytes,
+        },
         // A batch must fit a client's queue with room to spare, or clients
         // that keep up would be cut off for one batch.
         max_pending: MAX_PENDING_BYTES.min(config.client_queue_bytes / 4),

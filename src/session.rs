@@ -56,7 +56,7 @@ use crate::frame::{self, HeaderScanner};
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics;
 use crate::outbox::{self, Outbox, OutboxWriter, QueueLimit};
-use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, close_code};
+use crate::protocol::{self, ErrorCode, Incoming, Outgoing, Rejected, Since, close_code};
 use crate::room::{Client, Fanout, Refused, Room};
 use crate::rooms::{Member, RoomError};
 
@@ -210,6 +210,9 @@ pub struct Upgraded {
     pub leftover: Vec<u8>,
     pub claims: Claims,
     pub peer: SocketAddr,
+    /// Where the client's view of `general` ends (`/ws?since=` or
+    /// `Jwtchat-Since`): its `welcome` resumes from there.
+    pub since: Option<Since>,
 }
 
 /// Runs a session to its end.
@@ -219,6 +222,7 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         leftover,
         claims,
         peer,
+        since,
     } = upgraded;
     // Only these claims are needed from here on; the rest (issuer,
     // fingerprint) is dropped rather than kept for the session's life.
@@ -285,7 +289,8 @@ pub fn run(shared: &Shared, upgraded: Upgraded) {
         let client = Arc::new(Client::new(username.clone(), exp, outbox.clone()));
         let access = shared.rooms.access(username.clone(), &rooms);
         drop(rooms);
-        let member = shared.rooms.connect(client, access);
+        let member = shared.rooms.connect(client, access, since.as_ref());
+        drop(since);
         let id = member.id;
         let mut membership = Membership {
             shared,
@@ -458,7 +463,7 @@ fn on_text(
     let decoded = protocol::decode(text, shared.config.max_message_bytes);
     let id = match &decoded {
         Ok(Incoming::Chat { id, .. }) | Err(Rejected { id, .. }) => id.as_deref(),
-        Ok(Incoming::Reauth(_) | Incoming::Subscribe(_) | Incoming::Unsubscribe(_)) => None,
+        Ok(Incoming::Reauth(_) | Incoming::Subscribe { .. } | Incoming::Unsubscribe(_)) => None,
     };
     // Every text frame counts against the rate, whatever it holds: a flood
     // of bad messages or reauths is a flood too.
@@ -526,8 +531,8 @@ fn on_text(
                 ),
             }
         }
-        Ok(Incoming::Subscribe(room)) => {
-            if let Err(refused) = shared.rooms.subscribe(&me.member, &room) {
+        Ok(Incoming::Subscribe { room, since }) => {
+            if let Err(refused) = shared.rooms.subscribe(&me.member, &room, since.as_ref()) {
                 notify_about(
                     outbox,
                     refused.code(),
@@ -577,7 +582,7 @@ fn room_to_speak_in(
     // before it.
     held.release();
     let refused = if room.is_dm() {
-        match shared.rooms.subscribe(&me.member, room) {
+        match shared.rooms.subscribe(&me.member, room, None) {
             Ok(joined) => return Some(joined),
             Err(refused) => refused,
         }

@@ -95,7 +95,7 @@ fn messages_reach_everyone_including_the_sender() {
         let keys: HashSet<&str> = m.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(
             keys,
-            HashSet::from(["type", "room", "seq", "from", "text", "ts"])
+            HashSet::from(["type", "room", "epoch", "seq", "from", "text", "ts"])
         );
     }
     b.say("second");

@@ -89,6 +89,25 @@ fn clients_with_valid_tokens_are_untouched_by_the_sweep() {
     assert_eq!(b.recv()["text"], "still here");
 }
 
+/// Reads one unmasked server frame (RFC 6455 §5.2) off a raw socket.
+fn read_server_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).unwrap();
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).unwrap();
+            usize::from(u16::from_be_bytes(ext))
+        }
+        127 => panic!("no frame here is that big"),
+        len => usize::from(len),
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).unwrap();
+    payload
+}
+
 /// A raw client socket, upgraded with `token`, that the test drives by hand.
 fn raw_session(server: &TestServer, token: &str) -> std::net::TcpStream {
     use std::io::Write;
@@ -107,6 +126,8 @@ fn an_expired_client_that_ignores_the_close_cannot_chat_and_is_dropped() {
     let (server, clock) = start_on_clock(|c| c.token_ttl_secs = 600);
     let token = server.token("userA");
     let mut rogue = raw_session(&server, &token);
+    // Its welcome has been sent, so it is in the room: settle its join.
+    read_server_frame(&mut rogue);
     server.settle_presence();
     let mut b = server
         .connect_token(&token_for("2", "userB", 3600))

@@ -210,10 +210,11 @@ fn section(out: &mut String, title: &str, lang: &str) {
     let _ = write!(out, "#### {title}\n\n```{lang}\n");
 }
 
-/// Replaces what changes from run to run: ports, times, expiry.
+/// Replaces what changes from run to run: ports, times, expiry, epochs.
 fn normalise(text: &str) -> String {
+    let text = fixed_epochs(text);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {
         let (head, tail) = rest.split_at(i);
         out.push_str(head);

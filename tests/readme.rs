@@ -327,7 +327,7 @@ fn decode_payload(token: &str) -> Value {
 
 /// Replaces what changes from run to run, keeping every length.
 fn normalise(text: &str, iat: u64, pwf: &str) -> String {
-    let text = text.replace(pwf, SHOWN_PWF);
+    let text = fixed_epochs(&text.replace(pwf, SHOWN_PWF));
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
     while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {

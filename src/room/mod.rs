@@ -45,6 +45,7 @@ use self::relay::Seeding;
 #[allow(unused_imports)]
 pub use self::relay::{Delivery, Relay, Seed, SeedingGuard, Unavailable};
 pub use self::timeline::MAX_PENDING_BYTES;
+pub use self::timeline::Retention;
 use self::timeline::{Numbered, Timeline};
 use crate::auth::is_expired;
 use crate::clock::Clock;
@@ -54,7 +55,7 @@ use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::presence::Presence;
 pub use crate::presence::RemotePresence;
-use crate::protocol::{Greeting, Limits, Outgoing};
+use crate::protocol::{Greeting, Limits, Outgoing, Since};
 
 /// Identifies one connection (a user may have several).
 pub type ClientId = u64;
@@ -149,16 +150,48 @@ impl Client {
 pub enum Greet<'a> {
     /// `welcome`: the connection's first frame, about `general`, with the
     /// rooms the user may join.
-    Welcome { rooms: &'a [String] },
+    Welcome {
+        rooms: &'a [String],
+        since: Option<&'a Since>,
+    },
     /// `subscribed`.
-    Subscribed,
+    Subscribed { since: Option<&'a Since> },
+}
+
+impl<'a> Greet<'a> {
+    /// Where the client asks to resume from, if it does.
+    fn since(self) -> Option<&'a Since> {
+        match self {
+            Greet::Welcome { since, .. } | Greet::Subscribed { since } => since,
+        }
+    }
+}
+
+/// A new epoch: 12 hex digits from the OS's random source (with the time
+/// and process id standing in, should that fail), short in every frame and
+/// never the same twice in practice.
+pub fn new_epoch() -> Arc<str> {
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mixed = nanos ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
 }
 
 /// How every room of a server is set up (the registry makes rooms with it).
 #[derive(Clone, Default)]
 pub struct Settings {
-    /// Messages kept for newcomers (`--history`).
-    pub history: usize,
+    /// What history each room keeps, and how much of it a greeting or a
+    /// recovery carries.
+    pub retention: Retention,
     /// The pending batch's cap (see [`Room::with_max_pending`]).
     pub max_pending: usize,
     /// Told to every client in its `welcome`.
@@ -250,7 +283,11 @@ impl Room {
         metrics: Arc<Metrics>,
     ) -> Room {
         let settings = Settings {
-            history,
+            retention: Retention {
+                messages: history,
+                greeting: history,
+                ..Retention::default()
+            },
             max_pending: MAX_PENDING_BYTES,
             presence_list_max: PRESENCE_LIST_MAX,
             metrics,
@@ -261,7 +298,7 @@ impl Room {
 
     /// The room `name`, set up as `settings` say.
     pub fn configured(name: Arc<str>, settings: &Settings, relay: Option<Arc<dyn Relay>>) -> Room {
-        let mut timeline = Timeline::new(name.clone(), settings.history);
+        let mut timeline = Timeline::new(name.clone(), new_epoch(), settings.retention);
         timeline.max_pending = settings.max_pending;
         Room {
             last_active: AtomicU64::new(settings.clock.unix_secs()),
@@ -347,6 +384,11 @@ impl Room {
                         .saturating_add(idle_ttl))
     }
 
+    /// Drops the messages older than `--history-ttl`.
+    pub fn prune_history(&self) {
+        self.timeline().prune(self.clock.unix_millis());
+    }
+
     fn touch(&self) {
         self.last_active
             .store(self.clock.unix_secs(), Ordering::Relaxed);
@@ -370,37 +412,48 @@ impl Room {
         }
         // Under the timeline lock, so that nothing numbered after this
         // greeting's history can reach the client before it.
-        let _ = client.outbox.push(self.greeting(&timeline, &client, greet));
+        let greeting = self.greeting(&timeline, &client, greet);
+        let _ = client.outbox.push(greeting);
         self.write().insert(id, client);
     }
 
-    /// `subscribed` again, for a connection already in the room.
-    pub fn greet_again(&self, client: &Client) {
+    /// `subscribed` again, for a connection already in the room (resuming
+    /// from `since`, if given).
+    pub fn greet_again(&self, client: &Client, since: Option<&Since>) {
         let timeline = self.timeline();
-        let _ = client
-            .outbox
-            .push(self.greeting(&timeline, client, Greet::Subscribed));
+        let greeting = self.greeting(&timeline, client, Greet::Subscribed { since });
+        let _ = client.outbox.push(greeting);
     }
 
     /// The `welcome` or `subscribed` frame for `client`: who is online as
     /// the last presence frame told the others (so the next frame's diff
-    /// applies to it too), itself included, and the history.
+    /// applies to it too), itself included, and the history, or, resuming
+    /// from `since`, what the client missed if it can all be had.
     fn greeting(&self, timeline: &Timeline, client: &Client, greet: Greet<'_>) -> Frame {
+        let since = greet.since();
         let (online, online_count) = who_is_online(
             &timeline.window.published,
             &client.username,
             self.presence_list_max,
         );
+        let missed = since.and_then(|since| timeline.recover(since));
         let greeting = Greeting {
+            epoch: &timeline.epoch,
+            recovered: since.map(|_| missed.is_some()),
             online_truncated: online.len() < online_count,
             online,
             online_count,
             // Messages still pending will reach this client live; the
-            // history stops where they begin, so nothing arrives twice.
-            history: timeline.recent_history(),
+            // history (or what it missed) stops where they begin, so
+            // nothing arrives twice. Recovered, it needs no history.
+            history: match missed {
+                Some(_) => Vec::new(),
+                None => timeline.recent_history(),
+            },
+            missed,
         };
         match greet {
-            Greet::Welcome { rooms } => Outgoing::Welcome {
+            Greet::Welcome { rooms, .. } => Outgoing::Welcome {
                 user: &client.username,
                 expires_at: client.exp(),
                 room: &self.name,
@@ -409,7 +462,7 @@ impl Room {
                 limits: self.limits,
             }
             .frame(),
-            Greet::Subscribed => Outgoing::Subscribed {
+            Greet::Subscribed { .. } => Outgoing::Subscribed {
                 room: &self.name,
                 greeting,
                 // What this client will not see live: the history ends here.
@@ -703,7 +756,14 @@ pub(super) mod tests {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let client = Arc::new(Client::new(name.into(), exp, outbox.clone()));
-        room.join(id, client, Greet::Welcome { rooms: &[] });
+        room.join(
+            id,
+            client,
+            Greet::Welcome {
+                rooms: &[],
+                since: None,
+            },
+        );
         let peer = Peer {
             outbox,
             socket,

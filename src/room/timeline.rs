@@ -1,6 +1,7 @@
 //! What changes in broadcast order: the `seq` counter, who is online, the
-//! batch waiting for the next fan-out, and the history newcomers get. Pure
-//! data, under the room's timeline lock; nothing here touches a socket.
+//! batch waiting for the next fan-out, and the history: what newcomers get,
+//! and what a returning client recovers from. Pure data, under the room's
+//! timeline lock; nothing here touches a socket.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use super::ClientId;
 use crate::presence::Presence;
-use crate::protocol::Outgoing;
+use crate::protocol::{Outgoing, Since};
 
 /// Chat bytes waiting for a fan-out at most, by default. They are framed
 /// once and shared by every client's queue, so this, not the number of
@@ -19,10 +20,37 @@ pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 /// frame, so this bounds what a thousand clients joining at once cost.
 const WELCOME_HISTORY_BYTES: usize = 64 * 1024;
 
+/// How much history a room keeps: what recovery can reach back through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `--history-size`: messages kept at most.
+    pub messages: usize,
+    /// `--history-ttl`: a message older than this goes (milliseconds).
+    pub ttl_ms: u64,
+    /// `--history`: how many of them a `welcome` or `subscribed` carries.
+    pub greeting: usize,
+    /// `--max-recovery-bytes`: a `missed` list larger than this is refused
+    /// (`recovered: false`).
+    pub max_recovery_bytes: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            messages: 1000,
+            ttl_ms: 86_400_000,
+            greeting: 100,
+            max_recovery_bytes: 1 << 20,
+        }
+    }
+}
+
 /// State that changes in broadcast order.
 pub(super) struct Timeline {
     /// The room's name, in every message frame.
     room: Arc<str>,
+    /// The history the `seq` numbers belong to, in every message frame.
+    pub(super) epoch: Arc<str>,
     /// The `seq` of the last chat message (numbered here, or delivered by
     /// the relay).
     pub(super) seq: u64,
@@ -36,9 +64,10 @@ pub(super) struct Timeline {
     /// The highest `seq` taken out of `pending` for a fan-out: a client
     /// that joins now has seen, or will see live, nothing up to it.
     pub(super) fanned_out: u64,
-    /// The last `history_limit` messages, oldest first.
+    /// The last messages, oldest first, in `seq` order: at most
+    /// `retention.messages`, none older than `retention.ttl_ms`.
     history: VecDeque<Stored>,
-    history_limit: usize,
+    pub(super) retention: Retention,
     /// Presence changes gathered for the next presence frame.
     pub(super) window: PresenceWindow,
 }
@@ -129,25 +158,29 @@ impl PresenceWindow {
     }
 }
 
-/// A chat message kept for the `welcome` of those who join later.
+/// A chat message kept for newcomers and for recovery.
 struct Stored {
     seq: u64,
     from: Arc<str>,
     text: Box<str>,
     ts: u64,
+    /// The sender's own `id`: a sender that lost its connection learns
+    /// from `missed` which of its messages were taken.
+    id: Option<Box<str>>,
 }
 
 impl Stored {
-    fn message<'a>(&'a self, room: &'a str) -> Outgoing<'a> {
+    /// As a `message`; with its `id` only for recovery (a newcomer's
+    /// history has nothing waiting for it).
+    fn message<'a>(&'a self, room: &'a str, epoch: &'a str, with_id: bool) -> Outgoing<'a> {
         Outgoing::Message {
             room,
+            epoch,
             seq: self.seq,
             from: &self.from,
             text: &self.text,
             ts: self.ts,
-            // Only the live broadcast needs it: a sender waits for its own
-            // message live, never in a later welcome.
-            id: None,
+            id: self.id.as_deref().filter(|_| with_id),
         }
     }
 }
@@ -164,10 +197,12 @@ pub(super) struct Numbered<'a> {
 }
 
 impl Timeline {
-    /// An empty timeline of `room` that keeps the last `history` messages.
-    pub(super) fn new(room: Arc<str>, history: usize) -> Timeline {
+    /// An empty timeline of `room`, a new history (`epoch`), keeping what
+    /// `retention` says.
+    pub(super) fn new(room: Arc<str>, epoch: Arc<str>, retention: Retention) -> Timeline {
         Timeline {
             room,
+            epoch,
             seq: 0,
             presence: Presence::default(),
             pending: Vec::new(),
@@ -176,7 +211,7 @@ impl Timeline {
             // Grown as messages come: most of ten thousand rooms never
             // hold a full history.
             history: VecDeque::new(),
-            history_limit: history,
+            retention,
             window: PresenceWindow::default(),
         }
     }
@@ -192,6 +227,7 @@ impl Timeline {
         self.seq = message.seq;
         let frame = Outgoing::Message {
             room: &self.room,
+            epoch: &self.epoch,
             seq: message.seq,
             from: message.from,
             text: message.text,
@@ -205,6 +241,7 @@ impl Timeline {
             message.from.into(),
             message.text.into(),
             message.ts,
+            message.id.map(Into::into),
         );
     }
 
@@ -220,12 +257,19 @@ impl Timeline {
         !self.history.is_empty()
     }
 
-    /// Keeps a message for the welcome of those who join later.
-    pub(super) fn remember(&mut self, seq: u64, from: Arc<str>, text: Box<str>, ts: u64) {
-        if self.history_limit == 0 {
+    /// Keeps a message for newcomers and for recovery.
+    pub(super) fn remember(
+        &mut self,
+        seq: u64,
+        from: Arc<str>,
+        text: Box<str>,
+        ts: u64,
+        id: Option<Box<str>>,
+    ) {
+        if self.retention.messages == 0 {
             return;
         }
-        if self.history.len() == self.history_limit {
+        if self.history.len() == self.retention.messages {
             self.history.pop_front();
         }
         self.history.push_back(Stored {
@@ -233,7 +277,16 @@ impl Timeline {
             from,
             text,
             ts,
+            id,
         });
+    }
+
+    /// Drops the messages older than the retention's TTL at `now_ms`.
+    pub(super) fn prune(&mut self, now_ms: u64) {
+        let oldest = now_ms.saturating_sub(self.retention.ttl_ms);
+        while self.history.front().is_some_and(|m| m.ts < oldest) {
+            self.history.pop_front();
+        }
     }
 
     /// Adds messages `(seq, from, text, ts)` from elsewhere (the relay, as
@@ -243,7 +296,7 @@ impl Timeline {
         &mut self,
         messages: impl IntoIterator<Item = (u64, Arc<str>, Box<str>, u64)>,
     ) {
-        if self.history_limit == 0 {
+        if self.retention.messages == 0 {
             return;
         }
         let mut by_seq: BTreeMap<u64, Stored> =
@@ -254,14 +307,15 @@ impl Timeline {
                 from,
                 text,
                 ts,
+                id: None,
             });
         }
-        let older = by_seq.len().saturating_sub(self.history_limit);
+        let older = by_seq.len().saturating_sub(self.retention.messages);
         self.history = by_seq.into_values().skip(older).collect();
     }
 
-    /// The newest stored messages (oldest first) that were already fanned
-    /// out, so none also arrives live, and that fit in
+    /// The newest `--history` stored messages (oldest first) that were
+    /// already fanned out, so none also arrives live, and that fit in
     /// [`WELCOME_HISTORY_BYTES`].
     pub(super) fn recent_history(&self) -> Vec<Outgoing<'_>> {
         let mut budget = WELCOME_HISTORY_BYTES;
@@ -270,21 +324,60 @@ impl Timeline {
             .iter()
             .rev()
             .filter(|m| m.seq <= self.fanned_out)
+            .take(self.retention.greeting)
             .take_while(|m| {
                 let fits = m.text.len() <= budget;
                 budget = budget.saturating_sub(m.text.len());
                 fits
             })
-            .map(|m| m.message(&self.room))
+            .map(|m| m.message(&self.room, &self.epoch, false))
             .collect();
         newest_first.reverse();
         newest_first
+    }
+
+    /// Everything after `since` up to what was fanned out (what is still
+    /// pending reaches the client live), if this history holds all of it:
+    /// the same epoch, no message after `since.seq` dropped, and no more
+    /// than `max_recovery_bytes` of it. `None`: the client's view cannot be
+    /// mended, and it must start again from the history.
+    ///
+    /// Found by `seq` in the history (it is in `seq` order), so a recovery
+    /// costs its own range, not a scan of everything kept.
+    pub(super) fn recover(&self, since: &Since) -> Option<Vec<Outgoing<'_>>> {
+        if *since.epoch != *self.epoch || since.seq > self.fanned_out {
+            return None;
+        }
+        let first = self.history.partition_point(|m| m.seq <= since.seq);
+        let missed = self.history.range(first..);
+        let wanted = (self.fanned_out - since.seq) as usize;
+        let mut budget = self.retention.max_recovery_bytes;
+        let mut out = Vec::with_capacity(wanted.min(1024));
+        for (expected, m) in (since.seq + 1..).zip(missed.take(wanted)) {
+            // A gap (a message dropped, or never held) cannot be mended.
+            let size = m.text.len() + m.from.len() + 64;
+            if m.seq != expected || size > budget {
+                return None;
+            }
+            budget -= size;
+            out.push(m.message(&self.room, &self.epoch, true));
+        }
+        (out.len() == wanted).then_some(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps and greets with `n` messages.
+    fn keep(n: usize) -> Retention {
+        Retention {
+            messages: n,
+            greeting: n,
+            ..Retention::default()
+        }
+    }
 
     fn message(seq: u64, text: &str) -> Numbered<'_> {
         Numbered {
@@ -308,7 +401,7 @@ mod tests {
 
     #[test]
     fn history_holds_only_what_was_fanned_out() {
-        let mut timeline = Timeline::new("general".into(), 10);
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(10));
         timeline.push(message(1, "one"));
         timeline.push(message(2, "two"));
         assert!(timeline.recent_history().is_empty(), "still pending");
@@ -320,20 +413,67 @@ mod tests {
 
     #[test]
     fn history_keeps_the_newest_within_its_count_and_bytes() {
-        let mut timeline = Timeline::new("general".into(), 3);
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(3));
         for seq in 1..=5 {
             timeline.push(message(seq, "x"));
         }
         timeline.take_batch();
         assert_eq!(seqs(&timeline.recent_history()), [3, 4, 5]);
 
-        let mut timeline = Timeline::new("general".into(), 100);
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(100));
         let big = "y".repeat(WELCOME_HISTORY_BYTES / 2 + 1);
         for seq in 1..=3 {
             timeline.push(message(seq, &big));
         }
         timeline.take_batch();
         assert_eq!(seqs(&timeline.recent_history()), [3], "one fits the budget");
+    }
+
+    fn since(epoch: &str, seq: u64) -> Since {
+        Since {
+            epoch: epoch.into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn recovery_gives_exactly_what_came_after_or_nothing() {
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(5));
+        for seq in 1..=8 {
+            timeline.push(message(seq, "x"));
+        }
+        timeline.take_batch();
+        timeline.push(message(9, "pending"));
+        // Kept: 5..=9; fanned out: up to 8 (9 reaches everyone live).
+        assert_eq!(seqs(&timeline.recover(&since("e1", 5)).unwrap()), [6, 7, 8]);
+        assert_eq!(
+            seqs(&timeline.recover(&since("e1", 4)).unwrap()),
+            [5, 6, 7, 8]
+        );
+        assert_eq!(timeline.recover(&since("e1", 8)).unwrap().len(), 0);
+        assert!(timeline.recover(&since("e1", 3)).is_none(), "4 was dropped");
+        assert!(timeline.recover(&since("e2", 7)).is_none(), "another epoch");
+        assert!(timeline.recover(&since("e1", 9)).is_none(), "not yet sent");
+        timeline.retention.max_recovery_bytes = 140;
+        assert!(timeline.recover(&since("e1", 6)).is_some(), "2 fit");
+        assert!(timeline.recover(&since("e1", 4)).is_none(), "4 do not");
+    }
+
+    #[test]
+    fn old_messages_go_after_the_ttl() {
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(10));
+        timeline.retention.ttl_ms = 1000;
+        for (seq, ts) in [(1, 100), (2, 900), (3, 2000)] {
+            timeline.push(Numbered {
+                ts,
+                ..message(seq, "x")
+            });
+        }
+        timeline.take_batch();
+        timeline.prune(1850);
+        assert_eq!(seqs(&timeline.recent_history()), [2, 3]);
+        timeline.prune(3000);
+        assert_eq!(seqs(&timeline.recent_history()), [3]);
     }
 
     #[test]
@@ -359,7 +499,7 @@ mod tests {
 
     #[test]
     fn the_batch_fills_to_its_cap() {
-        let mut timeline = Timeline::new("general".into(), 0);
+        let mut timeline = Timeline::new("general".into(), "e1".into(), keep(0));
         timeline.max_pending = 100;
         let mut taken = 0;
         while !timeline.is_full() {

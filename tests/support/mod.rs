@@ -217,7 +217,9 @@ impl Client {
         }
     }
 
-    fn open(
+    /// Opens a WebSocket with `request` (its headers as the test sets
+    /// them).
+    pub fn open(
         addr: SocketAddr,
         request: tungstenite::handshake::client::Request,
     ) -> Result<Client, tungstenite::Error> {
@@ -628,4 +630,31 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An epoch as the docs show it: 12 hex digits, like a real one, so every
+/// length in a frame stays true.
+pub const SHOWN_EPOCH: &str = "5e8a1f03c2d7";
+
+/// `text` with every `"epoch":"…"` value replaced by [`SHOWN_EPOCH`] (the
+/// same length): a generated doc must not change with each run's epoch.
+pub fn fixed_epochs(text: &str) -> String {
+    const KEY: &str = "\"epoch\":\"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(KEY) {
+        out.push_str(&rest[..i + KEY.len()]);
+        rest = &rest[i + KEY.len()..];
+        let end = rest.find('"').unwrap_or(rest.len());
+        assert_eq!(
+            end,
+            SHOWN_EPOCH.len(),
+            "an epoch is 12 hex digits: {:?}",
+            &rest[..end]
+        );
+        out.push_str(SHOWN_EPOCH);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
