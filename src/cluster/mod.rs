@@ -155,6 +155,8 @@ struct Publisher {
 /// The relay over Redis. Created by the server at start; its two threads
 /// run from [`Cluster::start`] until [`Cluster::stop`].
 pub struct Cluster {
+    /// A room's keys expire this long after its last message.
+    room_ttl: Duration,
     client: redis::Client,
     keys: Keys,
     scripts: Scripts,
@@ -198,10 +200,13 @@ pub struct Cluster {
 impl Cluster {
     /// Checks the URL; connects only when started (Redis may be down now
     /// and come up later).
+    /// `room_ttl`: a room's keys expire this long after its last message
+    /// (`--room-idle-ttl`), so Redis forgets idle rooms as instances do.
     pub fn new(
         url: &str,
         prefix: &str,
         history: usize,
+        room_ttl: Duration,
         counters: Arc<RedisCounters>,
     ) -> Result<Cluster, BadUrl> {
         let client = redis::Client::open(url).map_err(|e| BadUrl(e.to_string()))?;
@@ -209,6 +214,7 @@ impl Cluster {
         Ok(Cluster {
             client,
             keys: Keys::new(prefix, &id),
+            room_ttl,
             scripts: Scripts::new(),
             id,
             stream_len: history.max(STREAM_MIN_LEN),
@@ -334,6 +340,7 @@ impl Cluster {
                 .key(&self.keys.messages)
                 .key(&keys.seq)
                 .key(&keys.history)
+                .key(&keys.epoch)
                 .arg(room)
                 .arg(from)
                 .arg(text)
@@ -342,6 +349,7 @@ impl Cluster {
                 .arg(id.unwrap_or(""))
                 .arg(floor)
                 .arg(self.history.max(1))
+                .arg(millis(self.room_ttl))
                 .invoke::<u64>(con)
         });
         // It may have been stored all the same (the reply was lost).
