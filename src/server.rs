@@ -401,7 +401,7 @@ fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, S
         let cluster = crate::cluster::Cluster::new(
             url,
             &config.redis_prefix,
-            config.history,
+            config.history_size,
             Duration::from_secs(config.room_idle_ttl_secs),
             counters,
         )

@@ -33,10 +33,10 @@
 //! every client everywhere sees a room's messages in the same order. A
 //! consumer whose connection drops reconnects and reads on from the same
 //! number, so nothing is lost or repeated (as long as the stream still
-//! holds it: it keeps [`STREAM_MIN_LEN`] messages, or `--history` if more).
+//! holds it: it keeps [`STREAM_MIN_LEN`] messages, or `--history-size` if more).
 //!
 //! **History.** A room made here (the first subscribe on this instance,
-//! or `general` at start) reads its newest `--history` messages and its
+//! or `general` at start) reads its newest `--history-size` messages and its
 //! last `seq` from its own keys ([`Relay::seed`]), so `subscribed.history`
 //! and `last_seq` are the same on every instance. Each history entry
 //! carries its delivery number: the room takes as history what the
@@ -116,7 +116,7 @@ const PUBLISHERS: usize = 4;
 /// have closed it quietly, and a message must not be refused for that.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// The message stream keeps at least this many messages (or `--history`,
+/// The message stream keeps at least this many messages (or `--history-size`,
 /// if more). It is what instances read their deliveries from: one that
 /// falls further behind than this (busy, or cut off from Redis while the
 /// others chat on) finds the oldest ones trimmed. With only the history
@@ -164,8 +164,9 @@ pub struct Cluster {
     id: String,
     /// The message stream's `MAXLEN` (see [`STREAM_MIN_LEN`]).
     stream_len: usize,
-    /// `--history`: how many messages a room made here reads back, and
-    /// (at least 1) each room's history stream's `MAXLEN`.
+    /// `--history-size`: how many messages a room made here reads back
+    /// (what recovery can reach back through, on any instance), and (at
+    /// least 1) each room's history stream's `MAXLEN`.
     history: usize,
     publishers: Vec<Mutex<Option<Publisher>>>,
     next_publisher: AtomicUsize,
