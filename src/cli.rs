@@ -612,6 +612,19 @@ const FLAGS: &[Flag] = &[
               included; a subscribe that would make one more gets `too_many_rooms`",
     },
     Flag {
+        name: "--max-rooms-per-user",
+        short: None,
+        value: "N",
+        group: Group::Rooms,
+        kind: Kind::Number(range::ROOMS, |c, n| c.max_rooms_per_user = n as usize),
+        show: |c| some(c.max_rooms_per_user),
+        unset: (None, ""),
+        help: "rooms (DMs included) one user may have made that still exist",
+        #[cfg(test)]
+        doc: "rooms (DMs included) one user may have made that still exist, so that one \
+              account cannot take all `--max-rooms`; past it, `too_many_rooms`",
+    },
+    Flag {
         name: "--room-idle-ttl",
         short: None,
         value: "SECS",

@@ -225,6 +225,8 @@ pub struct Config {
     /// Rooms the server keeps at most: with anyone in them, or with
     /// history; `general` included.
     pub max_rooms: usize,
+    /// Rooms (DMs included) one user may have made that still exist.
+    pub max_rooms_per_user: usize,
     /// A room nobody has been in for this long is freed with its history,
     /// in seconds.
     pub room_idle_ttl_secs: u64,
@@ -276,6 +278,7 @@ impl Default for Config {
             open_rooms: Vec::new(),
             max_rooms_per_connection: 64,
             max_rooms: 10_000,
+            max_rooms_per_user: 200,
             room_idle_ttl_secs: 24 * 3600,
         }
     }
@@ -555,6 +558,11 @@ impl Config {
             range::ROOMS_PER_CONNECTION,
         )?;
         within("--max-rooms", wide(self.max_rooms), range::ROOMS)?;
+        within(
+            "--max-rooms-per-user",
+            wide(self.max_rooms_per_user),
+            range::ROOMS,
+        )?;
         within("--room-idle-ttl", self.room_idle_ttl_secs, range::SECONDS)?;
         for room in &self.open_rooms {
             if !crate::access::is_open_room_name(room) {

@@ -90,6 +90,8 @@ enum Wire {
     Message {
         text: String,
         id: Option<String>,
+        /// Absent: `general`. Present, even `null`, it must be a room name.
+        #[serde(default, deserialize_with = "present")]
         room: Option<serde_json::Value>,
     },
     Subscribe {
@@ -232,6 +234,14 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
         Wire::Unsubscribe { room } => Ok(Incoming::Unsubscribe(parse_room(&room)?)),
         Wire::Reauth { token } => Ok(Incoming::Reauth(token)),
     }
+}
+
+/// A field that is there, whatever its value (`null` included): serde
+/// would read `null` as absent.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// Where a client's view of a room ends: the `epoch` of its history and
@@ -534,7 +544,9 @@ mod tests {
         ] {
             assert!(Since::parse_with_room(bad).is_err(), "{bad}");
         }
-        // A room field must be a string.
+        // A room field must be a string: `null` is no room either.
+        let bad = decode(r#"{"type":"message","text":"hi","room":null}"#, 10).unwrap_err();
+        assert_eq!(bad.error.code(), ErrorCode::BadRoom);
         let bad = decode(r#"{"type":"subscribe","room":5}"#, 10).unwrap_err();
         assert_eq!(bad.error.code(), ErrorCode::BadRoom);
         let bad = decode(r#"{"type":"subscribe"}"#, 10).unwrap_err();

@@ -20,7 +20,7 @@
 //!
 //! **Rooms come and go.** `general` always exists. Any other room is
 //! created by the first subscribe that may create it (within
-//! `--max-rooms`), and freed when nobody is in it and it holds no history,
+//! `--max-rooms`, and `--max-rooms-per-user` for the user who makes it), and freed when nobody is in it and it holds no history,
 //! or, with history, when nobody has been in it for `--room-idle-ttl`.
 //!
 //! **With a relay** (`--redis`) every room spans the instances. A room made
@@ -49,14 +49,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::access::{Access, GENERAL, RoomName};
 use crate::close::CloseReason;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Reaper};
 use crate::protocol::{ErrorCode, Since};
-use crate::room::{Client, ClientId, Greet, Relay, Room, Settings};
+use crate::room::{Client, ClientId, Greet, Joined, Relay, Room, Settings};
 
 /// Why a connection cannot join a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub enum RoomError {
     TooManyForConnection(usize),
     /// Creating it would pass `--max-rooms`.
     TooManyRooms(usize),
+    /// Its user has made `--max-rooms-per-user` rooms that still exist.
+    TooManyMadeByUser(usize),
     /// A message to a room this connection is not in.
     NotSubscribed,
 }
@@ -76,9 +78,9 @@ impl RoomError {
     pub fn code(self) -> ErrorCode {
         match self {
             RoomError::Forbidden => ErrorCode::Forbidden,
-            RoomError::TooManyForConnection(_) | RoomError::TooManyRooms(_) => {
-                ErrorCode::TooManyRooms
-            }
+            RoomError::TooManyForConnection(_)
+            | RoomError::TooManyRooms(_)
+            | RoomError::TooManyMadeByUser(_) => ErrorCode::TooManyRooms,
             RoomError::NotSubscribed => ErrorCode::NotSubscribed,
         }
     }
@@ -96,6 +98,11 @@ impl std::fmt::Display for RoomError {
                 f,
                 "the server has {max} rooms, the most it keeps; no new room can be made now"
             ),
+            RoomError::TooManyMadeByUser(max) => write!(
+                f,
+                "you have made {max} rooms that still exist, the most one user may; \
+                 join an existing one, or wait for yours to be freed"
+            ),
             RoomError::NotSubscribed => {
                 f.write_str("you are not in this room: subscribe to it first")
             }
@@ -109,6 +116,9 @@ impl std::fmt::Display for RoomError {
 pub struct Limits {
     pub max_rooms: usize,
     pub max_per_connection: usize,
+    /// Rooms (DMs included) one user may have made that still exist, so
+    /// that one account cannot take every room there may be.
+    pub max_per_user: usize,
     /// Seconds.
     pub idle_ttl: u64,
     pub open: Arc<[Box<str>]>,
@@ -165,6 +175,9 @@ pub struct Rooms {
     /// checks, and where a DM finds its recipient.
     connections: RwLock<Connections>,
     next_id: AtomicU64,
+    /// How many of the rooms that exist each user made (see
+    /// [`Rooms::count_made`]).
+    made: Mutex<HashMap<Arc<str>, usize>>,
     settings: Settings,
     limits: Limits,
     /// Closed connections waiting for their client's close reply.
@@ -184,6 +197,7 @@ impl Rooms {
             rooms: RwLock::new(rooms),
             connections: RwLock::new(Connections::default()),
             next_id: AtomicU64::new(1),
+            made: Mutex::default(),
             settings,
             limits,
             reaper: Arc::default(),
@@ -265,12 +279,14 @@ impl Rooms {
     /// rooms `access` lists) as its first frame.
     pub fn connect(&self, client: Arc<Client>, access: Access, since: Option<&Since>) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Held before anyone can find the connection, so that a DM cannot
+        // bring it into a room before its welcome.
+        let mut joined = client.rooms();
         self.connections_mut().add(id, &client);
         // Counted before the welcome goes out, so that whoever has read it
         // finds the connection in the metrics.
         self.settings.metrics.subscriptions.moved(None, Some(1));
         let listed = access.listed();
-        let mut joined = client.rooms();
         let greet = Greet::Welcome {
             rooms: &listed,
             since,
@@ -326,9 +342,21 @@ impl Rooms {
         name: &RoomName,
         asked: Option<Option<&Since>>,
     ) -> Result<Arc<Room>, RoomError> {
-        let since = asked.flatten();
         // Held throughout, so that its session and a DM cannot both add it.
         let mut joined = client.rooms();
+        self.enter_holding(&mut joined, id, client, name, asked)
+    }
+
+    /// [`Rooms::enter`], with the connection's room list in hand.
+    fn enter_holding(
+        &self,
+        joined: &mut Joined,
+        id: ClientId,
+        client: &Arc<Client>,
+        name: &RoomName,
+        asked: Option<Option<&Since>>,
+    ) -> Result<Arc<Room>, RoomError> {
+        let since = asked.flatten();
         if let Some(room) = joined.find(name.as_str()) {
             if asked.is_some() {
                 room.greet_again(client, since);
@@ -336,6 +364,7 @@ impl Rooms {
             return Ok(room.clone());
         }
         let count = joined.rooms.len();
+        // (An ended connection is refused alike: nobody hears the answer.)
         if joined.ended || count >= self.limits.max_per_connection {
             return Err(RoomError::TooManyForConnection(
                 self.limits.max_per_connection,
@@ -420,11 +449,10 @@ impl Rooms {
         if rooms.len() >= self.limits.max_rooms {
             return Err(RoomError::TooManyRooms(self.limits.max_rooms));
         }
-        let room = Arc::new(Room::configured(
-            name.shared().clone(),
-            &self.settings,
-            self.relay.clone(),
-        ));
+        self.count_made(&client.username)?;
+        let room = Room::configured(name.shared().clone(), &self.settings, self.relay.clone())
+            .made_by(client.username.clone());
+        let room = Arc::new(room);
         rooms.insert(name.shared().clone(), room.clone());
         let join = |room: &Arc<Room>| {
             room.join(id, client.clone(), Greet::Subscribed { since });
@@ -455,15 +483,28 @@ impl Rooms {
     /// them live, and their page can show a conversation they did not
     /// open. A connection in `--max-rooms-per-connection` rooms already is
     /// left out: the message waits in the room's history for it.
-    pub fn bring_in(&self, name: &RoomName, sender: &str) {
+    ///
+    /// `wait` says whether to wait for a connection whose room list its
+    /// own session holds (it may be joining a room, which with a relay
+    /// takes a round trip to Redis): the relay's one reader must not, or
+    /// every room's deliveries would wait; that connection then finds the
+    /// message in the room's history when it opens it.
+    pub fn bring_in(&self, name: &RoomName, sender: &str, wait: bool) {
         let RoomName::Dm { users, .. } = name else {
             return;
         };
         for user in users.iter().filter(|user| ***user != *sender) {
             let theirs = self.connections().of(user);
             for (id, client) in theirs {
+                let joined = if wait {
+                    Some(client.rooms())
+                } else {
+                    client.try_rooms()
+                };
                 // Refused only for its limit, or because it has just ended.
-                let _ = self.enter(id, &client, name, None);
+                if let Some(mut joined) = joined {
+                    let _ = self.enter_holding(&mut joined, id, &client, name, None);
+                }
             }
         }
     }
@@ -505,6 +546,32 @@ impl Rooms {
             let same = rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, room));
             if same && !Arc::ptr_eq(room, &self.general) && room.is_freeable(now, idle_ttl) {
                 rooms.remove(name);
+                if let Some(maker) = room.maker() {
+                    self.uncount_made(maker);
+                }
+            }
+        }
+    }
+
+    /// One more room made by `user`, within `--max-rooms-per-user`. Taken
+    /// under the map's write lock, as is [`Rooms::uncount_made`].
+    fn count_made(&self, user: &Arc<str>) -> Result<(), RoomError> {
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = made.entry(user.clone()).or_default();
+        if *count >= self.limits.max_per_user {
+            return Err(RoomError::TooManyMadeByUser(self.limits.max_per_user));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// A room `user` made is freed.
+    fn uncount_made(&self, user: &str) {
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = made.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                made.remove(user);
             }
         }
     }
@@ -559,8 +626,13 @@ impl Rooms {
     /// room is closed here.
     fn evict_expired(&self, id: ClientId, client: &Client) {
         // A copy: evicting takes each room's locks, and the session may
-        // want its list meanwhile.
-        let rooms = client.rooms().rooms.clone();
+        // want its list meanwhile. Busy (its session is joining a room):
+        // the next sweep, a quarter of a second on, takes it out.
+        let Some(joined) = client.try_rooms() else {
+            return;
+        };
+        let rooms = joined.rooms.clone();
+        drop(joined);
         for room in &rooms {
             room.evict_expired(id);
         }
@@ -675,6 +747,7 @@ mod tests {
         let limits = Limits {
             max_rooms,
             max_per_connection: per_connection,
+            max_per_user: 3,
             idle_ttl: 3600,
             open: vec!["ops".into()].into(),
         };
@@ -806,6 +879,7 @@ mod tests {
 
     fn said(seq: u64) -> crate::room::Delivery {
         crate::room::Delivery {
+            epoch: None,
             seq,
             room: "ops".into(),
             from: "b".into(),
@@ -834,6 +908,7 @@ mod tests {
             assert!(room.is_seeding(), "registered, not yet joinable");
             room.deliver_relayed(&[said(2), said(3)]);
             room.seed(crate::room::Seed {
+                epoch: None,
                 last_seq: 2,
                 history: vec![said(1), said(2)],
             });

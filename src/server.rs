@@ -398,9 +398,14 @@ fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, S
     #[cfg(feature = "redis")]
     {
         let counters = metrics.redis.clone().unwrap_or_default();
-        let cluster =
-            crate::cluster::Cluster::new(url, &config.redis_prefix, config.history, counters)
-                .map_err(|e| StartError::RedisUrl(e.0))?;
+        let cluster = crate::cluster::Cluster::new(
+            url,
+            &config.redis_prefix,
+            config.history_size,
+            Duration::from_secs(config.room_idle_ttl_secs),
+            counters,
+        )
+        .map_err(|e| StartError::RedisUrl(e.0))?;
         crate::info!(
             "sharing the room over Redis at {} (key prefix {:?}, instance {})",
             crate::cluster::without_password(url),
@@ -439,6 +444,7 @@ fn room_limits(config: &Config) -> rooms::Limits {
     rooms::Limits {
         max_rooms: config.max_rooms,
         max_per_connection: config.max_rooms_per_connection,
+        max_per_user: config.max_rooms_per_user,
         idle_ttl: config.room_idle_ttl_secs,
         open: config
             .open_rooms

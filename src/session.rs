@@ -496,7 +496,7 @@ fn on_text(
                 return Step::Next;
             };
             // The other user sees a DM live, opened or not.
-            shared.rooms.bring_in(&room, me.username);
+            shared.rooms.bring_in(&room, me.username, true);
             let room = joined;
             let fanout = if ws.get_ref().holds_whole_message() {
                 Fanout::Held

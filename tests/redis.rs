@@ -1243,3 +1243,83 @@ fn a_room_made_while_redis_was_away_catches_up() {
     );
     assert_eq!(subscribed["last_seq"], 2, "{subscribed}");
 }
+
+/// Reads every chat `message` until the connection ends (its instance was
+/// killed): what the client saw before it lost it.
+fn messages_until_the_end(client: &mut Client) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        match client.next() {
+            Event::Json(v) if v["type"] == "message" => seen.push(v),
+            Event::Json(_) => {}
+            Event::Closed(_) | Event::Error(_) => return seen,
+        }
+    }
+}
+
+#[test]
+fn clients_of_a_killed_instance_recover_everything_on_another() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let secret = std::str::from_utf8(SECRET).expect("an ASCII test secret");
+    let mut binary = Binary::spawn(
+        Command::new(BIN)
+            .args(["--bind", "127.0.0.1:0", "--redis", &redis.url()])
+            .args(["--message-rate", "0"])
+            .env("JWTCHAT_SECRET", secret),
+    );
+    let one = TestServer::at(binary.wait_listening());
+    let two = instance(&redis, |c| c.message_rate = 0);
+    let (mut sender, _) = two.connect("userB");
+    sender.say("before");
+    let mut on_one: Vec<(Client, &str)> = ["userA", "userC"]
+        .into_iter()
+        .map(|user| (one.connect(user).0, user))
+        .collect();
+
+    // userB on instance 2 keeps talking; instance 1 dies in the middle.
+    const TOTAL: usize = 300;
+    let talking = std::thread::spawn(move || {
+        for i in 0..TOTAL {
+            sender.say(&format!("m{i}"));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        sender
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    binary.child.kill().expect("kill instance 1");
+    binary.child.wait().expect("reap instance 1");
+    let mut sender = talking.join().expect("the sender");
+    sender.say("after");
+    let last = loop {
+        let m = sender.recv_type("message");
+        if m["text"] == "after" {
+            break m;
+        }
+    };
+    let last_seq = last["seq"].as_u64().unwrap();
+
+    for (client, user) in on_one.iter_mut() {
+        let before = messages_until_the_end(client);
+        let seen = before.last().expect("some messages before the kill");
+        let (epoch, seq) = (
+            seen["epoch"].as_str().unwrap(),
+            seen["seq"].as_u64().unwrap(),
+        );
+        assert!(seq < last_seq, "{user} was cut off before the end");
+        // Back, on instance 2, from where it was.
+        let token = two.token(user);
+        let mut back = two
+            .connect_token(&format!("{token}&since=general:{epoch}:{seq}"))
+            .expect("upgrade on instance 2");
+        let welcome = back.recv();
+        assert_eq!(welcome["recovered"], true, "{user}: {welcome}");
+        let missed = welcome["missed"].as_array().unwrap();
+        let mut all: Vec<u64> = before.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        all.extend(missed.iter().map(|m| m["seq"].as_u64().unwrap()));
+        // 0 lost, 0 duplicated: every seq once, to the last.
+        assert_eq!(all, (all[0]..=last_seq).collect::<Vec<_>>(), "{user}");
+        assert_eq!(missed.last().unwrap()["text"], "after");
+    }
+}

@@ -428,3 +428,39 @@ fn an_expired_token_is_closed_by_the_first_broadcast_to_any_of_its_rooms() {
     assert_eq!(b.recv_type("leave")["room"], "team-1");
     assert_eq!(server.metric("jwtchat_expiry_disconnects_total"), 1);
 }
+
+#[test]
+fn one_user_cannot_take_every_room() {
+    let server = start_with(|c| {
+        c.max_rooms_per_user = 2;
+        c.message_rate = 0;
+    });
+    let (mut a, _) = server.connect("userA");
+    // DMs to names nobody has: each message keeps a room alive.
+    for ghost in ["ghost1", "ghost2"] {
+        say_in(&mut a, &format!("dm:{ghost}:userA"), "boo");
+        next_message(&mut a);
+        let room = format!("dm:{ghost}:userA");
+        a.send_json(&json!({ "type": "unsubscribe", "room": room }));
+        a.recv_type("unsubscribed");
+    }
+    say_in(&mut a, "dm:ghost3:userA", "boo");
+    let refused = a.recv_type("error");
+    assert_eq!(refused["code"], "too_many_rooms");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("you have made 2 rooms"),
+        "{refused}"
+    );
+    assert_eq!(subscribe(&mut a, "team-x")["code"], "too_many_rooms");
+    // Everyone else still makes rooms, and joins A's.
+    let (mut b, _) = server.connect("userB");
+    assert_eq!(subscribe(&mut b, "team-x")["type"], "subscribed");
+    assert_eq!(
+        subscribe(&mut a, "team-x")["type"],
+        "subscribed",
+        "B's room"
+    );
+}

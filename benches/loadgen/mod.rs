@@ -412,6 +412,12 @@ impl Conn {
         self.stream.write_all(&client_frame(json))
     }
 
+    /// The socket, and the bytes already read past the 101 (the start of
+    /// the first frames).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.pending)
+    }
+
     /// Marks the client as connected to instance `instance` (an index into
     /// the caller's list of server addresses; the senders are on 0).
     pub fn on_instance(mut self, instance: usize) -> Conn {

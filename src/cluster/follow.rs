@@ -176,7 +176,14 @@ impl Cluster {
         let last_seq = history.last().map_or(0, |m| m.seq);
         // `--history 0` read one, only for its `seq`.
         history.truncate(self.history);
-        Ok(Seed { last_seq, history })
+        let epoch: Option<String> = redis::cmd("GET")
+            .arg(&self.keys.room(room).epoch)
+            .query(con)?;
+        Ok(Seed {
+            epoch,
+            last_seq,
+            history,
+        })
     }
 
     /// Raises the delivery counter to what this instance has read, and
@@ -374,7 +381,7 @@ fn bring_in(rooms: &Rooms, by_room: &[(String, Vec<Delivery>)]) {
         senders.sort_unstable();
         senders.dedup();
         for sender in senders {
-            rooms.bring_in(&room, sender);
+            rooms.bring_in(&room, sender, false);
         }
     }
 }
@@ -440,6 +447,7 @@ fn message(entry: &StreamId, room: &str, seq: u64) -> Option<Delivery> {
         text: entry.get("text")?,
         ts: entry.get("ts").unwrap_or(0),
         id: entry.get("cid"),
+        epoch: entry.get("epoch"),
     })
 }
 

@@ -33,10 +33,10 @@
 //! every client everywhere sees a room's messages in the same order. A
 //! consumer whose connection drops reconnects and reads on from the same
 //! number, so nothing is lost or repeated (as long as the stream still
-//! holds it: it keeps [`STREAM_MIN_LEN`] messages, or `--history` if more).
+//! holds it: it keeps [`STREAM_MIN_LEN`] messages, or `--history-size` if more).
 //!
 //! **History.** A room made here (the first subscribe on this instance,
-//! or `general` at start) reads its newest `--history` messages and its
+//! or `general` at start) reads its newest `--history-size` messages and its
 //! last `seq` from its own keys ([`Relay::seed`]), so `subscribed.history`
 //! and `last_seq` are the same on every instance. Each history entry
 //! carries its delivery number: the room takes as history what the
@@ -116,7 +116,7 @@ const PUBLISHERS: usize = 4;
 /// have closed it quietly, and a message must not be refused for that.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// The message stream keeps at least this many messages (or `--history`,
+/// The message stream keeps at least this many messages (or `--history-size`,
 /// if more). It is what instances read their deliveries from: one that
 /// falls further behind than this (busy, or cut off from Redis while the
 /// others chat on) finds the oldest ones trimmed. With only the history
@@ -155,6 +155,8 @@ struct Publisher {
 /// The relay over Redis. Created by the server at start; its two threads
 /// run from [`Cluster::start`] until [`Cluster::stop`].
 pub struct Cluster {
+    /// A room's keys expire this long after its last message.
+    room_ttl: Duration,
     client: redis::Client,
     keys: Keys,
     scripts: Scripts,
@@ -162,8 +164,9 @@ pub struct Cluster {
     id: String,
     /// The message stream's `MAXLEN` (see [`STREAM_MIN_LEN`]).
     stream_len: usize,
-    /// `--history`: how many messages a room made here reads back, and
-    /// (at least 1) each room's history stream's `MAXLEN`.
+    /// `--history-size`: how many messages a room made here reads back
+    /// (what recovery can reach back through, on any instance), and (at
+    /// least 1) each room's history stream's `MAXLEN`.
     history: usize,
     publishers: Vec<Mutex<Option<Publisher>>>,
     next_publisher: AtomicUsize,
@@ -198,10 +201,13 @@ pub struct Cluster {
 impl Cluster {
     /// Checks the URL; connects only when started (Redis may be down now
     /// and come up later).
+    /// `room_ttl`: a room's keys expire this long after its last message
+    /// (`--room-idle-ttl`), so Redis forgets idle rooms as instances do.
     pub fn new(
         url: &str,
         prefix: &str,
         history: usize,
+        room_ttl: Duration,
         counters: Arc<RedisCounters>,
     ) -> Result<Cluster, BadUrl> {
         let client = redis::Client::open(url).map_err(|e| BadUrl(e.to_string()))?;
@@ -209,6 +215,7 @@ impl Cluster {
         Ok(Cluster {
             client,
             keys: Keys::new(prefix, &id),
+            room_ttl,
             scripts: Scripts::new(),
             id,
             stream_len: history.max(STREAM_MIN_LEN),
@@ -334,6 +341,7 @@ impl Cluster {
                 .key(&self.keys.messages)
                 .key(&keys.seq)
                 .key(&keys.history)
+                .key(&keys.epoch)
                 .arg(room)
                 .arg(from)
                 .arg(text)
@@ -342,6 +350,7 @@ impl Cluster {
                 .arg(id.unwrap_or(""))
                 .arg(floor)
                 .arg(self.history.max(1))
+                .arg(millis(self.room_ttl))
                 .invoke::<u64>(con)
         });
         // It may have been stored all the same (the reply was lost).

@@ -8,8 +8,9 @@
 //! |---|---|---|
 //! | `P:seq` | string | the last delivery number handed out (all rooms) |
 //! | `P:messages` | stream | every room's messages, entry id `<delivery number>-0`, fields `room`, `rseq` (the room's `seq`), `from`, `text`, `ts`, `cid` |
-//! | `{P:R}:seq` | string | room `R`'s last `seq` |
-//! | `{P:R}:history` | stream | room `R`'s messages, entry id `<seq>-0`, fields `n` (the delivery number), `from`, `text`, `ts`; `MAXLEN ~ --history` |
+//! | `{P:R}:seq` | string, TTL | room `R`'s last `seq`; expires `--room-idle-ttl` after its last message |
+//! | `{P:R}:epoch` | string, TTL | room `R`'s epoch: 12 hex digits, set by its first message; expires with the counter |
+//! | `{P:R}:history` | stream, TTL | room `R`'s messages, entry id `<seq>-0`, fields `n` (the delivery number), `from`, `text`, `ts`; `MAXLEN ~ --history`; expires with the counter |
 //! | `P:epoch` | string | when this Redis's data began (ms) |
 //! | `P:presence` | stream | `join`/`leave` (of a `R<US>user` entry), `sync`/`gone` events |
 //! | `P:instances` | sorted set | live instance ids, scored by expiry (ms) |
@@ -26,11 +27,14 @@
 use redis::Script;
 
 /// Numbers and stores one message to a room. KEYS: delivery counter,
-/// delivery stream, the room's counter, the room's history. ARGV: room,
+/// delivery stream, the room's counter, the room's history, the room's
+/// epoch (made with the room's first message). ARGV: room,
 /// from, text, delivery stream length, delivery floor (the highest number
 /// the caller has delivered), the sender's message id ("" for none, then
 /// the entry has no `cid` field), room floor (the room's last `seq` at the
-/// caller), room history length. Returns the room's `seq`.
+/// caller), room history length, the room's TTL in ms (`--room-idle-ttl`:
+/// its keys expire that long after its last message, so Redis forgets idle
+/// rooms as instances do). Returns the room's `seq`.
 ///
 /// Each counter is raised past its stream's newest entry and the caller's
 /// floor first: a counter behind what clients have seen (Redis lost it)
@@ -53,7 +57,15 @@ local number = next_number(KEYS[1], KEYS[2], tonumber(ARGV[5]))
 local seq = next_number(KEYS[3], KEYS[4], tonumber(ARGV[7]))
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fields = { 'room', ARGV[1], 'rseq', seq, 'from', ARGV[2], 'text', ARGV[3], 'ts', ts }
+local epoch = redis.call('GET', KEYS[5])
+if not epoch then
+  -- The room's history begins (or began again, its keys gone): a new
+  -- epoch, 12 hex digits of the time, like the instances' own.
+  epoch = string.format('%012x', ts)
+  redis.call('SET', KEYS[5], epoch)
+end
+local fields = { 'room', ARGV[1], 'rseq', seq, 'epoch', epoch, 'from', ARGV[2], 'text', ARGV[3],
+  'ts', ts }
 if ARGV[6] ~= '' then
   table.insert(fields, 'cid')
   table.insert(fields, ARGV[6])
@@ -62,6 +74,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], string.format('%d-0', number
   unpack(fields))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], string.format('%d-0', seq),
   'n', number, 'from', ARGV[2], 'text', ARGV[3], 'ts', ts)
+redis.call('PEXPIRE', KEYS[3], ARGV[9])
+redis.call('PEXPIRE', KEYS[4], ARGV[9])
+redis.call('PEXPIRE', KEYS[5], ARGV[9])
 return seq
 ";
 
@@ -253,6 +268,7 @@ impl Keys {
         RoomKeys {
             seq: format!("{{{}:{room}}}:seq", self.prefix),
             history: format!("{{{}:{room}}}:history", self.prefix),
+            epoch: format!("{{{}:{room}}}:epoch", self.prefix),
         }
     }
 }
@@ -261,4 +277,5 @@ impl Keys {
 pub(super) struct RoomKeys {
     pub seq: String,
     pub history: String,
+    pub epoch: String,
 }

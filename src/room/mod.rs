@@ -128,6 +128,15 @@ impl Client {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// [`Client::rooms`] if nobody holds it now.
+    pub fn try_rooms(&self) -> Option<MutexGuard<'_, Joined>> {
+        match self.rooms.try_lock() {
+            Ok(joined) => Some(joined),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The room `name`, if this connection is in it.
     pub fn room(&self, name: &str) -> Option<Arc<Room>> {
         self.rooms().find(name).cloned()
@@ -261,6 +270,9 @@ pub struct Room {
     windows: Arc<OpenWindows>,
     /// Names a `welcome` lists at most.
     presence_list_max: usize,
+    /// Who made it (`None`: `general`), counted against
+    /// `--max-rooms-per-user` while it exists.
+    maker: Option<Arc<str>>,
 }
 
 impl Default for Room {
@@ -313,7 +325,19 @@ impl Room {
             clock: settings.clock.clone(),
             windows: settings.windows.clone(),
             presence_list_max: settings.presence_list_max,
+            maker: None,
         }
+    }
+
+    /// The room was made by `user` (see `rooms::Rooms::count_made`).
+    pub fn made_by(mut self, user: Arc<str>) -> Room {
+        self.maker = Some(user);
+        self
+    }
+
+    /// Who made it, if a user did.
+    pub fn maker(&self) -> Option<&str> {
+        self.maker.as_deref()
     }
 
     /// The room's name.

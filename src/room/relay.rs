@@ -87,6 +87,8 @@ pub struct Delivery {
     pub ts: u64,
     /// The sender's `id` for it, if it gave one.
     pub id: Option<String>,
+    /// The room's epoch in the relay (see [`Room::adopt_epoch`]).
+    pub epoch: Option<String>,
 }
 
 impl Delivery {
@@ -104,6 +106,8 @@ impl Delivery {
 /// What a room starts from when the relay knows it already.
 #[derive(Default)]
 pub struct Seed {
+    /// The room's epoch in the relay (`None`: it has had no message yet).
+    pub epoch: Option<String>,
     /// The room's last `seq` in the relay (0: it has none).
     pub last_seq: u64,
     /// Its newest messages, oldest first (at most `--history`).
@@ -214,6 +218,9 @@ impl Room {
     /// meanwhile.
     pub fn seed(&self, seed: Seed) {
         let mut timeline = self.timeline();
+        if let Some(epoch) = &seed.epoch {
+            timeline.adopt_epoch(epoch);
+        }
         let newest = seed.history.last().map_or(0, |m| m.seq);
         let last = newest.max(seed.last_seq);
         timeline.merge_history(
@@ -243,6 +250,9 @@ impl Room {
     pub fn deliver_relayed(&self, messages: &[Delivery]) {
         let mut timeline = self.timeline();
         for message in messages {
+            if let Some(epoch) = &message.epoch {
+                timeline.adopt_epoch(epoch);
+            }
             if message.seq > timeline.seq {
                 self.number(&mut timeline, message.numbered());
             }
@@ -332,6 +342,7 @@ mod tests {
 
     fn said(seq: u64, text: &str) -> Delivery {
         Delivery {
+            epoch: None,
             seq,
             room: "general".into(),
             from: "a".into(),
@@ -370,6 +381,7 @@ mod tests {
         // read.
         room.deliver_relayed(&[said(5, "five")]);
         room.seed(Seed {
+            epoch: None,
             last_seq: 5,
             history: vec![said(3, "three"), said(4, "four"), said(5, "five")],
         });
@@ -388,6 +400,7 @@ mod tests {
         assert_eq!(room.last_seq(), 6);
         // A seed behind the room changes nothing.
         room.seed(Seed {
+            epoch: None,
             last_seq: 2,
             history: vec![said(2, "two")],
         });

@@ -281,6 +281,17 @@ impl Timeline {
         });
     }
 
+    /// Takes `epoch` as the history's, as the relay has it: every instance
+    /// then names the room's history alike. A history kept under another
+    /// epoch goes (its `seq`s belong to a history that is no more); `seq`
+    /// itself goes on, so nothing numbered here is numbered twice.
+    pub(super) fn adopt_epoch(&mut self, epoch: &str) {
+        if *self.epoch != *epoch {
+            self.epoch = epoch.into();
+            self.history.clear();
+        }
+    }
+
     /// Drops the messages older than the retention's TTL at `now_ms`.
     pub(super) fn prune(&mut self, now_ms: u64) {
         let oldest = now_ms.saturating_sub(self.retention.ttl_ms);
