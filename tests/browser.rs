@@ -993,7 +993,10 @@ fn a_page_says_messages_may_be_missing_when_the_server_lost_its_history() {
         cdp.eval(page, "document.documentElement.scrollWidth"),
         json!(390)
     );
-    cdp.eval(page, "document.querySelector('#messages').scrollTop = 0; true");
+    cdp.eval(
+        page,
+        "document.querySelector('#messages').scrollTop = 0; true",
+    );
     cdp.save_png(page, "missing-marker-phone.png");
     // Random too, off screen when it was rebuilt.
     cdp.click(page, &room_button("random"));
@@ -1323,7 +1326,9 @@ fn jwtchat_binary_with(
     args: &[&std::ffi::OsStr],
     secret: Option<&[u8]>,
 ) -> (Binary, std::net::SocketAddr) {
+    let mut seen = Vec::new(); // what the last try said
     for _ in 0..20 {
+        seen.clear();
         let mut command = Command::new(env!("CARGO_BIN_EXE_jwtchat"));
         command.args(["--bind", bind]).args(args);
         match secret {
@@ -1338,14 +1343,14 @@ fn jwtchat_binary_with(
                     let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
                     return (binary, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
                 }
-                Ok(_) => {}
+                Ok(line) => seen.push(line),
                 Err(_) if matches!(binary.child.try_wait(), Ok(Some(_))) => break,
                 Err(_) => {}
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("jwtchat cannot listen on {bind}");
+    panic!("jwtchat cannot listen on {bind} with {args:?}; it said: {seen:#?}");
 }
 
 // ---------------------------------------------------------------------------
