@@ -154,10 +154,10 @@ async fn client(stream: TcpStream, room: &'static Room, key: &DecodingKey) {
     });
 
     while let Some(Ok(message)) = source.next().await {
-        if let Message::Text(json) = message {
-            if let Some(text) = peer::chat_text(json.as_bytes()) {
-                room.publish(&user, &text);
-            }
+        if let Message::Text(json) = message
+            && let Some(text) = peer::chat_text(json.as_bytes())
+        {
+            room.publish(&user, &text);
         }
     }
     writer.abort();

@@ -19,7 +19,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use jwtchat::Config;
-use jwtchat::config::{ConfigError, WeakSecret, range};
+use jwtchat::config::{ConfigError, Fsync, WeakSecret, range};
 use jwtchat::log::{Format as LogFormat, Level};
 
 /// What the command line asked for.
@@ -187,6 +187,13 @@ const LEVELS: [(&str, Level); 4] = [
     ("warn", Level::Warn),
     ("info", Level::Info),
     ("debug", Level::Debug),
+];
+
+/// The words `--fsync` takes.
+const FSYNCS: [(&str, Fsync); 3] = [
+    ("always", Fsync::Always),
+    ("batch", Fsync::Batch),
+    ("never", Fsync::Never),
 ];
 
 /// The words `--log-format` takes.
@@ -556,6 +563,40 @@ const FLAGS: &[Flag] = &[
               `recovered:false` (with the usual `history`)",
     },
     Flag {
+        name: "--data-dir",
+        short: None,
+        value: "DIR",
+        group: Group::History,
+        kind: Kind::Path(|c, v| c.data_dir = Some(v)),
+        show: |c| c.data_dir.as_ref().map(|d| d.display().to_string()),
+        unset: (Some("history in memory only"), ""),
+        help: "keep every room's messages, seq and epoch on disk here, so a restart keeps them \
+               (not with --redis)",
+        #[cfg(test)]
+        doc: "keep every room's messages, `seq` and epoch on disk here, so that a restart \
+              keeps them and clients resume across it (not with `--redis`; see \
+              [Persistence](#persistence))",
+    },
+    Flag {
+        name: "--fsync",
+        short: None,
+        value: "WHEN",
+        group: Group::History,
+        kind: Kind::Parsed(
+            |c, v| {
+                c.fsync = choose(&FSYNCS, v)?;
+                Ok(())
+            },
+            "expected always, batch or never",
+        ),
+        show: |c| name_of(&FSYNCS, c.fsync),
+        unset: (None, ""),
+        help: "with --data-dir: always (before each fan-out), batch (every 100 ms) or never",
+        #[cfg(test)]
+        doc: "with `--data-dir`: `always` (before each message is fanned out), `batch` (at \
+              least every 100 ms: at most that much is at risk) or `never` (left to the OS)",
+    },
+    Flag {
         name: "--presence-list-max",
         short: None,
         value: "N",
@@ -781,7 +822,7 @@ const FLAGS: &[Flag] = &[
         unset: (None, ""),
         help: "print the version and the features built in",
         #[cfg(test)]
-        doc: "names the features built in, e.g. `jwtchat 0.1.0 (features: none)`",
+        doc: "names the features built in, e.g. `jwtchat 0.1.0 (features: store)`",
     },
 ];
 
@@ -1143,6 +1184,7 @@ mod tests {
                 Kind::Path(_) => Some("/some/file".to_string()),
                 Kind::Parsed(..) if flag.name == "--trust-proxy" => Some("10.0.0.0/8".into()),
                 Kind::Parsed(..) if flag.name == "--log-level" => Some("debug".into()),
+                Kind::Parsed(..) if flag.name == "--fsync" => Some("always".into()),
                 Kind::Parsed(..) => Some("json".into()),
                 Kind::Switch(_) => None,
                 Kind::Help | Kind::Version | Kind::Env => continue,

@@ -205,6 +205,12 @@ pub struct Config {
     /// A recovery whose missed messages are bigger than this answers
     /// `recovered: false` instead, in bytes.
     pub max_recovery_bytes: usize,
+    /// `--data-dir`: keep every room's messages, `seq` and epoch on disk
+    /// here, so that a restart keeps them (a build with the `store`
+    /// feature, the default).
+    pub data_dir: Option<PathBuf>,
+    /// `--fsync`: when what is written to `data_dir` is forced to disk.
+    pub fsync: Fsync,
     /// Online users a `welcome` lists at most (`online_count` says how
     /// many there are).
     pub presence_list_max: usize,
@@ -230,6 +236,20 @@ pub struct Config {
     /// A room nobody has been in for this long is freed with its history,
     /// in seconds.
     pub room_idle_ttl_secs: u64,
+}
+
+/// When messages written to `--data-dir` are forced to disk (`fsync`).
+/// Every message is in the store before it is fanned out; this is about
+/// how much a power cut (or a crash of the host) may take back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before each message is fanned out: nothing a client saw is lost.
+    Always,
+    /// At least every 100 ms: at most the last 100 ms of messages are at
+    /// risk.
+    Batch,
+    /// Left to the operating system (and done at a clean shutdown).
+    Never,
 }
 
 impl Default for Config {
@@ -270,6 +290,8 @@ impl Default for Config {
             history_size: 1000,
             history_ttl_secs: 86_400,
             max_recovery_bytes: 1 << 20,
+            data_dir: None,
+            fsync: Fsync::Batch,
             presence_list_max: 1000,
             trace_handshake: false,
             trusted_proxies: Vec::new(),
@@ -381,6 +403,9 @@ pub enum ConfigError {
     WeakSecret(WeakSecret),
     /// A `--room` that is not a plain room name (`a-z`, `0-9`, `_`, `-`).
     BadRoom(String),
+    /// `--data-dir` and `--redis` together: with Redis, Redis keeps the
+    /// history.
+    DataDirWithRedis,
     /// `--history` asks greetings to carry more than `--history-size`
     /// keeps.
     HistoryOverSize {
@@ -411,6 +436,10 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Zero { setting } => write!(f, "{setting} must be more than zero"),
             ConfigError::WeakSecret(why) => write!(f, "the secret {why}"),
+            ConfigError::DataDirWithRedis => write!(
+                f,
+                "--data-dir cannot be used with --redis: Redis keeps the history then"
+            ),
             ConfigError::HistoryOverSize { history, size } => write!(
                 f,
                 "--history {history} is more than --history-size {size} keeps: \
@@ -534,6 +563,9 @@ impl Config {
             wide(self.max_recovery_bytes),
             range::RECOVERY_BYTES,
         )?;
+        if self.data_dir.is_some() && self.redis.is_some() {
+            return Err(ConfigError::DataDirWithRedis);
+        }
         if self.history > self.history_size {
             return Err(ConfigError::HistoryOverSize {
                 history: self.history,

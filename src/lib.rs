@@ -69,7 +69,6 @@ mod signing;
 // The message store behind `--data-dir` (#16). Not called by the server yet:
 // the rooms' epochs and recovery wire it in, and this allow goes then.
 #[cfg(feature = "store")]
-#[allow(dead_code)]
 mod store;
 mod sys;
 

@@ -38,11 +38,19 @@ fn main() -> ExitCode {
         }
         Command::Version => {
             // Which optional features this binary was built with: `--redis`
-            // only works in a build that says `redis` here.
-            let features = if cfg!(feature = "redis") {
-                "redis"
+            // only works in a build that says `redis` here, `--data-dir`
+            // in one that says `store`.
+            let built: Vec<&str> = [
+                ("store", cfg!(feature = "store")),
+                ("redis", cfg!(feature = "redis")),
+            ]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+            let features = if built.is_empty() {
+                "none".to_string()
             } else {
-                "none"
+                built.join(", ")
             };
             println!(
                 "jwtchat {} (features: {features})",

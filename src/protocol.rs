@@ -197,10 +197,10 @@ pub fn decode(raw: &str, max_text_bytes: usize) -> Result<Incoming, Rejected> {
     })?;
     match wire {
         Wire::Message { text, id, room } => {
-            if let Some(id) = &id {
-                if id.len() > MAX_ID_BYTES {
-                    return Err(MessageError::IdTooLong { len: id.len() }.into());
-                }
+            if let Some(id) = &id
+                && id.len() > MAX_ID_BYTES
+            {
+                return Err(MessageError::IdTooLong { len: id.len() }.into());
             }
             let room = match room.as_ref().map(room_name) {
                 None => RoomName::general(),
@@ -363,8 +363,6 @@ pub enum Outgoing<'a> {
         room: &'a str,
         #[serde(flatten)]
         greeting: Greeting<'a>,
-        /// The `seq` of the room's last message (0: none yet).
-        last_seq: u64,
     },
     /// This connection left `room`: it asked, or (`reason: "forbidden"`)
     /// a `reauth` took the room away.
@@ -443,6 +441,9 @@ pub struct Greeting<'a> {
     pub online_truncated: bool,
     /// The room's recent messages, oldest first (see `--history`).
     pub history: Vec<Outgoing<'a>>,
+    /// The `seq` of the room's last message before what the client gets
+    /// live (0: none yet): where `history` (or `missed`) ends.
+    pub last_seq: u64,
 }
 
 /// What the server says, once, before closing with 4001.
@@ -698,6 +699,7 @@ mod tests {
                     online_count: 1,
                     online_truncated: false,
                     history: vec![],
+                    last_seq: 0,
                 },
                 limits: Limits {
                     max_message_bytes: 10,
@@ -705,7 +707,7 @@ mod tests {
                 }
             }),
             serde_json::json!({"type":"welcome","user":"a","expires_at":9,"epoch":"e1","online":["a"],
-                "online_count":1,"history":[],"room":"general","rooms":["general","team-*"],
+                "online_count":1,"history":[],"last_seq":0,"room":"general","rooms":["general","team-*"],
                 "limits":{"max_message_bytes":10,"message_rate":3}})
         );
         assert_eq!(
@@ -719,8 +721,8 @@ mod tests {
                     online_count: 3,
                     online_truncated: true,
                     history: vec![],
+                    last_seq: 7,
                 },
-                last_seq: 7,
             }),
             serde_json::json!({"type":"subscribed","room":"ops","epoch":"e2","recovered":false,"online":["a","b"],
                 "online_count":3,"online_truncated":true,"history":[],"last_seq":7})

@@ -56,7 +56,7 @@ use crate::close::CloseReason;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Reaper};
 use crate::protocol::{ErrorCode, Since};
-use crate::room::{Client, ClientId, Greet, Joined, Relay, Room, Settings};
+use crate::room::{Client, ClientId, Greet, Joined, Relay, Restored, Room, Settings};
 
 /// Why a connection cannot join a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,9 +189,25 @@ pub struct Rooms {
 impl Rooms {
     /// The registry, with `general`; with `--redis`, every room it makes
     /// is joined to `relay`.
-    pub fn new(settings: Settings, limits: Limits, relay: Option<Arc<dyn Relay>>) -> Rooms {
-        let general = Arc::new(Room::configured(GENERAL.into(), &settings, relay.clone()));
-        let rooms = HashMap::from([(general.name().clone(), general.clone())]);
+    /// With `restored`, the rooms a journal kept (`--data-dir`): they
+    /// exist again, `general` among them, as the last run left them.
+    pub fn new(
+        settings: Settings,
+        limits: Limits,
+        relay: Option<Arc<dyn Relay>>,
+        restored: Vec<Restored>,
+    ) -> Rooms {
+        let mut rooms: HashMap<Arc<str>, Arc<Room>> = restored
+            .into_iter()
+            .map(|record| {
+                let room = Room::restored(record, &settings);
+                (room.name().clone(), Arc::new(room))
+            })
+            .collect();
+        let general = rooms
+            .entry(GENERAL.into())
+            .or_insert_with(|| Arc::new(Room::configured(GENERAL.into(), &settings, relay.clone())))
+            .clone();
         Rooms {
             general,
             rooms: RwLock::new(rooms),
@@ -546,6 +562,7 @@ impl Rooms {
             let same = rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, room));
             if same && !Arc::ptr_eq(room, &self.general) && room.is_freeable(now, idle_ttl) {
                 rooms.remove(name);
+                room.forget_journal();
                 if let Some(maker) = room.maker() {
                     self.uncount_made(maker);
                 }
@@ -609,6 +626,9 @@ impl Rooms {
         for room in &rooms {
             room.prune_history();
         }
+        if let Some(journal) = &self.settings.journal {
+            journal.prune(self.settings.clock.unix_millis());
+        }
         let idle: Vec<Arc<Room>> = rooms
             .into_iter()
             .filter(|room| room.len() == 0 && !Arc::ptr_eq(room, &self.general))
@@ -657,6 +677,14 @@ impl Rooms {
     pub fn flush_presence(&self) {
         for room in self.list() {
             room.flush_presence();
+        }
+    }
+
+    /// With `--data-dir`: everything kept so far is made durable (a clean
+    /// shutdown).
+    pub fn close_journal(&self) {
+        if let Some(journal) = &self.settings.journal {
+            journal.close();
         }
     }
 
@@ -751,7 +779,7 @@ mod tests {
             idle_ttl: 3600,
             open: vec!["ops".into()].into(),
         };
-        (Rooms::new(settings, limits, None), clock)
+        (Rooms::new(settings, limits, None, Vec::new()), clock)
     }
 
     fn connect(rooms: &Rooms, name: &str, exp: u64, claim: &[&str]) -> Peer {
@@ -925,6 +953,7 @@ mod tests {
             plain.settings.clone(),
             plain.limits.clone(),
             Some(Arc::new(Seeder)),
+            Vec::new(),
         );
         let later = clock.clock().unix_secs() + 600;
         let mut a = connect(&rooms, "a", later, &[]);

@@ -274,20 +274,19 @@ fn refresh(accounts: &Accounts, metrics: &Metrics, request: &Request, peer: Sock
     // could use up a user's refreshes with garbage tokens naming their `sub`.
     // (The new token is signed first and then thrown away when refused: an
     // HMAC is cheap next to the log line and response this limit saves.)
-    if let Ok((_, claims)) = &refreshed {
-        if let Err(wait) = accounts
+    if let Ok((_, claims)) = &refreshed
+        && let Err(wait) = accounts
             .refreshes
             .take(&claims.sub, accounts.clock.instant())
-        {
-            crate::debug!(
-                "token refresh for {:?} from {peer} refused: too many",
-                claims.username
-            );
-            return Err(Refusal::RateLimited {
-                what: "too many token refreshes",
-                wait,
-            });
-        }
+    {
+        crate::debug!(
+            "token refresh for {:?} from {peer} refused: too many",
+            claims.username
+        );
+        return Err(Refusal::RateLimited {
+            what: "too many token refreshes",
+            wait,
+        });
     }
     match refreshed {
         Ok((token, claims)) => {

@@ -48,6 +48,11 @@ pub enum StartError {
     RedisNotBuilt,
     /// `--redis` with a URL the Redis client cannot use.
     RedisUrl(String),
+    /// `--data-dir` given to a build without the `store` feature.
+    StoreNotBuilt,
+    /// `--data-dir` cannot be used: the file (or directory) and why
+    /// (unreadable, corrupt, read-only).
+    Store(String),
 }
 
 impl fmt::Display for StartError {
@@ -63,6 +68,12 @@ impl fmt::Display for StartError {
                  cargo build --release --features redis"
             ),
             StartError::RedisUrl(why) => write!(f, "invalid --redis URL: {why}"),
+            StartError::StoreNotBuilt => write!(
+                f,
+                "--data-dir needs a jwtchat built with the store (the default build; this \
+                 one was built with --no-default-features)"
+            ),
+            StartError::Store(why) => write!(f, "{why}"),
         }
     }
 }
@@ -107,6 +118,7 @@ impl Server {
         };
         let metrics = Arc::new(Metrics::new(config.redis.is_some()));
         let relay = relay(&config, &metrics)?;
+        let (journal, restored) = journal(&config)?;
         // Only once everything else is known to be right: a mistake must
         // not look like "address already in use" because another server
         // holds the port.
@@ -129,21 +141,22 @@ impl Server {
                  tokens will not survive a restart"
             );
         }
-        if let Some(path) = &config.secret_file {
-            if let Some(mode) = config::loose_permissions(path) {
-                crate::warn!(
-                    "--secret-file {path:?} can be read or written by group or others \
+        if let Some(path) = &config.secret_file
+            && let Some(mode) = config::loose_permissions(path)
+        {
+            crate::warn!(
+                "--secret-file {path:?} can be read or written by group or others \
                      (mode {mode:04o}); chmod 600 it"
-                );
-            }
+            );
         }
         let tokens = Tokens::new(&secret, &config.issuer, config.token_ttl_secs)
             .with_max_session(config.max_session_secs)
             .with_clock(config.clock.clone());
         let rooms = Arc::new(Rooms::new(
-            room_settings(&config, metrics),
+            room_settings(&config, metrics, journal),
             room_limits(&config),
             relay,
+            restored,
         ));
         let shared = Shared {
             connections: ConnectionLimits::new(
@@ -343,6 +356,7 @@ impl ServerHandle {
         // After the close frames are on their way: saying goodbye to Redis
         // can take a while if it is unwell.
         self.stop_relay();
+        self.shared.rooms.close_journal();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && outboxes.iter().any(|o| !o.is_done()) {
             thread::sleep(Duration::from_millis(10));
@@ -352,6 +366,7 @@ impl ServerHandle {
     fn shutdown(&mut self) {
         self.stop_accepting();
         self.stop_relay();
+        self.shared.rooms.close_journal();
     }
 
     fn stop_accepting(&mut self) {
@@ -416,8 +431,62 @@ fn relay(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn Relay>>, S
     }
 }
 
+/// With `--data-dir`: the store, opened (its file checked, every page), and
+/// the rooms it kept. The one place the `store` feature shows here.
+type Journal = (Option<Arc<dyn room::Journal>>, Vec<room::Restored>);
+
+fn journal(config: &Config) -> Result<Journal, StartError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok((None, Vec::new()));
+    };
+    #[cfg(not(feature = "store"))]
+    {
+        let _ = dir;
+        Err(StartError::StoreNotBuilt)
+    }
+    #[cfg(feature = "store")]
+    {
+        let retention = crate::store::Retention {
+            messages_per_room: config.history_size,
+            ttl_secs: config.history_ttl_secs,
+        };
+        let failed = |e: crate::store::StoreError| StartError::Store(e.to_string());
+        let store = crate::store::Store::open(dir, config.fsync, retention).map_err(failed)?;
+        // What expired while the server was down goes before it is read.
+        store
+            .prune_expired(config.clock.unix_millis())
+            .map_err(failed)?;
+        let lost = store.lost_on_crash();
+        if lost {
+            crate::warn!(
+                "--data-dir: the last run ended without closing the store (--fsync {:?}): \
+                 its last messages may be missing, so every room starts a new epoch",
+                config.fsync
+            );
+        }
+        let restored = store
+            .load()
+            .map_err(failed)?
+            .into_iter()
+            .map(|record| {
+                let mut room = record.restored();
+                // Seqs clients saw may be given out again: another history.
+                if lost {
+                    room.epoch = room::new_epoch().to_string();
+                }
+                room
+            })
+            .collect();
+        Ok((Some(Arc::new(store)), restored))
+    }
+}
+
 /// How every room is set up.
-fn room_settings(config: &Config, metrics: Arc<Metrics>) -> room::Settings {
+fn room_settings(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    journal: Option<Arc<dyn room::Journal>>,
+) -> room::Settings {
     room::Settings {
         retention: room::Retention {
             messages: config.history_size,
@@ -436,6 +505,7 @@ fn room_settings(config: &Config, metrics: Arc<Metrics>) -> room::Settings {
         presence_list_max: config.presence_list_max,
         metrics,
         windows: Arc::default(),
+        journal,
     }
 }
 

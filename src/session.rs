@@ -116,10 +116,11 @@ impl Duplex<'_> {
         let mut exceeded = false;
         let rate = &mut self.rate;
         self.scanner.feed(bytes, |opcode| {
-            if let Some(rate) = rate {
-                if frame::starts_no_message(opcode) && rate.judge(now) == Verdict::Disconnect {
-                    exceeded = true;
-                }
+            if let Some(rate) = rate
+                && frame::starts_no_message(opcode)
+                && rate.judge(now) == Verdict::Disconnect
+            {
+                exceeded = true;
             }
         });
         if exceeded {

@@ -101,16 +101,7 @@ fn running(fsync: Fsync) -> u64 {
 
 /// When an appended message is on disk for good (`--fsync`); the module
 /// docs say what a crash loses with each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Fsync {
-    /// Every append is fsynced before it returns.
-    Always,
-    /// A sync thread makes appends durable within [`BATCH_WINDOW`].
-    #[default]
-    Batch,
-    /// Durable only at [`Store::close`] (a clean shutdown).
-    Never,
-}
+pub use crate::config::Fsync;
 
 /// What the store keeps: the same limits as the rooms in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -728,6 +719,63 @@ fn seqs_of(room: &str) -> RangeInclusive<(&str, u64)> {
 // usize is at most 64 bits on every target Rust supports.
 fn wide(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The store as the rooms see it: where each batch goes before it fans
+/// out (see `room::Journal`).
+impl crate::room::Journal for Store {
+    fn append(
+        &self,
+        room: &str,
+        epoch: &str,
+        messages: &[crate::room::Kept<'_>],
+    ) -> Result<(), String> {
+        let messages: Vec<StoredMessage> = messages
+            .iter()
+            .map(|m| StoredMessage {
+                seq: m.seq,
+                from: m.from.to_string(),
+                text: m.text.to_string(),
+                ts: m.ts,
+                id: m.id.map(str::to_string),
+            })
+            .collect();
+        Store::append(self, room, epoch, &messages).map_err(|e| e.to_string())
+    }
+
+    fn forget(&self, room: &str) {
+        if let Err(e) = self.forget_room(room) {
+            crate::error!("{e}");
+        }
+    }
+
+    fn prune(&self, now_ms: u64) {
+        if let Err(e) = self.prune_expired(now_ms) {
+            crate::error!("{e}");
+        }
+    }
+
+    fn close(&self) {
+        if let Err(e) = Store::close(self) {
+            crate::error!("{e}");
+        }
+    }
+}
+
+impl RoomRecord {
+    /// The room as the rooms take it back at start-up.
+    pub fn restored(self) -> crate::room::Restored {
+        crate::room::Restored {
+            room: self.room,
+            epoch: self.epoch,
+            last_seq: self.last_seq,
+            messages: self
+                .messages
+                .into_iter()
+                .map(|m| (m.seq, m.from, m.text, m.ts, m.id))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

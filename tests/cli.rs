@@ -198,10 +198,11 @@ fn version_prints_name_and_version() {
     for flag in ["--version", "-V"] {
         let output = run(&[flag]);
         assert_eq!(output.status.code(), Some(0), "{flag}");
-        let features = if cfg!(feature = "redis") {
-            "redis"
-        } else {
-            "none"
+        let features = match (cfg!(feature = "store"), cfg!(feature = "redis")) {
+            (true, true) => "store, redis",
+            (true, false) => "store",
+            (false, true) => "redis",
+            (false, false) => "none",
         };
         assert_eq!(
             stdout(&output),

@@ -195,6 +195,42 @@ pub fn new_epoch() -> Arc<str> {
         .into()
 }
 
+/// Where each room's messages go before they are fanned out: the store
+/// behind `--data-dir` (`crate::store`), so that a restart keeps them.
+pub trait Journal: Send + Sync {
+    /// Keeps `messages` (in `seq` order) of `room`, whose history is
+    /// `epoch`. Called under the room's lock before they fan out; an error
+    /// says why they were not kept (they fan out all the same).
+    fn append(&self, room: &str, epoch: &str, messages: &[Kept<'_>]) -> Result<(), String>;
+    /// `room` was freed with its history.
+    fn forget(&self, room: &str);
+    /// Drops what is older than `--history-ttl` at `now_ms`.
+    fn prune(&self, now_ms: u64);
+    /// A clean shutdown: everything kept so far is made durable.
+    fn close(&self);
+}
+
+/// One message on its way to the [`Journal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept<'a> {
+    pub seq: u64,
+    pub from: &'a str,
+    pub text: &'a str,
+    /// Unix milliseconds.
+    pub ts: u64,
+    pub id: Option<&'a str>,
+}
+
+/// A room as the journal had it at start-up.
+pub struct Restored {
+    pub room: String,
+    pub epoch: String,
+    /// The room's last `seq`, even if its message is gone.
+    pub last_seq: u64,
+    /// Its kept messages, oldest first: `(seq, from, text, ts, id)`.
+    pub messages: Vec<(u64, String, String, u64, Option<String>)>,
+}
+
 /// How every room of a server is set up (the registry makes rooms with it).
 #[derive(Clone, Default)]
 pub struct Settings {
@@ -211,6 +247,8 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Shared by every room, so that one thread closes all their windows.
     pub windows: Arc<OpenWindows>,
+    /// With `--data-dir`: where messages are kept before they fan out.
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 /// Why a client left the room.
@@ -273,6 +311,8 @@ pub struct Room {
     /// Who made it (`None`: `general`), counted against
     /// `--max-rooms-per-user` while it exists.
     maker: Option<Arc<str>>,
+    /// With `--data-dir`: every batch is kept here before it fans out.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Default for Room {
@@ -326,6 +366,23 @@ impl Room {
             windows: settings.windows.clone(),
             presence_list_max: settings.presence_list_max,
             maker: None,
+            journal: settings.journal.clone(),
+        }
+    }
+
+    /// The room as the journal kept it: its epoch, its last `seq`, its
+    /// messages (a restart goes on where the last run stopped).
+    pub fn restored(record: Restored, settings: &Settings) -> Room {
+        let room = Room::configured(record.room.into(), settings, None);
+        room.timeline()
+            .restore(record.epoch.into(), record.last_seq, record.messages);
+        room
+    }
+
+    /// Frees what the journal keeps of this room (it is freed).
+    pub fn forget_journal(&self) {
+        if let Some(journal) = &self.journal {
+            journal.forget(&self.name);
         }
     }
 
@@ -475,6 +532,8 @@ impl Room {
                 None => timeline.recent_history(),
             },
             missed,
+            // What this client will not see live: the history ends here.
+            last_seq: timeline.fanned_out,
         };
         match greet {
             Greet::Welcome { rooms, .. } => Outgoing::Welcome {
@@ -489,8 +548,6 @@ impl Room {
             Greet::Subscribed { .. } => Outgoing::Subscribed {
                 room: &self.name,
                 greeting,
-                // What this client will not see live: the history ends here.
-                last_seq: timeline.fanned_out,
             }
             .frame(),
         }
@@ -612,7 +669,11 @@ impl Room {
         }
         let _unstick = Unstick(&self.flushing);
         while !timeline.pending.is_empty() {
+            let before = timeline.fanned_out;
             let batch: Frame = timeline.take_batch().into();
+            // Kept first: nothing reaches a client (live, or in a later
+            // greeting) that a restart would not have.
+            self.journal_after(&timeline, before);
             // Take the pool before letting go of the timeline, so that no
             // client can join between the two and get this batch both in
             // its welcome's history and live.
@@ -624,6 +685,24 @@ impl Room {
             self.remove_departing(&mut timeline, evictions);
         }
         self.flushing.store(false, Ordering::Release);
+    }
+
+    /// Hands the journal the messages numbered after `before`.
+    fn journal_after(&self, timeline: &Timeline, before: u64) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let kept = timeline.kept_after(before);
+        if kept.is_empty() {
+            return;
+        }
+        if let Err(why) = journal.append(&self.name, &timeline.epoch, &kept) {
+            crate::error!(
+                "room {:?}: {} messages not written to --data-dir: {why}",
+                self.name,
+                kept.len()
+            );
+        }
     }
 
     /// Closes every connection for `reason` (the server is going away) and

@@ -292,6 +292,37 @@ impl Timeline {
         }
     }
 
+    /// The kept messages numbered after `seq`, for the journal.
+    pub(super) fn kept_after(&self, seq: u64) -> Vec<super::Kept<'_>> {
+        let first = self.history.partition_point(|m| m.seq <= seq);
+        self.history
+            .range(first..)
+            .map(|m| super::Kept {
+                seq: m.seq,
+                from: &m.from,
+                text: &m.text,
+                ts: m.ts,
+                id: m.id.as_deref(),
+            })
+            .collect()
+    }
+
+    /// Takes the history a journal kept (a restart): its epoch, last `seq`
+    /// and messages, oldest first, all of them already fanned out.
+    pub(super) fn restore(
+        &mut self,
+        epoch: Arc<str>,
+        last_seq: u64,
+        messages: Vec<(u64, String, String, u64, Option<String>)>,
+    ) {
+        self.epoch = epoch;
+        self.seq = last_seq;
+        self.fanned_out = last_seq;
+        for (seq, from, text, ts, id) in messages {
+            self.remember(seq, from.into(), text.into(), ts, id.map(Into::into));
+        }
+    }
+
     /// Drops the messages older than the retention's TTL at `now_ms`.
     pub(super) fn prune(&mut self, now_ms: u64) {
         let oldest = now_ms.saturating_sub(self.retention.ttl_ms);
