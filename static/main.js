@@ -469,7 +469,7 @@ function onWelcome(frame) {
   setState('connected');
   setAllowedRooms(frame.rooms);
   // An older server has general only: a room from the URL cannot be had.
-  const wanted = session.roomsSupported ? parseRoomHash(location.hash) : GENERAL;
+  const wanted = session.roomsSupported ? roomFromHash() : GENERAL;
   selectRoom(wanted ?? session.current);
   if (wasReconnect) addSystemLine(currentRoom(), 'Reconnected.');
 }
@@ -1214,6 +1214,17 @@ function parseRoomHash(hash) {
   }
 }
 
+/** The URL's room, if this page may go there: general, a room welcome
+ *  lists (or a pattern of it allows), a DM of this user's, or one already
+ *  open. A link is anybody's to write: it must not make the page join, or
+ *  make, a room the user never chose. */
+function roomFromHash() {
+  const name = parseRoomHash(location.hash);
+  if (name === null) return null;
+  const open = session.rooms.get(name)?.open;
+  return name === GENERAL || mayJoin(name) || dmPeer(name) !== null || open ? name : null;
+}
+
 /** The current room in the URL, so a reload comes back to it. Replaced,
  *  not pushed: Back leaves the chat rather than stepping through rooms. */
 function writeHash(name) {
@@ -1225,7 +1236,7 @@ function writeHash(name) {
 /** The URL's hash was edited: go to its room, or put the current one back. */
 function onHashChange() {
   if (session.state !== 'connected' || !session.roomsSupported) return;
-  selectRoom(parseRoomHash(location.hash) ?? session.current);
+  selectRoom(roomFromHash() ?? session.current);
 }
 
 /** Alt+ArrowUp / Alt+ArrowDown: the previous / next room in the list. */
