@@ -463,6 +463,9 @@ pub fn read_response(stream: &mut TcpStream, head_only: bool) -> RawResponse {
     while !buf.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => buf.push(byte[0]),
+            // A signal meant for another test's child (the pty test's
+            // Ctrl-C) interrupted the read: read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             other => panic!(
                 "connection ended mid-head ({other:?}): {:?}",
                 String::from_utf8_lossy(&buf)

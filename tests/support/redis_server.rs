@@ -198,7 +198,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_PATIENCE;
         loop {
-            if ping(self.addr()) {
+            // Answering is not enough: another test's redis-server may have
+            // taken the port meanwhile (ours then fails to bind and exits).
+            if ping(self.addr()) && self.answering_is_ours() {
                 return Ok(());
             }
             let exited = self
@@ -213,6 +215,21 @@ impl RedisServer {
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RedisServer {
+    /// Whether the redis-server answering on our port is our child.
+    fn answering_is_ours(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        match self.command(&["INFO", "server"]) {
+            Reply::Bulk(Some(info)) => info
+                .lines()
+                .any(|line| line.trim() == format!("process_id:{}", child.id())),
+            _ => false,
         }
     }
 }
