@@ -704,7 +704,6 @@ impl Rooms {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
@@ -715,33 +714,13 @@ mod tests {
     struct Peer {
         member: Member,
         socket: TcpStream,
+        unread: Vec<u8>,
     }
 
     impl Peer {
-        /// Each text frame sent so far (all small, unmasked).
+        /// Each text frame sent so far.
         fn frames(&mut self) -> Vec<serde_json::Value> {
-            self.socket.set_nonblocking(true).unwrap();
-            let mut bytes = Vec::new();
-            let mut chunk = [0u8; 65536];
-            while let Ok(n @ 1..) = self.socket.read(&mut chunk) {
-                bytes.extend_from_slice(&chunk[..n]);
-            }
-            let mut frames = Vec::new();
-            let mut at = 0;
-            while at + 2 <= bytes.len() {
-                let (start, len) = match bytes[at + 1] & 0x7f {
-                    126 => (
-                        at + 4,
-                        usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
-                    ),
-                    len => (at + 2, usize::from(len)),
-                };
-                if bytes[at] == 0x81 {
-                    frames.push(serde_json::from_slice(&bytes[start..start + len]).unwrap());
-                }
-                at = start + len;
-            }
-            frames
+            crate::room::tests::text_frames(&self.socket, &mut self.unread)
         }
 
         /// The `type` (and room) of each frame sent so far.
@@ -797,6 +776,7 @@ mod tests {
         Peer {
             member: rooms.connect(client, access, None),
             socket,
+            unread: Vec::new(),
         }
     }
 

@@ -790,7 +790,7 @@ impl Room {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::io::Read;
     use std::net::TcpStream;
 
@@ -810,32 +810,7 @@ pub(super) mod tests {
         /// The JSON of every text frame sent since the last call (frames
         /// reach a loopback peer as soon as they are sent).
         pub(in crate::room) fn messages(&mut self) -> Vec<serde_json::Value> {
-            self.socket.set_nonblocking(true).unwrap();
-            let mut chunk = [0u8; 64 * 1024];
-            while let Ok(n @ 1..) = self.socket.read(&mut chunk) {
-                self.unread.extend_from_slice(&chunk[..n]);
-            }
-            let mut messages = Vec::new();
-            // Server frames are unmasked (RFC 6455 §5.1): a 7-bit length,
-            // or 126 and a 16-bit one (nothing here is bigger).
-            while self.unread.len() >= 2 {
-                let (start, len) = match self.unread[1] & 0x7f {
-                    126 if self.unread.len() >= 4 => (
-                        4,
-                        usize::from(u16::from_be_bytes([self.unread[2], self.unread[3]])),
-                    ),
-                    126 => break,
-                    len => (2, usize::from(len)),
-                };
-                if self.unread.len() < start + len {
-                    break;
-                }
-                let frame: Vec<u8> = self.unread.drain(..start + len).collect();
-                if frame[0] == 0x81 {
-                    messages.push(serde_json::from_slice(&frame[start..]).unwrap());
-                }
-            }
-            messages
+            text_frames(&self.socket, &mut self.unread)
         }
 
         /// The `type` of every message sent since the last call.
@@ -845,6 +820,40 @@ pub(super) mod tests {
                 .map(|m| m["type"].as_str().unwrap().to_string())
                 .collect()
         }
+    }
+
+    /// The JSON of every text frame `socket` has been sent since the last
+    /// call (frames reach a loopback peer as soon as they are sent); a
+    /// frame not yet whole waits in `unread` for the next call.
+    pub(crate) fn text_frames(
+        mut socket: &TcpStream,
+        unread: &mut Vec<u8>,
+    ) -> Vec<serde_json::Value> {
+        socket.set_nonblocking(true).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        while let Ok(n @ 1..) = socket.read(&mut chunk) {
+            unread.extend_from_slice(&chunk[..n]);
+        }
+        let mut messages = Vec::new();
+        // Server frames are unmasked (RFC 6455 §5.1): a 7-bit length, or
+        // 126 and a 16-bit one (nothing here is bigger).
+        while unread.len() >= 2 {
+            let (start, len) = match unread[1] & 0x7f {
+                126 if unread.len() >= 4 => {
+                    (4, usize::from(u16::from_be_bytes([unread[2], unread[3]])))
+                }
+                126 => break,
+                len => (2, usize::from(len)),
+            };
+            if unread.len() < start + len {
+                break;
+            }
+            let frame: Vec<u8> = unread.drain(..start + len).collect();
+            if frame[0] == 0x81 {
+                messages.push(serde_json::from_slice(&frame[start..]).unwrap());
+            }
+        }
+        messages
     }
 
     pub(in crate::room) fn client(room: &Room, name: &str, exp: u64) -> (ClientId, Peer) {
